@@ -1,0 +1,243 @@
+"""Cascade Speculative Drafting (Chen et al., NeurIPS 2024), greedy and lossless.
+
+Models are ordered `target, d_1, ..., d_n`, largest first; `d_n` is usually MaG. The k-matrix is the
+seed's: an n x n upper-triangular matrix whose row i belongs to the model at level i (row 0 = the
+target) and whose column c counts the draft tokens that drafter d_{c+1} adds for that reviewer.
+
+One *step* of level i:
+
+- **horizontal cascade**: the drafters below i fill the draft in turn, largest first: drafter j keeps
+  drafting until the draft holds `sum(K[i][i:j])` tokens (its share is `K[i][j-1]`);
+- **vertical cascade**: a neural drafter never decodes on its own: each of its drafting turns is
+  itself a step of its level, reviewing what the drafters below it proposed;
+- **review**: level i runs one forward pass over the draft and keeps the accepted prefix plus one
+  token of its own (its correction, or a bonus token after a full accept).
+
+The bottom drafter decodes on its own (MaG always proposes its own k tokens). Generation repeats
+steps of level 0 until `max_new_tokens` or EOS. The target accepts a token only if it is its own
+argmax, so the output is exactly the target's greedy output. Inner levels may be lenient: a token
+`x` drafted with probability `q(x)` is also accepted when `p(x) > q(x) / lenience`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import CSDValueError
+from .mag import MaG
+from .models import HFModel, as_model
+
+
+@dataclass
+class Output:
+    sequences: torch.Tensor   # (1, L): decoder-only: prompt + new tokens; enc-dec: decoder tokens from start
+    new_tokens: list[int]     # exactly the target's greedy continuation, cut at max_new_tokens / after EOS
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def text_ids(self) -> list[int]:
+        return self.sequences[0].tolist()
+
+
+def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1.0,
+             max_new_tokens: int = 128, eos_token_id=None) -> Output:
+    """Greedy CS Drafting: `target`'s own greedy output, drafted for by the cascade `drafters`.
+
+    Args:
+        target: an `HFModel` or a transformers model (wrapped).
+        drafters: models largest first, MaG (if any) last; `[]` is plain autoregressive decoding.
+        prompt_ids: token ids (list, 1-D tensor or a (1, L) tensor).
+        k_matrix: n x n upper-triangular non-negative ints, n = len(drafters); `[[k]]` with one
+            drafter is classic speculative decoding with k draft tokens.
+        lenience: >= 1; used at inner levels only (the target always reviews strictly).
+        max_new_tokens: tokens to generate at most.
+        eos_token_id: int or list; defaults to the target's config.
+
+    Returns:
+        `Output` with `sequences`, `new_tokens` and `stats` (calls per model; drafted / accepted per
+        level and per draft position).
+    """
+    target = as_model(target)
+    drafters = [as_model(d) for d in drafters]
+    cascade = Cascade([target, *drafters], k_matrix, lenience)
+    prompt = _check_prompt(prompt_ids)
+    max_new_tokens = _check_max_new_tokens(max_new_tokens, prompt, cascade.models)
+    eos = target.eos_token_ids if eos_token_id is None else _eos_set(eos_token_id)
+    return cascade.generate(prompt, max_new_tokens, eos)
+
+
+class Cascade:
+    def __init__(self, models, k_matrix, lenience: float = 1.0):
+        self.models = _check_models(models)
+        self.k = _check_k_matrix(k_matrix, len(models) - 1)
+        self.lenience = _check_lenience(lenience)
+        self.names = _unique_names(self.models)
+
+    def generate(self, prompt: list[int], max_new_tokens: int, eos: set[int]) -> Output:
+        seq = self.models[0].start(prompt)
+        for m in self.models[1:]:
+            m.start(prompt)
+        self.stats = _new_stats(self.names)
+        begin = len(seq)
+        limit = begin + max_new_tokens
+        while len(seq) < limit:
+            before = len(seq)
+            seq, _ = self.step(0, seq, [1.0] * len(seq), need=1, cap=limit)
+            hits = [i for i in range(before, len(seq)) if seq[i] in eos]
+            if hits:                                   # stop after the first EOS
+                seq = seq[:hits[0] + 1]
+                break
+        self.stats["calls"] = {n: m.calls for n, m in zip(self.names, self.models)}
+        self.stats["encoder_calls"] = {n: getattr(m, "encoder_calls", 0)
+                                       for n, m in zip(self.names, self.models)}
+        self.stats["new_tokens"] = len(seq) - begin
+        return Output(torch.tensor([seq]), seq[begin:], self.stats)
+
+    def step(self, i: int, seq: list[int], q: list[float], need: int, cap: int):
+        """One step of level i. Returns the longer sequence and, per token, the probability that
+        the model which put it there gave it (q of the level above). Never grows seq beyond cap."""
+        model = self.models[i]
+        if i == len(self.models) - 1:                  # bottom: drafts on its own
+            tokens, probs = model.propose(seq, need)
+            room = cap - len(seq)
+            return seq + tokens[:room], q + probs[:room]
+        start, row = len(seq), self.k[i]
+        for j in range(i + 1, len(self.models)):       # horizontal cascade
+            goal = min(start + sum(row[i:j]), cap - 1)   # leave room for the review's own token
+            while len(seq) < goal:                     # vertical cascade: j reviews those below it
+                seq, q = self.step(j, seq, q, need=goal - len(seq), cap=cap - 1)
+        return self.review(i, seq, q, start)
+
+    def review(self, i: int, seq: list[int], q: list[float], start: int):
+        """Level i keeps the accepted prefix of seq[start:] and appends one token of its own."""
+        drafted = torch.tensor(seq[start:], dtype=torch.long)
+        logits = self.models[i].logits(seq, len(drafted) + 1).cpu()
+        p = logits.softmax(-1)
+        best = logits.argmax(-1)                       # greedy choice per position
+        ok = best[:-1] == drafted                      # accept the reviewer's argmax
+        if i > 0 and self.lenience > 1:                # inner levels: lenient acceptance
+            p_x = p[:-1].gather(1, drafted[:, None])[:, 0]
+            ok |= p_x > torch.tensor(q[start:]) / self.lenience
+        n = int(ok.cumprod(0).sum())                   # accepted prefix length
+        seq = seq[:start + n] + [int(best[n])]         # plus correction or bonus
+        q = q[:start] + p[:n + 1].gather(1, torch.tensor(seq[start:])[:, None])[:, 0].tolist()
+        self._record(i, len(drafted), n)
+        return seq, q
+
+    def _record(self, level: int, drafted: int, accepted: int) -> None:
+        s = self.stats["levels"][level]
+        s["reviews"] += 1
+        s["drafted"] += drafted
+        s["accepted"] += accepted
+        for counts, upto in ((s["drafted_per_position"], drafted), (s["accepted_per_position"], accepted)):
+            counts.extend([0] * (upto - len(counts)))
+            for pos in range(upto):
+                counts[pos] += 1
+
+
+# ---------------------------------------------------------------- stats and argument checks
+
+
+def _new_stats(names: list[str]) -> dict:
+    """Plain data: one entry per reviewing level (every model but the last; the target alone for AR)."""
+    return {"levels": [{"level": i, "model": name, "reviews": 0, "drafted": 0, "accepted": 0,
+                        "drafted_per_position": [], "accepted_per_position": []}
+                       for i, name in enumerate(names[:max(1, len(names) - 1)])]}
+
+
+def _unique_names(models) -> list[str]:
+    names, seen = [], {}
+    for m in models:
+        name = str(m.name)
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return names
+
+
+def _eos_set(eos) -> set[int]:
+    if isinstance(eos, int):
+        return {eos}
+    try:
+        return {int(e) for e in eos}
+    except TypeError:
+        raise CSDValueError(f"eos_token_id: expected an int or a list of ints, got {eos!r}") from None
+
+
+def _check_models(models):
+    target = models[0]
+    if isinstance(target, MaG):
+        raise CSDValueError("target: MaG cannot be the target (it has no distribution to review with)")
+    for pos, m in enumerate(models[1:-1], start=1):
+        if isinstance(m, MaG):
+            raise CSDValueError(f"drafters[{pos - 1}]: MaG can only be the last drafter (it cannot review)")
+    if len({id(m) for m in models}) < len(models):
+        raise CSDValueError("drafters: the same model object appears twice; wrap it twice "
+                            "(HFModel(hf_model, name=...)) so each level keeps its own cache")
+    for pos, m in enumerate(models[1:]):
+        if m.vocab_size != target.vocab_size:
+            raise CSDValueError(f"drafters[{pos}] ({m.name!r}) has vocabulary size {m.vocab_size}, "
+                                f"expected the target's {target.vocab_size}")
+    kinds = {m.is_encoder_decoder for m in models if isinstance(m, HFModel)}
+    if len(kinds) > 1:
+        raise CSDValueError("drafters: mixing decoder-only and encoder-decoder models is not supported")
+    return models
+
+
+def _check_k_matrix(k_matrix, n: int) -> list[list[int]]:
+    if n == 0 and (k_matrix is None or len(k_matrix) == 0):
+        return []
+    if k_matrix is None:
+        raise CSDValueError(f"k_matrix: required with drafters; expected a {n}x{n} upper-triangular matrix")
+    rows = [list(r) if hasattr(r, "__len__") else None for r in
+            (k_matrix.tolist() if hasattr(k_matrix, "tolist") else k_matrix)]
+    if any(r is None for r in rows) or any(len(r) != len(rows) for r in rows):
+        raise CSDValueError(f"k_matrix: expected a square matrix (a list of equal-length rows), got {k_matrix!r}")
+    if len(rows) != n:
+        raise CSDValueError(f"k_matrix: expected {n}x{n} for {n} drafter(s), got {len(rows)}x{len(rows)}")
+    for i, r in enumerate(rows):
+        for j, v in enumerate(r):
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not number or not float(v).is_integer() or v < 0:
+                raise CSDValueError(f"k_matrix[{i}][{j}]: expected a non-negative integer, got {v!r}")
+            if j < i and v != 0:
+                raise CSDValueError(f"k_matrix[{i}][{j}]: expected 0 below the diagonal (upper-triangular), got {v!r}")
+    return [[int(v) for v in r] for r in rows]
+
+
+def _check_lenience(lenience) -> float:
+    if isinstance(lenience, bool) or not isinstance(lenience, (int, float)) or not lenience >= 1:
+        raise CSDValueError(f"lenience: expected a number >= 1, got {lenience!r}")
+    return float(lenience)
+
+
+def _check_prompt(prompt_ids) -> list[int]:
+    if isinstance(prompt_ids, torch.Tensor):
+        if prompt_ids.dim() == 2:
+            if prompt_ids.shape[0] != 1:
+                raise CSDValueError(f"prompt_ids: batch size 1 expected, got shape {tuple(prompt_ids.shape)}")
+            prompt_ids = prompt_ids[0]
+        prompt_ids = prompt_ids.tolist()
+    prompt = list(prompt_ids)
+    if not prompt:
+        raise CSDValueError("prompt_ids: expected at least one token, got an empty prompt")
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        raise CSDValueError("prompt_ids: expected a list of int token ids")
+    return prompt
+
+
+def _check_max_new_tokens(max_new_tokens, prompt: list[int], models) -> int:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise CSDValueError(f"max_new_tokens: expected a non-negative int, got {max_new_tokens!r}")
+    for m in models:
+        bad = [t for t in prompt if not 0 <= t < m.vocab_size]
+        if bad:
+            raise CSDValueError(f"prompt_ids: token id {bad[0]} is outside {m.name!r}'s vocabulary of {m.vocab_size}")
+        limit = getattr(m, "max_positions", None)
+        need = max(len(prompt), 1 + max_new_tokens) if getattr(m, "is_encoder_decoder", False) \
+            else len(prompt) + max_new_tokens
+        if limit is not None and need > limit:
+            raise CSDValueError(f"max_new_tokens: prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) "
+                                f"needs {need} positions, more than {m.name!r}'s limit of {limit}")
+    return max_new_tokens

@@ -1,0 +1,121 @@
+"""Dataset loaders and the seed's prompt templates.
+
+GSM8K (Cobbe et al. 2021, OpenAI, MIT licence) is never shipped with this project. It is read from a
+local directory laid out as ``<data_dir>/gsm8k/{train,dev,test}.jsonl`` (one JSON object per line with
+the fields ``question`` and ``answer``), found in this order:
+
+1. the ``data_dir`` argument;
+2. the environment variable ``CSD_DATA_DIR`` (a folder containing ``gsm8k/``);
+3. ``../shared/datasets`` next to the repository root, if it exists.
+
+If no local copy has the requested split, :func:`load_gsm8k` falls back to the Hugging Face hub
+(``datasets.load_dataset("openai/gsm8k", "main")``; ``dev`` = the first 300 items of ``test``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = [
+    "GSM8K_TEMPLATE",
+    "DEV_SIZE",
+    "gsm8k_dir",
+    "gsm8k_prompt",
+    "load_gsm8k",
+    "gsm8k_final_answer",
+]
+
+#: The seed's GSM8K prompt template (note the trailing space after ``Answer:``).
+GSM8K_TEMPLATE = "Reason the math question below step by step. Question: {question}.\n Answer: "
+
+#: ``dev`` is the first ``DEV_SIZE`` items of GSM8K's test split.
+DEV_SIZE = 300
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+_SPLITS = ("train", "dev", "test")
+
+
+def gsm8k_prompt(question: str) -> str:
+    """The seed's prompt for one GSM8K question."""
+    return GSM8K_TEMPLATE.format(question=question)
+
+
+def _candidate_dirs(data_dir=None) -> list[Path]:
+    """Folders that may hold the GSM8K jsonl files, in order of preference."""
+    cands: list[Path] = []
+    if data_dir is not None:
+        d = Path(data_dir).expanduser()
+        cands += [d / "gsm8k", d]  # a folder containing gsm8k/, or the gsm8k folder itself
+    else:
+        env = os.environ.get("CSD_DATA_DIR")
+        if env:
+            d = Path(env).expanduser()
+            cands += [d / "gsm8k", d]
+        cands.append(_REPO_ROOT.parent / "shared" / "datasets" / "gsm8k")
+    return cands
+
+
+def gsm8k_dir(data_dir=None) -> Path | None:
+    """The local GSM8K folder (holding ``train.jsonl`` etc.), or ``None`` if there is none.
+
+    ``data_dir`` (or ``$CSD_DATA_DIR``) may be the folder containing ``gsm8k/`` or ``gsm8k/`` itself.
+    """
+    for d in _candidate_dirs(data_dir):
+        if d.is_dir() and any((d / f"{s}.jsonl").is_file() for s in _SPLITS):
+            return d.resolve()
+    return None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_gsm8k(split: str = "train", data_dir=None) -> list[dict]:
+    """GSM8K examples (dicts with ``question`` and ``answer``) for ``split`` in train/dev/test.
+
+    Reads ``gsm8k/{split}.jsonl`` from the local folder (see :func:`gsm8k_dir`); ``dev`` falls back to
+    the first 300 lines of a local ``test.jsonl``; otherwise the hub is tried.
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"unknown GSM8K split {split!r}; expected one of {_SPLITS}")
+    d = gsm8k_dir(data_dir)
+    if d is not None:
+        f = d / f"{split}.jsonl"
+        if f.is_file():
+            return _read_jsonl(f)
+        if split == "dev" and (d / "test.jsonl").is_file():
+            return _read_jsonl(d / "test.jsonl")[:DEV_SIZE]
+    hub_error = None
+    try:
+        import datasets as hf_datasets
+
+        ds = hf_datasets.load_dataset("openai/gsm8k", "main")
+        rows = ds["train" if split == "train" else "test"]
+        rows = [{"question": r["question"], "answer": r["answer"]} for r in rows]
+        return rows[:DEV_SIZE] if split == "dev" else rows
+    except Exception as e:  # no network, no datasets package, ...
+        hub_error = e
+    looked = ", ".join(str(c) for c in _candidate_dirs(data_dir))
+    raise FileNotFoundError(
+        f"GSM8K split {split!r} not found. Looked for {split}.jsonl in: {looked}; "
+        f"the hub fallback datasets.load_dataset('openai/gsm8k', 'main') failed with: {hub_error!r}. "
+        "Provide it with the data_dir argument or the CSD_DATA_DIR environment variable pointing at a "
+        "folder that contains gsm8k/{train,dev,test}.jsonl (fields 'question' and 'answer'), "
+        "or allow access to the Hugging Face hub."
+    )
+
+
+def gsm8k_final_answer(text: str) -> str | None:
+    """The number after the last ``####`` in a GSM8K-style answer (commas, ``$`` stripped), or None."""
+    import re
+
+    m = re.findall(r"####\s*\$?\s*(-?[\d,]*\.?\d+)", text)
+    if not m:
+        return None
+    s = m[-1].replace(",", "")
+    if "." in s:
+        s = s.rstrip("0").rstrip(".") or "0"
+    return s

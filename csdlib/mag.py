@@ -1,0 +1,185 @@
+"""Max-Gram (MaG): the statistical drafter at the bottom of the cascade, and its bigram table.
+
+MaG proposes k tokens after the current sequence, at (almost) no cost:
+
+1. find the longest suffix of the sequence that also occurs in the *prompt* and copy what followed it;
+2. if that gave fewer than k tokens, the same search over the *sequence itself* (the generated text;
+   for decoder-only models the sequence starts with the prompt);
+3. fill the rest greedily from a bigram table: `next[token]` = the most frequent successor of `token`.
+
+Only occurrences that have a continuation count, so the sequence never "matches itself" at its own end
+(the seed's code concatenates prompt and sequence, so a decoder-only sequence matched its own copy of
+the prompt and MaG proposed the prompt's beginning again; we do not copy that quirk). Among occurrences
+of the longest match, the earliest is used (as in the seed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CSDValueError, MissingFileError
+
+FORMAT = "csdlib.bigram"
+
+
+class BigramTable:
+    """Greedy next-token table: `next[t]` is the most frequent token after `t` in a corpus.
+
+    Ties are broken by the lowest token id. A token never seen with a successor maps to `default`,
+    the corpus's most frequent token (lowest id on ties; 0 for an empty corpus).
+    """
+
+    def __init__(self, next_ids, default: int | None = None):
+        self.next = np.asarray(next_ids, dtype=np.int64)
+        if self.next.ndim != 1 or len(self.next) == 0:
+            raise CSDValueError("next_ids: expected a non-empty 1-D list of token ids")
+        if self.next.min() < 0 or self.next.max() >= len(self.next):
+            raise CSDValueError(f"next_ids: every entry must be a token id in [0, {len(self.next)})")
+        self.default = int(default) if default is not None else None
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.next)
+
+    def __getitem__(self, token: int) -> int:
+        return int(self.next[token])
+
+    def __repr__(self) -> str:
+        return f"BigramTable(vocab_size={self.vocab_size})"
+
+    @classmethod
+    def from_sequences(cls, sequences, vocab_size: int) -> "BigramTable":
+        """Count successor pairs in token-id sequences (lists or arrays) and keep the most frequent."""
+        vocab_size = int(vocab_size)
+        if vocab_size < 1:
+            raise CSDValueError(f"vocab_size: expected a positive int, got {vocab_size}")
+        firsts, seconds, unigram = [], [], np.zeros(vocab_size, dtype=np.int64)
+        for seq in sequences:
+            seq = np.asarray(seq, dtype=np.int64)
+            if len(seq) and (seq.min() < 0 or seq.max() >= vocab_size):
+                raise CSDValueError(f"sequences: token ids must lie in [0, {vocab_size})")
+            unigram += np.bincount(seq, minlength=vocab_size)
+            firsts.append(seq[:-1])
+            seconds.append(seq[1:])
+        default = int(unigram.argmax())          # argmax takes the lowest id on ties
+        nxt = np.full(vocab_size, default, dtype=np.int64)
+        if firsts:
+            pairs = np.concatenate(firsts) * vocab_size + np.concatenate(seconds)
+            keys, counts = np.unique(pairs, return_counts=True)
+            a, b = keys // vocab_size, keys % vocab_size
+            order = np.lexsort((b, -counts, a))   # by token, then most frequent, then lowest id
+            a, b = a[order], b[order]
+            first = np.r_[True, a[1:] != a[:-1]]
+            nxt[a[first]] = b[first]
+        return cls(nxt, default=default)
+
+    def save(self, path) -> None:
+        """Our format: a JSON object with the table and its metadata (`load` also reads the seed's list)."""
+        data = {"format": FORMAT, "version": 1, "vocab_size": self.vocab_size,
+                "default": self.default, "next": self.next.tolist()}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data))
+
+    @classmethod
+    def load(cls, path, vocab_size: int | None = None) -> "BigramTable":
+        """Read our JSON format or the seed's (a JSON list of next-token ids); check `vocab_size` if given."""
+        path = Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"bigram table {os.fspath(path)!r} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CSDValueError(f"bigram table {os.fspath(path)!r} is not valid JSON: {e}") from None
+        if isinstance(data, dict) and data.get("format") == FORMAT:
+            next_ids, default = data.get("next"), data.get("default")
+        elif isinstance(data, list):
+            next_ids, default = data, None
+        else:
+            raise CSDValueError(f"bigram table {os.fspath(path)!r}: expected a JSON list of next-token ids "
+                                f"(the seed's format) or an object with format={FORMAT!r}")
+        if not isinstance(next_ids, list) or not all(isinstance(t, int) and not isinstance(t, bool)
+                                                     for t in next_ids):
+            raise CSDValueError(f"bigram table {os.fspath(path)!r}: entries must be integer token ids")
+        try:
+            table = cls(next_ids, default=default)
+        except CSDValueError as e:
+            raise CSDValueError(f"bigram table {os.fspath(path)!r}: {e}") from None
+        if vocab_size is not None and table.vocab_size != vocab_size:
+            raise CSDValueError(f"bigram table {os.fspath(path)!r} has vocab_size {table.vocab_size}, "
+                                f"expected {vocab_size} (the model's vocabulary)")
+        return table
+
+
+def _longest_suffix_match(haystack: np.ndarray, seq: np.ndarray, n: int) -> list[int]:
+    """Up to n tokens that followed the earliest occurrence, in haystack, of the longest suffix of seq.
+
+    An occurrence counts only if at least one haystack token follows it."""
+    if len(seq) == 0 or len(haystack) < 2:
+        return []
+    ends = np.flatnonzero(haystack[:-1] == seq[-1])      # end positions with a continuation
+    length = 1
+    while len(ends) and length < len(seq):
+        starts = ends - length                             # candidate position of seq[-length-1]
+        longer = ends[(starts >= 0) & (haystack[np.maximum(starts, 0)] == seq[-length - 1])]
+        if len(longer) == 0:
+            break
+        ends, length = longer, length + 1
+    if len(ends) == 0:
+        return []
+    e = int(ends[0])
+    return haystack[e + 1:e + 1 + n].tolist()
+
+
+class MaG:
+    """Max-Gram drafter: prompt max-gram, then sequence max-gram, then bigram table. Costs nothing.
+
+    Args:
+        table: a `BigramTable` (or a path to one).
+        k: tokens proposed per call (the seed uses 10).
+    """
+
+    def __init__(self, table, k: int = 10, name: str = "mag", cost: float = 0.0):
+        if not isinstance(table, BigramTable):
+            table = BigramTable.load(table)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise CSDValueError(f"k: expected a positive int, got {k!r}")
+        self.table, self.k, self.name, self.cost = table, int(k), name, float(cost)
+        self.calls = 0
+        self._prompt: list[int] = []
+
+    @property
+    def vocab_size(self) -> int:
+        return self.table.vocab_size
+
+    def __repr__(self) -> str:
+        return f"MaG(k={self.k}, vocab={self.vocab_size})"
+
+    def draft(self, prompt_ids, sequence_ids, k: int | None = None) -> list[int]:
+        """Exactly k proposed ids after `sequence_ids` (the sequence being continued)."""
+        k = self.k if k is None else int(k)
+        seq = np.asarray(sequence_ids, dtype=np.int64)
+        out = _longest_suffix_match(np.asarray(prompt_ids, dtype=np.int64), seq, k)
+        if len(out) < k:
+            seq = np.concatenate([seq, np.asarray(out, dtype=np.int64)])
+            more = _longest_suffix_match(seq, seq, k - len(out))
+            out += more
+            seq = np.concatenate([seq, np.asarray(more, dtype=np.int64)])
+        token = int(seq[-1]) if len(seq) else None
+        while len(out) < k:
+            token = self.table[token] if token is not None else self.table.default or 0
+            out.append(token)
+        return out
+
+    # the cascade's drafter protocol (see csdlib.models.HFModel)
+    def start(self, prompt_ids: list[int]) -> None:
+        self.calls, self._prompt = 0, list(prompt_ids)
+
+    def propose(self, seq: list[int], n: int) -> tuple[list[int], list[float]]:
+        """MaG always proposes its own k tokens (as in the seed), each a point mass (q = 1)."""
+        self.calls += 1
+        tokens = self.draft(self._prompt, seq)
+        return tokens, [1.0] * len(tokens)

@@ -1,0 +1,138 @@
+"""Hugging Face models as cascade members: one forward per call, KV cache kept and cropped.
+
+`HFModel` wraps any `AutoModelForCausalLM` or `AutoModelForSeq2SeqLM`. The cascade talks to it through
+two methods (the same small protocol as `csdlib.mag.MaG`):
+
+- `start(prompt_ids)` — a new prompt: drop the cache, run the encoder once (encoder-decoder), and return
+  the sequence generation continues (decoder-only: the prompt; encoder-decoder: `[decoder_start]`);
+- `propose(seq, n)` — decode `n` tokens greedily (a drafter at the bottom of the cascade);
+
+and, because a neural model can also *review*:
+
+- `logits(seq, n)` — the logits at the last `n` positions of `seq` (row t predicts the token after
+  `seq[len(seq) - n + t]`), computed by one forward pass over the tokens not yet in the KV cache.
+
+The cache is tied to the tokens it holds: before each forward it is cropped to the longest common prefix
+of those tokens and `seq` (this is where rejected drafts are dropped), so it never needs to be told about
+rejections and can never be stale.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import CSDValueError
+
+
+def _first(value):
+    """EOS ids may be an int or a list of ints in HF configs."""
+    if isinstance(value, (list, tuple)):
+        return value[0] if value else None
+    return value
+
+
+def _as_set(value) -> set[int]:
+    if value is None:
+        return set()
+    if isinstance(value, (list, tuple, set)):
+        return {int(v) for v in value}
+    return {int(value)}
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class HFModel:
+    """A transformers model with its own KV cache and a forward-pass counter.
+
+    Args:
+        hf_model: an `AutoModelForCausalLM` or `AutoModelForSeq2SeqLM` instance (detected from its config).
+        name: label used in stats; defaults to the config's `name_or_path`, else its `model_type`.
+        cost: cost of one forward pass for the SWI cost model; defaults to the parameter count.
+    """
+
+    def __init__(self, hf_model, name: str | None = None, cost: float | None = None):
+        self.model = hf_model.eval()
+        config = hf_model.config
+        self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+        self.name = name or getattr(config, "name_or_path", "") or config.model_type
+        self.cost = float(cost) if cost is not None else float(sum(p.numel() for p in hf_model.parameters()))
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.vocab_size = int(text_config.vocab_size)
+        gen = getattr(hf_model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        self.eos_token_ids = _as_set(eos if eos is not None else config.eos_token_id)
+        start = getattr(gen, "decoder_start_token_id", None) if gen is not None else None
+        if start is None:
+            start = getattr(config, "decoder_start_token_id", None)
+        self.decoder_start_token_id = _first(start)
+        if self.is_encoder_decoder and self.decoder_start_token_id is None:
+            raise CSDValueError(f"model {self.name!r}: encoder-decoder config has no decoder_start_token_id")
+        # Learned / rotary position tables have a hard limit; T5's relative positions have none.
+        self.max_positions = getattr(text_config, "max_position_embeddings", None)
+        self.calls = 0            # decoder forward passes since start()
+        self.encoder_calls = 0    # encoder forward passes since start() (one per prompt)
+        self._cache = None
+        self._cached: list[int] = []   # the tokens whose keys/values are in the cache
+        self._encoder_outputs = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def __repr__(self) -> str:
+        kind = "encoder-decoder" if self.is_encoder_decoder else "decoder-only"
+        return f"HFModel({self.name!r}, {kind}, vocab={self.vocab_size}, cost={self.cost:g})"
+
+    def start(self, prompt_ids: list[int]) -> list[int]:
+        self.calls = self.encoder_calls = 0
+        self._cache, self._cached = None, []
+        if not self.is_encoder_decoder:
+            return list(prompt_ids)
+        ids = torch.tensor([prompt_ids], device=self.device)
+        with torch.no_grad():
+            self._encoder_outputs = self.model.get_encoder()(input_ids=ids)
+        self.encoder_calls += 1
+        return [self.decoder_start_token_id]
+
+    def logits(self, seq: list[int], n: int) -> torch.Tensor:
+        # reuse cached prefix, feed rest
+        keep = min(_common_prefix(self._cached, seq), len(seq) - n)
+        if keep < len(self._cached):
+            self._cache.crop(keep - len(self._cached))
+        new = torch.tensor([seq[keep:]], device=self.device)
+        with torch.no_grad():
+            if self.is_encoder_decoder:
+                out = self.model(encoder_outputs=self._encoder_outputs, decoder_input_ids=new,
+                                 cache=self._cache, use_cache=True)
+            else:
+                out = self.model(input_ids=new, cache=self._cache, use_cache=True, logits_to_keep=n)
+        self.calls += 1
+        self._cache, self._cached = out.cache, list(seq)
+        # float32 like HF's generate, so argmax ties break the same way
+        return out.logits[0, -n:].float()
+
+    def propose(self, seq: list[int], n: int) -> tuple[list[int], list[float]]:
+        """Greedy-decode n tokens after seq; returns the tokens and the probability given to each."""
+        seq, tokens, probs = list(seq), [], []
+        for _ in range(n):
+            logits = self.logits(seq, 1)[0]
+            token = int(logits.argmax())
+            tokens.append(token)
+            probs.append(float(logits.softmax(-1)[token]))
+            seq.append(token)
+        return tokens, probs
+
+
+def as_model(model, name: str | None = None):
+    """Pass csdlib models through; wrap raw transformers models in `HFModel`."""
+    if hasattr(model, "propose") and hasattr(model, "start"):
+        return model
+    if hasattr(model, "config") and hasattr(model, "forward"):
+        return HFModel(model, name=name)
+    raise TypeError(f"expected a transformers model, an HFModel or a MaG, got {type(model).__name__}")

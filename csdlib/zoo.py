@@ -1,0 +1,575 @@
+"""The embedded default model family "gsm8k-tiny": a seeded, reproducible CPU training recipe + loader.
+
+No model hub is reachable from the project's machines, so the project trains its own small family
+(one byte-level BPE tokenizer, three ``LlamaForCausalLM`` models: **target**, **mid**, **small**) on
+GSM8K's training split (MIT licence, read from a local directory, never committed) and ships the weights
+(safetensors) under ``data/models/gsm8k-tiny/``.
+
+Training text
+-------------
+Each training example is the seed's prompt followed by the GSM8K reference answer and EOS::
+
+    <s> + tok("Reason the math question below step by step. Question: {question}.\\n Answer: ")
+        + tok(answer) + </s>
+
+The prompt and the answer are tokenized *separately* and their ids concatenated, so the prompt's
+trailing space is a token of its own exactly as it is at inference time (byte-level BPE would otherwise
+merge it into the answer's first word). The tokenizer's post-processor prepends ``<s>``, so
+``tokenizer(gsm8k_prompt(q))`` gives exactly the ids the models were trained on; the answer ends in
+``#### <number></s>``, so the models learn to stop. The loss is taken over all tokens (prompt and answer).
+2% of the training split (seeded) is held out for the validation loss.
+
+Recipe
+------
+Batches are whole examples (truncated to ``seq_len``), grouped by length to keep padding small, padded
+on the right and masked; AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), linear warm-up then
+cosine decay to 10% of the peak learning rate, gradient clipping at 1.0. Embeddings are tied. Each
+model is saved (``save_pretrained``, safetensors fp32) as soon as it is trained, with its loss log
+(``loss_log.jsonl``, one JSON object per logging interval and one per epoch with the validation loss)
+and ``training.json``; re-running the command skips models already trained in ``out_dir`` (resume).
+
+Sizes (chosen by measurement, see ``FAMILY`` and ``data/models/gsm8k-tiny/throughput.json``)
+are such that target:mid >= 4 and target:small >= 12 in parameters, and the whole family trains in
+about an hour on one CPU thread. ``python -m csdlib.zoo bench`` re-measures the training throughput.
+
+Command::
+
+    python -m csdlib.zoo train [--out data/models/gsm8k-tiny] [--budget full|toy] [--data-dir DIR]
+
+Loading::
+
+    from csdlib.zoo import load_family
+    tok, models = load_family()          # models = {"target": ..., "mid": ..., "small": ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .datasets import gsm8k_prompt, load_gsm8k
+
+__all__ = [
+    "FAMILY",
+    "BUDGETS",
+    "MODEL_NAMES",
+    "DEFAULT_FAMILY_DIR",
+    "train_tokenizer",
+    "tokenize_examples",
+    "build_model",
+    "train_model",
+    "train_family",
+    "load_family",
+    "count_parameters",
+    "main",
+]
+
+MODEL_NAMES = ("target", "mid", "small")
+DEFAULT_FAMILY_DIR = Path(__file__).resolve().parent.parent / "data" / "models" / "gsm8k-tiny"
+
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+SPECIAL_TOKENS = [BOS, EOS, PAD]  # ids 0, 1, 2
+
+# Architectures (LlamaConfig fields). vocab_size / special ids / max_position_embeddings are filled in.
+FAMILY = {
+    "target": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4),
+    "mid": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=2),
+    "small": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=1, num_attention_heads=1),
+}
+
+# Training budgets. "full" builds the committed family; "toy" runs end to end in seconds (CI).
+BUDGETS = {
+    "full": dict(
+        vocab_size=4096,
+        max_examples=None,
+        seq_len=384,
+        batch=16,
+        val_fraction=0.02,
+        warmup=100,
+        log_every=20,
+        models={
+            "target": dict(arch=FAMILY["target"], epochs=4, lr=1e-3),
+            "mid": dict(arch=FAMILY["mid"], epochs=6, lr=2e-3),
+            "small": dict(arch=FAMILY["small"], epochs=8, lr=3e-3),
+        },
+    ),
+    "toy": dict(
+        vocab_size=320,
+        max_examples=300,
+        seq_len=256,
+        batch=8,
+        val_fraction=0.05,
+        warmup=2,
+        log_every=2,
+        models={
+            "target": dict(
+                arch=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
+                steps=6, lr=3e-3),
+            "mid": dict(
+                arch=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1),
+                steps=6, lr=3e-3),
+            "small": dict(
+                arch=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1),
+                steps=6, lr=3e-3),
+        },
+    ),
+}
+
+MAX_POSITION_EMBEDDINGS = 512
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------------
+
+def train_tokenizer(texts, vocab_size: int, out_dir):
+    """Train a byte-level BPE tokenizer on ``texts`` and save it to ``out_dir``.
+
+    Special tokens ``<s>`` (0, BOS), ``</s>`` (1, EOS), ``<pad>`` (2); the post-processor prepends BOS.
+    The result loads with ``transformers.AutoTokenizer.from_pretrained(out_dir)``; it is returned as a
+    ``PreTrainedTokenizerFast``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
+    )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=MAX_POSITION_EMBEDDINGS,
+        padding_side="left",  # batched generation pads on the left
+        clean_up_tokenization_spaces=False,
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(out_dir)
+    return hf
+
+
+def tokenize_examples(tokenizer, examples) -> list[list[int]]:
+    """Ids of ``<s> prompt answer </s>`` for GSM8K examples (prompt and answer tokenized separately)."""
+    prompts = [gsm8k_prompt(ex["question"]) for ex in examples]
+    answers = [ex["answer"] for ex in examples]
+    backend = tokenizer.backend_tokenizer  # no model_max_length warning; truncation happens in training
+    p_ids = [e.ids for e in backend.encode_batch(prompts, add_special_tokens=True)]
+    a_ids = [e.ids for e in backend.encode_batch(answers, add_special_tokens=False)]
+    return [p + a + [tokenizer.eos_token_id] for p, a in zip(p_ids, a_ids)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+
+def count_parameters(model) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def build_model(config_dict: dict, seed: int = 0):
+    """A freshly initialised ``LlamaForCausalLM`` from a dict of ``LlamaConfig`` fields."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = dict(
+        max_position_embeddings=MAX_POSITION_EMBEDDINGS,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        hidden_act="silu",
+    )
+    cfg.update(config_dict)
+    cfg.setdefault("num_key_value_heads", cfg.get("num_attention_heads"))
+    config = LlamaConfig(**cfg)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    return model
+
+
+def _batches(seqs, batch: int, rng: random.Random, shuffle: bool = True):
+    """Index batches of similar-length sequences (length-grouped within windows of 50 batches)."""
+    idx = list(range(len(seqs)))
+    if shuffle:
+        rng.shuffle(idx)
+    window = batch * 50
+    out = []
+    for w in range(0, len(idx), window):
+        chunk = sorted(idx[w:w + window], key=lambda i: len(seqs[i]))
+        out += [chunk[b:b + batch] for b in range(0, len(chunk), batch)]
+    if shuffle:
+        rng.shuffle(out)
+    return out
+
+
+def _collate(seqs, ids, pad_id: int):
+    n = max(len(seqs[i]) for i in ids)
+    x = torch.full((len(ids), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), n), dtype=torch.long)
+    for r, i in enumerate(ids):
+        s = seqs[i]
+        x[r, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, :len(s)] = 1
+    labels = x.masked_fill(mask == 0, -100)
+    return x, mask, labels
+
+
+@torch.no_grad()
+def evaluate_loss(model, seqs, batch: int = 16, seq_len: int = 384, pad_id: int = 2) -> float:
+    """Token-weighted mean cross-entropy (nats/token) of ``model`` on ``seqs``."""
+    model.eval()
+    seqs = [s[:seq_len] for s in seqs]
+    total, count = 0.0, 0
+    for ids in _batches(seqs, batch, random.Random(0), shuffle=False):
+        x, mask, labels = _collate(seqs, ids, pad_id)
+        logits = model(input_ids=x, attention_mask=mask).logits[:, :-1]
+        tgt = labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), tgt.reshape(-1), ignore_index=-100, reduction="sum")
+        total += loss.item()
+        count += int((tgt != -100).sum())
+    model.train()
+    return total / max(count, 1)
+
+
+def train_model(
+    config_dict: dict,
+    tokenized_train,
+    tokenized_val,
+    *,
+    epochs: float | None = None,
+    steps: int | None = None,
+    lr: float = 1e-3,
+    batch: int = 16,
+    seq_len: int = 384,
+    seed: int = 0,
+    out_dir=None,
+    warmup: int = 100,
+    log_every: int = 20,
+    weight_decay: float = 0.1,
+    min_lr_ratio: float = 0.1,
+    progress: bool = True,
+    max_seconds: float | None = None,
+):
+    """Train a ``LlamaForCausalLM`` built from ``config_dict`` and save it to ``out_dir``.
+
+    Give either ``epochs`` or ``steps``. Writes ``loss_log.jsonl`` (as it trains) and ``training.json``
+    to ``out_dir``, computes the validation loss after every epoch and at the end, and saves the model
+    with ``save_pretrained`` (safetensors). ``max_seconds`` stops early (used by the micro-benchmark;
+    nothing is saved then if ``out_dir`` is None). Returns ``(model, summary_dict)``.
+    """
+    from tqdm.auto import tqdm
+
+    pad_id = int(config_dict.get("pad_token_id", 2))
+    rng = random.Random(seed)
+    train = [s[:seq_len] for s in tokenized_train]
+    n_batches = math.ceil(len(train) / batch)
+    if steps is None:
+        if epochs is None:
+            raise ValueError("give epochs or steps")
+        steps = max(1, round(epochs * n_batches))
+    warmup = min(warmup, max(1, steps // 10))
+
+    model = build_model(config_dict, seed=seed)
+    model.train()
+    n_params = count_parameters(model)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.95), eps=1e-8,
+    )
+
+    def lr_at(step):  # step in [0, steps)
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        t = (step - warmup) / max(1, steps - warmup)
+        return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+    log_f = None
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log_f = open(out_dir / "loss_log.jsonl", "w", encoding="utf-8")
+
+    def log(rec):
+        if log_f is not None:
+            log_f.write(json.dumps(rec) + "\n")
+            log_f.flush()
+
+    t0 = time.perf_counter()
+    tokens_seen = 0
+    step, epoch = 0, 0
+    acc_loss, acc_n, last_loss = 0.0, 0, float("nan")
+    val_history = []
+    bar = tqdm(total=steps, disable=not progress, desc=f"d={config_dict.get('hidden_size')}", mininterval=2)
+    stopped_early = False
+    while step < steps:
+        for ids in _batches(train, batch, rng):
+            if step >= steps:
+                break
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            x, mask, labels = _collate(train, ids, pad_id)
+            loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            tokens_seen += int(mask.sum())
+            acc_loss += loss.item()
+            acc_n += 1
+            if step % log_every == 0 or step == steps:
+                last_loss = acc_loss / acc_n
+                el = time.perf_counter() - t0
+                log({"step": step, "epoch": epoch, "loss": round(last_loss, 5),
+                     "lr": lr_at(step - 1), "tokens": tokens_seen, "elapsed_s": round(el, 2),
+                     "tok_per_s": round(tokens_seen / el, 1)})
+                bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tokens_seen / el:.0f}")
+                acc_loss, acc_n = 0.0, 0
+            bar.update(1)
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+                stopped_early = True
+                break
+        if stopped_early:
+            break
+        epoch += 1
+        if tokenized_val and step < steps:  # end of a full epoch (the final one is evaluated below)
+            v = evaluate_loss(model, tokenized_val, batch, seq_len, pad_id)
+            val_history.append({"epoch": epoch, "step": step, "val_loss": v})
+            log({"epoch_end": epoch, "step": step, "val_loss": round(v, 5),
+                 "elapsed_s": round(time.perf_counter() - t0, 2)})
+    bar.close()
+    train_time = time.perf_counter() - t0
+    if acc_n:
+        last_loss = acc_loss / acc_n
+    val_loss = evaluate_loss(model, tokenized_val, batch, seq_len, pad_id) if tokenized_val else None
+    summary = {
+        "config": config_dict,
+        "parameters": n_params,
+        "steps": step,
+        "epochs": round(step / n_batches, 3),
+        "batch": batch,
+        "seq_len": seq_len,
+        "lr": lr,
+        "warmup": warmup,
+        "seed": seed,
+        "tokens_seen": tokens_seen,
+        "train_time_s": round(train_time, 1),
+        "tok_per_s": round(tokens_seen / train_time, 1),
+        "final_train_loss": round(last_loss, 5),
+        "val_loss": None if val_loss is None else round(val_loss, 5),
+        "val_history": val_history,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    log({"final": True, "step": step, "train_loss": summary["final_train_loss"],
+         "val_loss": summary["val_loss"], "train_time_s": summary["train_time_s"]})
+    if log_f is not None:
+        log_f.close()
+    if out_dir is not None and not stopped_early:
+        model.eval()
+        model.save_pretrained(out_dir, safe_serialization=True)
+        (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return model, summary
+
+
+# --------------------------------------------------------------------------------------------------
+# The family
+# --------------------------------------------------------------------------------------------------
+
+def _split(examples, val_fraction: float, seed: int):
+    idx = list(range(len(examples)))
+    random.Random(seed).shuffle(idx)
+    n_val = max(1, round(val_fraction * len(examples)))
+    val = sorted(idx[:n_val])
+    train = sorted(idx[n_val:])
+    return [examples[i] for i in train], [examples[i] for i in val]
+
+
+def _is_trained(d: Path) -> bool:
+    return (d / "training.json").is_file() and (d / "model.safetensors").is_file()
+
+
+def _prepare(out_dir: Path, data_dir, budget: str, seed: int):
+    """Examples split, tokenizer (trained or reused) and tokenized train/val sets."""
+    from transformers import AutoTokenizer
+
+    b = BUDGETS[budget]
+    examples = load_gsm8k("train", data_dir)
+    if b["max_examples"] is not None:
+        examples = examples[: b["max_examples"]]
+    train_ex, val_ex = _split(examples, b["val_fraction"], seed)
+    tok_dir = out_dir / "tokenizer"
+    if (tok_dir / "tokenizer.json").is_file():
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+    else:
+        texts = [gsm8k_prompt(ex["question"]) for ex in train_ex] + [ex["answer"] for ex in train_ex]
+        tok = train_tokenizer(texts, b["vocab_size"], tok_dir)
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+    return tok, tokenize_examples(tok, train_ex), tokenize_examples(tok, val_ex), len(train_ex), len(val_ex)
+
+
+def _model_config(arch: dict, tok) -> dict:
+    cfg = dict(arch)
+    cfg.update(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        max_position_embeddings=MAX_POSITION_EMBEDDINGS,
+        tie_word_embeddings=True,
+    )
+    return cfg
+
+
+def train_family(out_dir, data_dir=None, budget: str = "full", seed: int = 0, progress: bool = True,
+                 only=None) -> dict:
+    """Train the tokenizer and the three models (target, mid, small) into ``out_dir``.
+
+    Models already trained in ``out_dir`` are skipped (resume); each model is saved as soon as it is
+    trained. ``only`` restricts training to some of ``MODEL_NAMES``. Returns ``{name: training summary}``
+    and writes ``family.json`` (the recipe and the summaries).
+    """
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; expected one of {list(BUDGETS)}")
+    b = BUDGETS[budget]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok, train_ids, val_ids, n_train, n_val = _prepare(out_dir, data_dir, budget, seed)
+    summaries = {}
+    for name in MODEL_NAMES:
+        d = out_dir / name
+        if only is not None and name not in only:
+            continue
+        if _is_trained(d):
+            summaries[name] = json.loads((d / "training.json").read_text())
+            if progress:
+                print(f"[zoo] {name}: already trained in {d}, skipping")
+            continue
+        m = b["models"][name]
+        cfg = _model_config(m["arch"], tok)
+        tmp = out_dir / f".{name}.partial"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        if progress:
+            print(f"[zoo] training {name}: {m['arch']}", flush=True)
+        _, summ = train_model(
+            cfg, train_ids, val_ids,
+            epochs=m.get("epochs"), steps=m.get("steps"), lr=m["lr"], batch=b["batch"],
+            seq_len=b["seq_len"], seed=seed, out_dir=tmp, warmup=b["warmup"], log_every=b["log_every"],
+            progress=progress,
+        )
+        if d.exists():
+            shutil.rmtree(d)
+        tmp.rename(d)
+        summaries[name] = summ
+        if progress:
+            print(f"[zoo] {name}: {summ['parameters']:,} params, val loss {summ['val_loss']}, "
+                  f"{summ['train_time_s']} s", flush=True)
+    family = {
+        "name": "gsm8k-tiny",
+        "budget": budget,
+        "seed": seed,
+        "template": "<s> + gsm8k_prompt(question) + answer + </s>",
+        "n_train_examples": n_train,
+        "n_val_examples": n_val,
+        "train_tokens_per_epoch": sum(min(len(s), b["seq_len"]) for s in train_ids),
+        "vocab_size": len(tok),
+        "recipe": {k: v for k, v in b.items()},
+        "models": {k: {kk: vv for kk, vv in v.items() if kk != "val_history"} for k, v in summaries.items()},
+    }
+    (out_dir / "family.json").write_text(json.dumps(family, indent=2) + "\n")
+    return summaries
+
+
+def load_family(path=None, dtype=torch.float32):
+    """``(tokenizer, {"target": model, "mid": model, "small": model})`` from a trained family folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path) if path is not None else DEFAULT_FAMILY_DIR
+    tok = AutoTokenizer.from_pretrained(path / "tokenizer")
+    models = {}
+    for name in MODEL_NAMES:
+        m = AutoModelForCausalLM.from_pretrained(path / name, dtype=dtype)
+        m.eval()
+        models[name] = m
+    return tok, models
+
+
+# --------------------------------------------------------------------------------------------------
+# Micro-benchmark of training throughput
+# --------------------------------------------------------------------------------------------------
+
+def bench_throughput(data_dir=None, seconds: float = 30.0, budget: str = "full", seed: int = 0,
+                     archs: dict | None = None) -> dict:
+    """Training throughput (tokens/s, params) of each family member at the budget's batch/seq_len."""
+    import tempfile
+
+    b = BUDGETS[budget]
+    with tempfile.TemporaryDirectory() as td:
+        tok, train_ids, val_ids, _, _ = _prepare(Path(td), data_dir, budget, seed)
+    archs = archs or {k: v["arch"] for k, v in b["models"].items()}
+    res = {"threads": torch.get_num_threads(), "batch": b["batch"], "seq_len": b["seq_len"],
+           "vocab_size": len(tok), "train_tokens_per_epoch": sum(min(len(s), b["seq_len"]) for s in train_ids),
+           "models": {}}
+    for name, arch in archs.items():
+        _, s = train_model(_model_config(arch, tok), train_ids, None, steps=10**9, lr=1e-3,
+                           batch=b["batch"], seq_len=b["seq_len"], seed=seed, out_dir=None,
+                           progress=False, max_seconds=seconds, warmup=10)
+        res["models"][name] = {"arch": arch, "parameters": s["parameters"], "tok_per_s": s["tok_per_s"],
+                               "steps": s["steps"]}
+        print(f"[bench] {name}: {arch} {s['parameters']:,} params, {s['tok_per_s']:.0f} tok/s", flush=True)
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m csdlib.zoo", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train the gsm8k-tiny family (resumes: skips trained models)")
+    t.add_argument("--out", default=str(DEFAULT_FAMILY_DIR))
+    t.add_argument("--budget", choices=list(BUDGETS), default="full")
+    t.add_argument("--data-dir", default=None, help="folder containing gsm8k/ (default: $CSD_DATA_DIR)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    t.add_argument("--only", nargs="*", choices=MODEL_NAMES, default=None)
+    bch = sub.add_parser("bench", help="measure training throughput of each family member")
+    bch.add_argument("--data-dir", default=None)
+    bch.add_argument("--seconds", type=float, default=30.0)
+    bch.add_argument("--threads", type=int, default=1)
+    bch.add_argument("--json", default=None, help="write the result to this JSON file")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    if a.cmd == "train":
+        train_family(a.out, a.data_dir, a.budget, a.seed, only=a.only)
+    elif a.cmd == "bench":
+        res = bench_throughput(a.data_dir, a.seconds)
+        if a.json:
+            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
