@@ -19,6 +19,8 @@ rejections and can never be stale.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from .errors import CSDValueError
@@ -77,6 +79,7 @@ class HFModel:
         self.max_positions = getattr(text_config, "max_position_embeddings", None)
         self.calls = 0            # decoder forward passes since start()
         self.encoder_calls = 0    # encoder forward passes since start() (one per prompt)
+        self.forward_seconds = 0.0  # wall time inside the model's forward passes since start()
         self._cache = None
         self._cached: list[int] = []   # the tokens whose keys/values are in the cache
         self._encoder_outputs = None
@@ -91,6 +94,7 @@ class HFModel:
 
     def start(self, prompt_ids: list[int]) -> list[int]:
         self.calls = self.encoder_calls = 0
+        self.forward_seconds = 0.0
         self._cache, self._cached = None, []
         if not self.is_encoder_decoder:
             return list(prompt_ids)
@@ -106,16 +110,20 @@ class HFModel:
         if keep < len(self._cached):
             self._cache.crop(keep - len(self._cached))
         new = torch.tensor([seq[keep:]], device=self.device)
+        tic = time.perf_counter()
         with torch.no_grad():
             if self.is_encoder_decoder:
                 out = self.model(encoder_outputs=self._encoder_outputs, decoder_input_ids=new,
                                  cache=self._cache, use_cache=True)
             else:
                 out = self.model(input_ids=new, cache=self._cache, use_cache=True, logits_to_keep=n)
+        logits = out.logits[0, -n:].float()   # float32 like HF's generate: ties break the same way
+        if logits.is_cuda:
+            torch.cuda.synchronize(logits.device)   # the caller reads the logits next anyway
+        self.forward_seconds += time.perf_counter() - tic
         self.calls += 1
         self._cache, self._cached = out.cache, list(seq)
-        # float32 like HF's generate, so argmax ties break the same way
-        return out.logits[0, -n:].float()
+        return logits
 
     def propose(self, seq: list[int], n: int) -> tuple[list[int], list[float]]:
         """Greedy-decode n tokens after seq; returns the tokens and the probability given to each."""
