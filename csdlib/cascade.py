@@ -1,4 +1,4 @@
-"""Cascade Speculative Drafting (Chen et al., NeurIPS 2024), greedy and lossless.
+"""Cascade Speculative Drafting (Chen et al., NeurIPS 2024): lossless, greedy or sampling.
 
 Models are ordered `target, d_1, ..., d_n`, largest first; `d_n` is usually MaG. The k-matrix is the
 seed's: an n x n upper-triangular matrix whose row i belongs to the model at level i (row 0 = the
@@ -14,9 +14,21 @@ One *step* of level i:
   token of its own (its correction, or a bonus token after a full accept).
 
 The bottom drafter decodes on its own (MaG always proposes its own k tokens). Generation repeats
-steps of level 0 until `max_new_tokens` or EOS. The target accepts a token only if it is its own
-argmax, so the output is exactly the target's greedy output. Inner levels may be lenient: a token
-`x` drafted with probability `q(x)` is also accepted when `p(x) > q(x) / lenience`.
+steps of level 0 until `max_new_tokens` or EOS.
+
+**Greedy**: the target accepts a token only if it is its own argmax, so the output is exactly the
+target's greedy output. Inner levels may be lenient: a token `x` drafted with probability `q(x)` is
+also accepted when `p(x) > q(x) / lenience`.
+
+**Sampling** (speculative sampling at every level): accept `x` with probability `min(1, p(x)/q(x))`;
+on rejection draw from `norm(max(p - q, 0))`; after a full accept draw a bonus token from `p`. `p` and
+`q` are distributions after the same temperature / top-k / top-p. Why it stays lossless through the
+cascade: a review by speculative sampling outputs tokens distributed exactly as its reviewer's own
+sampling, token by token given everything before (also across the steps that the horizontal loop
+strings together, whose number depends only on the past). So each draft token the level above sees
+was drawn from a known distribution `q`: that of the level which produced it (a point mass for MaG),
+which is what the level above uses. Lenience > 1 would break this (the lenient level's output
+distribution is no longer its own `p`, and it has no closed form), so it is refused with sampling.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from .errors import CSDValueError
 from .mag import MaG
@@ -33,17 +46,15 @@ from .models import HFModel, as_model
 @dataclass
 class Output:
     sequences: torch.Tensor   # (1, L): decoder-only: prompt + new tokens; enc-dec: decoder tokens from start
-    new_tokens: list[int]     # exactly the target's greedy continuation, cut at max_new_tokens / after EOS
+    new_tokens: list[int]     # the target's own continuation, cut at max_new_tokens / after EOS
     stats: dict = field(default_factory=dict)
-
-    @property
-    def text_ids(self) -> list[int]:
-        return self.sequences[0].tolist()
 
 
 def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1.0,
-             max_new_tokens: int = 128, eos_token_id=None) -> Output:
-    """Greedy CS Drafting: `target`'s own greedy output, drafted for by the cascade `drafters`.
+             max_new_tokens: int = 128, eos_token_id=None, do_sample: bool = False,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             seed: int | None = None, generator: torch.Generator | None = None) -> Output:
+    """CS Drafting: exactly `target`'s own output (greedy), or its own distribution (sampling).
 
     Args:
         target: an `HFModel` or a transformers model (wrapped).
@@ -51,9 +62,13 @@ def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1
         prompt_ids: token ids (list, 1-D tensor or a (1, L) tensor).
         k_matrix: n x n upper-triangular non-negative ints, n = len(drafters); `[[k]]` with one
             drafter is classic speculative decoding with k draft tokens.
-        lenience: >= 1; used at inner levels only (the target always reviews strictly).
+        lenience: >= 1; used at inner levels only (the target always reviews strictly); greedy only.
         max_new_tokens: tokens to generate at most.
         eos_token_id: int or list; defaults to the target's config.
+        do_sample: speculative sampling at every level instead of greedy review.
+        temperature, top_k, top_p: applied with transformers' logits warpers to every model, as
+            `model.generate(do_sample=True, ...)` does (`top_k=None` means no top-k filter).
+        seed / generator: source of randomness for sampling (same seed, same output).
 
     Returns:
         `Output` with `sequences`, `new_tokens` and `stats` (calls per model; drafted / accepted per
@@ -61,18 +76,60 @@ def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1
     """
     target = as_model(target)
     drafters = [as_model(d) for d in drafters]
-    cascade = Cascade([target, *drafters], k_matrix, lenience)
+    sampler = Sampler(temperature, top_k, top_p, seed, generator) if do_sample else None
+    if sampler is None and (temperature != 1.0 or top_k is not None or top_p is not None):
+        raise CSDValueError("temperature / top_k / top_p: only used with do_sample=True")
+    cascade = Cascade([target, *drafters], k_matrix, lenience, sampler)
     prompt = _check_prompt(prompt_ids)
     max_new_tokens = _check_max_new_tokens(max_new_tokens, prompt, cascade.models)
     eos = target.eos_token_ids if eos_token_id is None else _eos_set(eos_token_id)
     return cascade.generate(prompt, max_new_tokens, eos)
 
 
+class Sampler:
+    """Sampling settings: transformers' warpers turn logits into the distribution p that is sampled."""
+
+    def __init__(self, temperature=1.0, top_k=None, top_p=None, seed=None, generator=None):
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise CSDValueError(f"temperature: expected a number > 0, got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise CSDValueError(f"top_k: expected None or an int >= 1, got {top_k!r}")
+        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                                  or not 0 < top_p <= 1):
+            raise CSDValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+        self.warpers = LogitsProcessorList(
+            ([TemperatureLogitsWarper(float(temperature))] if temperature != 1.0 else [])
+            + ([TopKLogitsWarper(top_k)] if top_k is not None else [])
+            + ([TopPLogitsWarper(float(top_p))] if top_p is not None and top_p < 1.0 else []))
+        self.generator = generator if generator is not None else torch.Generator()
+        if generator is None:
+            self.generator.manual_seed(seed) if seed is not None else self.generator.seed()
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Rows of logits -> rows of sampling distributions (the warpers ignore input_ids)."""
+        return self.warpers(None, logits).softmax(-1)
+
+    def draw(self, probs: torch.Tensor) -> int:
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def uniform(self, n: int) -> torch.Tensor:
+        return torch.rand(n, generator=self.generator)
+
+
+def _accept_prob(p_x: torch.Tensor, q_x: torch.Tensor) -> torch.Tensor:
+    return (p_x / q_x).clamp(max=1.0)              # min(1, p/q)
+
+
 class Cascade:
-    def __init__(self, models, k_matrix, lenience: float = 1.0):
+    def __init__(self, models, k_matrix, lenience: float = 1.0, sampler: Sampler | None = None):
         self.models = _check_models(models)
         self.k = _check_k_matrix(k_matrix, len(models) - 1)
         self.lenience = _check_lenience(lenience)
+        if sampler is not None and self.lenience > 1:
+            raise CSDValueError(f"lenience: must be 1 with do_sample=True (got {lenience}); lenient "
+                                "acceptance at an inner level changes the distribution its tokens are "
+                                "drawn from, and the target's review would no longer be lossless")
+        self.sampler = sampler
         self.names = _unique_names(self.models)
 
     def generate(self, prompt: list[int], max_new_tokens: int, eos: set[int]) -> Output:
@@ -84,7 +141,7 @@ class Cascade:
         limit = begin + max_new_tokens
         while len(seq) < limit:
             before = len(seq)
-            seq, _ = self.step(0, seq, [1.0] * len(seq), need=1, cap=limit)
+            seq, _ = self.step(0, seq, [None] * len(seq), need=1, cap=limit)
             hits = [i for i in range(before, len(seq)) if seq[i] in eos]
             if hits:                                   # stop after the first EOS
                 seq = seq[:hits[0] + 1]
@@ -95,12 +152,12 @@ class Cascade:
         self.stats["new_tokens"] = len(seq) - begin
         return Output(torch.tensor([seq]), seq[begin:], self.stats)
 
-    def step(self, i: int, seq: list[int], q: list[float], need: int, cap: int):
-        """One step of level i. Returns the longer sequence and, per token, the probability that
-        the model which put it there gave it (q of the level above). Never grows seq beyond cap."""
+    def step(self, i: int, seq: list[int], q: list, need: int, cap: int):
+        """One step of level i. Returns the longer sequence and, per token, what the level above needs
+        to know of how it was drawn (q). Never grows seq beyond cap."""
         model = self.models[i]
         if i == len(self.models) - 1:                  # bottom: drafts on its own
-            tokens, probs = model.propose(seq, need)
+            tokens, probs = self.propose(model, seq, need)
             room = cap - len(seq)
             return seq + tokens[:room], q + probs[:room]
         start, row = len(seq), self.k[i]
@@ -108,9 +165,29 @@ class Cascade:
             goal = min(start + sum(row[i:j]), cap - 1)   # leave room for the review's own token
             while len(seq) < goal:                     # vertical cascade: j reviews those below it
                 seq, q = self.step(j, seq, q, need=goal - len(seq), cap=cap - 1)
-        return self.review(i, seq, q, start)
+        review = self.review_sampling if self.sampler else self.review_greedy
+        return review(i, seq, q, start)
 
-    def review(self, i: int, seq: list[int], q: list[float], start: int):
+    def propose(self, model, seq: list[int], n: int):
+        """The bottom drafter's own tokens, and q for each (greedy: q(x); sampling: the distribution)."""
+        if isinstance(model, MaG):
+            tokens, _ = model.propose(seq, n)
+            return tokens, [1.0 if self.sampler is None else None] * len(tokens)   # point masses
+        seq, tokens, qs = list(seq), [], []
+        for _ in range(n):
+            logits = model.logits(seq, 1).cpu()
+            if self.sampler is None:
+                token = int(logits[0].argmax())
+                qs.append(float(logits[0].softmax(-1)[token]))
+            else:
+                p = self.sampler.probs(logits)[0]
+                token = self.sampler.draw(p)
+                qs.append(p)
+            tokens.append(token)
+            seq.append(token)
+        return tokens, qs
+
+    def review_greedy(self, i: int, seq: list[int], q: list, start: int):
         """Level i keeps the accepted prefix of seq[start:] and appends one token of its own."""
         drafted = torch.tensor(seq[start:], dtype=torch.long)
         logits = self.models[i].logits(seq, len(drafted) + 1).cpu()
@@ -123,6 +200,25 @@ class Cascade:
         n = int(ok.cumprod(0).sum())                   # accepted prefix length
         seq = seq[:start + n] + [int(best[n])]         # plus correction or bonus
         q = q[:start] + p[:n + 1].gather(1, torch.tensor(seq[start:])[:, None])[:, 0].tolist()
+        self._record(i, len(drafted), n)
+        return seq, q
+
+    def review_sampling(self, i: int, seq: list[int], q: list, start: int):
+        """Speculative sampling: seq[start:] drawn from q is turned into tokens drawn from level i's p."""
+        drafted = torch.tensor(seq[start:], dtype=torch.long)
+        p = self.sampler.probs(self.models[i].logits(seq, len(drafted) + 1).cpu())
+        q_rows = torch.stack([torch.nn.functional.one_hot(x, p.shape[-1]).to(p.dtype) if d is None else d
+                              for x, d in zip(drafted, q[start:])]) if len(drafted) else p[:0]
+        idx = torch.arange(len(drafted))
+        ok = self.sampler.uniform(len(drafted)) < _accept_prob(p[idx, drafted], q_rows[idx, drafted])
+        n = int(ok.cumprod(0).sum())                   # accepted prefix length
+        if n < len(drafted):                           # rejected: draw from norm(max(p - q, 0))
+            residual = (p[n] - q_rows[n]).clamp(min=0)
+            token = self.sampler.draw(residual if residual.sum() > 0 else p[n])
+        else:                                          # all accepted: bonus token from p
+            token = self.sampler.draw(p[n])
+        seq = seq[:start + n] + [token]
+        q = q[:start] + list(p[:n + 1])                # its tokens are now distributed as p
         self._record(i, len(drafted), n)
         return seq, q
 

@@ -1,16 +1,15 @@
 """Hugging Face models as cascade members: one forward per call, KV cache kept and cropped.
 
 `HFModel` wraps any `AutoModelForCausalLM` or `AutoModelForSeq2SeqLM`. The cascade talks to it through
-two methods (the same small protocol as `csdlib.mag.MaG`):
+two methods:
 
 - `start(prompt_ids)` — a new prompt: drop the cache, run the encoder once (encoder-decoder), and return
   the sequence generation continues (decoder-only: the prompt; encoder-decoder: `[decoder_start]`);
-- `propose(seq, n)` — decode `n` tokens greedily (a drafter at the bottom of the cascade);
-
-and, because a neural model can also *review*:
-
 - `logits(seq, n)` — the logits at the last `n` positions of `seq` (row t predicts the token after
   `seq[len(seq) - n + t]`), computed by one forward pass over the tokens not yet in the KV cache.
+
+The cascade reviews with those logits, and a neural drafter at the bottom of a cascade decodes with
+them one token at a time. (MaG speaks `start` + `propose(seq, n)` instead: it has no logits.)
 
 The cache is tied to the tokens it holds: before each forward it is cropped to the longest common prefix
 of those tokens and `seq` (this is where rejected drafts are dropped), so it never needs to be told about
@@ -125,22 +124,11 @@ class HFModel:
         self._cache, self._cached = out.cache, list(seq)
         return logits
 
-    def propose(self, seq: list[int], n: int) -> tuple[list[int], list[float]]:
-        """Greedy-decode n tokens after seq; returns the tokens and the probability given to each."""
-        seq, tokens, probs = list(seq), [], []
-        for _ in range(n):
-            logits = self.logits(seq, 1)[0]
-            token = int(logits.argmax())
-            tokens.append(token)
-            probs.append(float(logits.softmax(-1)[token]))
-            seq.append(token)
-        return tokens, probs
-
 
 def as_model(model, name: str | None = None):
     """Pass csdlib models through; wrap raw transformers models in `HFModel`."""
-    if hasattr(model, "propose") and hasattr(model, "start"):
-        return model
+    if hasattr(model, "start") and (hasattr(model, "logits") or hasattr(model, "propose")):
+        return model        # HFModel, MaG, or anything else that speaks the protocol
     if hasattr(model, "config") and hasattr(model, "forward"):
         return HFModel(model, name=name)
     raise TypeError(f"expected a transformers model, an HFModel or a MaG, got {type(model).__name__}")
