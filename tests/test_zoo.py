@@ -1,0 +1,130 @@
+"""The gsm8k-tiny recipe (toy budget, end to end) and the committed family."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from csdlib import datasets as csd_datasets
+from csdlib.datasets import GSM8K_TEMPLATE, gsm8k_dir, gsm8k_final_answer, gsm8k_prompt
+from csdlib.zoo import DEFAULT_FAMILY_DIR, MODEL_NAMES, count_parameters, tokenize_examples, train_family
+
+GSM8K = gsm8k_dir()
+needs_gsm8k = pytest.mark.skipif(
+    GSM8K is None,
+    reason="GSM8K not found: set CSD_DATA_DIR to a folder containing gsm8k/{train,dev}.jsonl "
+           "(CI uses ../shared/datasets)",
+)
+
+# A made-up question (no GSM8K text in the repository).
+QUESTION = "Tom has 3 boxes with 4 pens in each box. How many pens does Tom have"
+
+
+def test_prompt_template():
+    p = gsm8k_prompt(QUESTION)
+    assert p == GSM8K_TEMPLATE.format(question=QUESTION)
+    assert p.startswith("Reason the math question below step by step. Question: ")
+    assert p.endswith(".\n Answer: ")
+
+
+def test_final_answer_parsing():
+    assert gsm8k_final_answer("so 3*4=12\n#### 12") == "12"
+    assert gsm8k_final_answer("#### 1,200") == "1200"
+    assert gsm8k_final_answer("#### $5.50") == "5.5"
+    assert gsm8k_final_answer("#### -3") == "-3"
+    assert gsm8k_final_answer("no answer here") is None
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, monkeypatch):
+    import datasets as hf_datasets
+
+    def offline(*a, **k):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(hf_datasets, "load_dataset", offline)
+    assert gsm8k_dir(tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="CSD_DATA_DIR"):
+        csd_datasets.load_gsm8k("train", data_dir=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def toy_family(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy_family")
+    torch.set_num_threads(1)
+    summaries = train_family(out, data_dir=GSM8K, budget="toy", seed=0, progress=False)
+    return out, summaries
+
+
+@needs_gsm8k
+def test_toy_recipe_end_to_end(toy_family):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, summaries = toy_family
+    assert set(summaries) == set(MODEL_NAMES)
+    tok = AutoTokenizer.from_pretrained(out / "tokenizer")
+    prompt = gsm8k_prompt(QUESTION)
+    ids = tok(prompt)["input_ids"]
+    assert ids[0] == tok.bos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == prompt
+    for name in MODEL_NAMES:
+        d = out / name
+        assert (d / "model.safetensors").is_file()
+        log = [json.loads(line) for line in (d / "loss_log.jsonl").read_text().splitlines()]
+        assert log and log[-1]["final"] and log[-1]["val_loss"] is not None
+        m = AutoModelForCausalLM.from_pretrained(d)
+        assert m.config.eos_token_id == tok.eos_token_id
+        assert m.config.bos_token_id == tok.bos_token_id
+        assert m.config.pad_token_id == tok.pad_token_id
+        assert m.config.tie_word_embeddings
+        gen = m.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert gen.shape[1] > len(ids)
+    assert json.loads((out / "family.json").read_text())["budget"] == "toy"
+
+
+@needs_gsm8k
+def test_toy_recipe_resumes(toy_family):
+    out, summaries = toy_family
+    again = train_family(out, data_dir=GSM8K, budget="toy", seed=0, progress=False)
+    assert again["target"]["train_time_s"] == summaries["target"]["train_time_s"]  # skipped, not retrained
+
+
+@needs_gsm8k
+def test_training_text_matches_inference_prompt(toy_family):
+    from transformers import AutoTokenizer
+
+    out, _ = toy_family
+    tok = AutoTokenizer.from_pretrained(out / "tokenizer")
+    ex = {"question": QUESTION, "answer": "3 * 4 = 12 pens.\n#### 12"}
+    (ids,) = tokenize_examples(tok, [ex])
+    p = tok(gsm8k_prompt(QUESTION))["input_ids"]
+    assert ids[: len(p)] == p and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == gsm8k_prompt(QUESTION) + ex["answer"]
+
+
+def test_committed_family_loads_offline(monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fam = DEFAULT_FAMILY_DIR
+    assert (fam / "tokenizer" / "tokenizer.json").is_file(), f"the default family is missing in {fam}"
+    tok = AutoTokenizer.from_pretrained(fam / "tokenizer", local_files_only=True)
+    params = {}
+    for name in MODEL_NAMES:
+        m = AutoModelForCausalLM.from_pretrained(fam / name, local_files_only=True)
+        assert m.config.model_type == "llama"
+        assert m.config.eos_token_id == tok.eos_token_id
+        assert m.config.vocab_size == len(tok)
+        params[name] = count_parameters(m)
+    assert params["target"] / params["mid"] >= 4
+    assert params["target"] / params["small"] >= 12
+    total = sum(f.stat().st_size for f in Path(fam).rglob("*") if f.is_file())
+    assert total < 60e6
+
+
+def test_committed_target_has_lowest_val_loss():
+    losses = {n: json.loads((DEFAULT_FAMILY_DIR / n / "training.json").read_text())["val_loss"]
+              for n in MODEL_NAMES}
+    assert losses["target"] < losses["mid"] < losses["small"]
