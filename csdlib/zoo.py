@@ -544,6 +544,115 @@ def bench_throughput(data_dir=None, seconds: float = 30.0, budget: str = "full",
     return res
 
 
+# --------------------------------------------------------------------------------------------------
+# The family as csdlib models: MaG's bigram table, the default cascade, zoo.load()
+# --------------------------------------------------------------------------------------------------
+
+BIGRAM_FILE = "bigram.json"
+
+#: Candidate cascades for `tune` (target row: mid, small, MaG; mid row: small, MaG; small row: MaG).
+TUNE_K_MATRICES = [
+    [[a, b, c], [0, d, e], [0, 0, f]]
+    for a, b, c in [(1, 1, 0), (2, 1, 0), (2, 2, 0), (3, 1, 0), (3, 2, 0), (2, 1, 2), (3, 2, 2), (4, 2, 0)]
+    for d, e in [(1, 0), (2, 0), (1, 2)]
+    for f in [2, 4]
+]
+TUNE_LENIENCE = [1.0, 2.0, 3.0]
+
+
+def build_bigram_table(out_dir=None, data_dir=None, seed: int = 0, budget: str = "full"):
+    """MaG's greedy bigram table from the family's training text (the same examples and tokenization
+    the models were trained on), saved as ``<out_dir>/bigram.json``."""
+    from transformers import AutoTokenizer
+
+    from .mag import BigramTable
+
+    out_dir = Path(out_dir) if out_dir is not None else DEFAULT_FAMILY_DIR
+    b = BUDGETS[budget]
+    examples = load_gsm8k("train", data_dir)
+    if b["max_examples"] is not None:
+        examples = examples[: b["max_examples"]]
+    train_ex, _ = _split(examples, b["val_fraction"], seed)
+    tok = AutoTokenizer.from_pretrained(out_dir / "tokenizer")
+    vocab = json.loads((out_dir / "target" / "config.json").read_text())["vocab_size"]
+    table = BigramTable.from_sequences(tokenize_examples(tok, train_ex), vocab_size=vocab)
+    table.save(out_dir / BIGRAM_FILE)
+    return table
+
+
+class Family:
+    """A loaded model family: tokenizer, target and drafters (csdlib models), default cascade."""
+
+    def __init__(self, name, path, tokenizer, target, drafters, k_matrix, lenience):
+        self.name, self.path, self.tokenizer = name, Path(path), tokenizer
+        self.target, self.drafters = target, drafters
+        self.k_matrix, self.lenience = k_matrix, lenience
+
+    def __repr__(self) -> str:
+        names = ", ".join(d.name for d in self.drafters)
+        return f"Family({self.name!r}: target + [{names}], k_matrix={self.k_matrix}, lenience={self.lenience})"
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """Token ids of the seed's GSM8K prompt for `question`, exactly as in training (``<s>`` first)."""
+        return self.tokenizer(gsm8k_prompt(question))["input_ids"]
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def load(name: str = "gsm8k-tiny", path=None, mag_k: int | None = None, dtype=torch.float32) -> Family:
+    """The embedded default family, offline: ``.tokenizer``, ``.target`` and ``.drafters`` (mid, small,
+    MaG; `csdlib` models, largest first) and the default ``.k_matrix`` / ``.lenience`` that `tune` chose
+    by measurement (stored in ``family.json``)."""
+    from .mag import BigramTable, MaG
+    from .models import HFModel
+
+    if name != "gsm8k-tiny" and path is None:
+        raise ValueError(f"name: unknown family {name!r}; the embedded one is 'gsm8k-tiny' (or give path=)")
+    path = Path(path) if path is not None else DEFAULT_FAMILY_DIR
+    tok, models = load_family(path, dtype=dtype)
+    info = json.loads((path / "family.json").read_text())
+    default = info.get("default", {"k_matrix": [[2, 1, 0], [0, 1, 0], [0, 0, 2]], "lenience": 1.0, "mag_k": 10})
+    vocab = models["target"].config.vocab_size
+    mag = MaG(BigramTable.load(path / BIGRAM_FILE, vocab_size=vocab), k=mag_k or default["mag_k"])
+    target = HFModel(models["target"], name="target")
+    drafters = [HFModel(models["mid"], name="mid"), HFModel(models["small"], name="small"), mag]
+    return Family(name, path, tok, target, drafters, default["k_matrix"], default["lenience"])
+
+
+def tune_default(path=None, data_dir=None, n_prompts: int = 8, max_new_tokens: int = 96, mag_ks=(4, 10)):
+    """Choose the default k-matrix / lenience / MaG k by measurement: the highest SWI (parameter-count
+    costs; MaG costs 0) over the first `n_prompts` GSM8K dev prompts, greedy. Writes ``default`` (and the
+    whole table of candidates) into ``family.json``."""
+    from tqdm.auto import tqdm
+
+    from .cascade import generate
+
+    fam = load(path=path)
+    prompts = [fam.prompt_ids(ex["question"]) for ex in load_gsm8k("dev", data_dir)[:n_prompts]]
+    models = [fam.target, *fam.drafters]
+    rows = []
+    grid = [(k, l, m) for k in TUNE_K_MATRICES for l in TUNE_LENIENCE for m in mag_ks]
+    for k_matrix, lenience, mag_k in tqdm(grid, desc="tune"):
+        fam.drafters[-1].k = mag_k
+        tokens = cost = 0.0
+        for prompt in prompts:
+            out = generate(fam.target, fam.drafters, prompt, k_matrix=k_matrix, lenience=lenience,
+                           max_new_tokens=max_new_tokens)
+            tokens += len(out.new_tokens)
+            cost += sum(out.stats["calls"][m.name] * m.cost for m in models)
+        rows.append({"k_matrix": k_matrix, "lenience": lenience, "mag_k": mag_k,
+                     "swi": tokens * fam.target.cost / cost})
+    best = max(rows, key=lambda r: r["swi"])
+    info_path = fam.path / "family.json"
+    info = json.loads(info_path.read_text())
+    info["default"] = {**best, "chosen_by": f"python -m csdlib.zoo tune (SWI, parameter costs, {n_prompts} dev "
+                                            f"prompts, {max_new_tokens} new tokens, greedy)"}
+    info["tune"] = sorted(rows, key=lambda r: -r["swi"])[:20]
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    return best, rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m csdlib.zoo", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -559,9 +668,22 @@ def main(argv=None):
     bch.add_argument("--seconds", type=float, default=30.0)
     bch.add_argument("--threads", type=int, default=1)
     bch.add_argument("--json", default=None, help="write the result to this JSON file")
+    bg = sub.add_parser("bigram", help="build MaG's bigram table from the training text")
+    bg.add_argument("--out", default=str(DEFAULT_FAMILY_DIR))
+    bg.add_argument("--data-dir", default=None)
+    tn = sub.add_parser("tune", help="choose the default k-matrix / lenience by measured SWI")
+    tn.add_argument("--data-dir", default=None)
+    tn.add_argument("--prompts", type=int, default=8)
+    for q in (bg, tn):
+        q.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    if a.cmd == "train":
+    if a.cmd == "bigram":
+        print(build_bigram_table(a.out, a.data_dir))
+    elif a.cmd == "tune":
+        best, _ = tune_default(data_dir=a.data_dir, n_prompts=a.prompts)
+        print("default:", best)
+    elif a.cmd == "train":
         train_family(a.out, a.data_dir, a.budget, a.seed, only=a.only)
     elif a.cmd == "bench":
         res = bench_throughput(a.data_dir, a.seconds)

@@ -128,3 +128,43 @@ def test_committed_target_has_lowest_val_loss():
     losses = {n: json.loads((DEFAULT_FAMILY_DIR / n / "training.json").read_text())["val_loss"]
               for n in MODEL_NAMES}
     assert losses["target"] < losses["mid"] < losses["small"]
+
+
+@needs_gsm8k
+def test_toy_recipe_loads_as_a_cascade(toy_family):
+    from csdlib import generate, zoo
+
+    out, _ = toy_family
+    zoo.build_bigram_table(out, data_dir=GSM8K, budget="toy")
+    fam = zoo.load(path=out)
+    assert [d.name for d in fam.drafters] == ["mid", "small", "mag"]
+    prompt = fam.prompt_ids(QUESTION)
+    ref = fam.target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12,
+                                    pad_token_id=fam.tokenizer.pad_token_id)
+    out = generate(fam.target, fam.drafters, prompt, k_matrix=fam.k_matrix, lenience=fam.lenience,
+                   max_new_tokens=12)
+    assert out.sequences.tolist() == ref.tolist()
+
+
+@needs_gsm8k
+def test_committed_family_cascade_reproduces_target_greedy_on_dev_prompts(monkeypatch):
+    from csdlib import generate, zoo
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fam = zoo.load()
+    assert fam.drafters[-1].vocab_size == fam.target.vocab_size
+    for ex in csd_datasets.load_gsm8k("dev", GSM8K)[:3]:
+        prompt = fam.prompt_ids(ex["question"])
+        ref = fam.target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=64,
+                                        pad_token_id=fam.tokenizer.pad_token_id)
+        out = generate(fam.target, fam.drafters, prompt, k_matrix=fam.k_matrix, lenience=fam.lenience,
+                       max_new_tokens=64)
+        assert out.sequences.tolist() == ref.tolist()
+        assert out.stats["calls"]["target"] < len(out.new_tokens)      # the cascade saved target calls
+
+
+def test_unknown_family_name():
+    from csdlib import zoo
+
+    with pytest.raises(ValueError, match="name: unknown family 'gpt-5'"):
+        zoo.load("gpt-5")
