@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from csdlib.datasets import gsm8k_final_answer, gsm8k_prompt, load_gsm8k  # noqa: E402
+from csdlib.mag import BigramTable, MaG  # noqa: E402
 from csdlib.zoo import DEFAULT_FAMILY_DIR, MODEL_NAMES, count_parameters, load_family  # noqa: E402
 
 
@@ -92,6 +93,12 @@ def agreement(drafter, prompt_ids: list[int], cont: list[int]) -> tuple[int, int
     logits = drafter(input_ids=x).logits[0]
     pred = logits[len(prompt_ids) - 1: len(prompt_ids) - 1 + len(cont)].argmax(-1)
     return int((pred == torch.tensor(cont)).sum()), len(cont)
+
+
+def mag_agreement(mag, prompt_ids: list[int], cont: list[int]) -> tuple[int, int]:
+    """(matches, positions): MaG's first proposed token == target token, on prompt + cont[:t]."""
+    hits = sum(mag.draft(prompt_ids, prompt_ids + cont[:t], k=1)[0] == cont[t] for t in range(len(cont)))
+    return hits, len(cont)
 
 
 def _cpu_name() -> str:
@@ -202,19 +209,19 @@ def main(argv=None):
         print("-" * 60 + "\n" + t)
 
     # greedy agreement (teacher-forced on the target's own greedy continuations)
-    counts = {n: [0, 0] for n in MODEL_NAMES}
+    mag = MaG(BigramTable.load(fam / "bigram.json"), k=1)
+    counts = {n: [0, 0] for n in (*MODEL_NAMES, "mag")}
     for ex_prompt in prompts[: a.n_agree]:
         ids = tok(ex_prompt)["input_ids"]
         cont = greedy_single(models["target"], ids, a.max_new_tokens, tok.eos_token_id)
-        for n in MODEL_NAMES:
-            m_, t_ = agreement(models[n], ids, cont)
+        for n in (*MODEL_NAMES, "mag"):
+            m_, t_ = mag_agreement(mag, ids, cont) if n == "mag" else agreement(models[n], ids, cont)
             counts[n][0] += m_
             counts[n][1] += t_
     report["agreement"] = {
         "n_prompts": a.n_agree,
         "positions": counts["target"][1],
-        **{n: round(counts[n][0] / max(counts[n][1], 1), 4) for n in MODEL_NAMES},
-        "mag": None,  # filled in once MaG exists
+        **{n: round(counts[n][0] / max(counts[n][1], 1), 4) for n in counts},
     }
     print(f"[agreement] {report['agreement']}", flush=True)
 

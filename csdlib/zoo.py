@@ -552,12 +552,12 @@ BIGRAM_FILE = "bigram.json"
 
 #: Candidate cascades for `tune` (target row: mid, small, MaG; mid row: small, MaG; small row: MaG).
 TUNE_K_MATRICES = [
-    [[a, b, c], [0, d, e], [0, 0, f]]
-    for a, b, c in [(1, 1, 0), (2, 1, 0), (2, 2, 0), (3, 1, 0), (3, 2, 0), (2, 1, 2), (3, 2, 2), (4, 2, 0)]
-    for d, e in [(1, 0), (2, 0), (1, 2)]
-    for f in [2, 4]
+    [[a, b, c], [0, d, e], [0, 0, 2]]
+    for a, b, c in [(1, 0, 4), (1, 0, 8), (2, 0, 4), (2, 0, 8), (2, 1, 2), (2, 1, 4), (2, 1, 8), (3, 1, 4),
+                    (3, 2, 4), (1, 1, 8)]
+    for d, e in [(1, 0), (2, 0), (1, 2), (0, 4), (0, 8)]
 ]
-TUNE_LENIENCE = [1.0, 2.0, 3.0]
+TUNE_LENIENCE = [1.0, 3.0]
 
 
 def build_bigram_table(out_dir=None, data_dir=None, seed: int = 0, budget: str = "full"):
@@ -620,7 +620,7 @@ def load(name: str = "gsm8k-tiny", path=None, mag_k: int | None = None, dtype=to
     return Family(name, path, tok, target, drafters, default["k_matrix"], default["lenience"])
 
 
-def tune_default(path=None, data_dir=None, n_prompts: int = 8, max_new_tokens: int = 96, mag_ks=(4, 10)):
+def tune_default(path=None, data_dir=None, n_prompts: int = 8, max_new_tokens: int = 96, mag_ks=(10,)):
     """Choose the default k-matrix / lenience / MaG k by measurement: the highest SWI (parameter-count
     costs; MaG costs 0) over the first `n_prompts` GSM8K dev prompts, greedy. Writes ``default`` (and the
     whole table of candidates) into ``family.json``."""
