@@ -1,0 +1,48 @@
+"""Acceptance per cascade level under greedy review vs speculative sampling, on the default family.
+
+Usage: python benchmarks/acceptance_sampling.py [--prompts 10] [--max-new-tokens 96]
+
+Same prompts (GSM8K dev), same k-matrix (the family's default, lenience 1 for both so the two are
+comparable), greedy vs sampling at temperature 1 and at temperature 0.7 + top-p 0.9.
+"""
+
+import argparse
+
+import torch
+
+import csdlib
+from csdlib import zoo
+from csdlib.datasets import load_gsm8k
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=10)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--data-dir", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    fam = zoo.load()
+    prompts = [fam.prompt_ids(ex["question"]) for ex in load_gsm8k("dev", args.data_dir)[:args.prompts]]
+    settings = {"greedy": {}, "sample T=1": dict(do_sample=True),
+                "sample T=0.7 top-p=0.9": dict(do_sample=True, temperature=0.7, top_p=0.9)}
+    print(f"k_matrix={fam.k_matrix}, MaG k={fam.drafters[-1].k}, {len(prompts)} dev prompts, "
+          f"{args.max_new_tokens} new tokens")
+    print(f"{'setting':<24} " + " ".join(f"{lv:>14}" for lv in ["target", "mid", "small"]) + "  tokens/target call")
+    for label, kw in settings.items():
+        drafted, accepted, tokens, target_calls = [0] * 3, [0] * 3, 0, 0
+        for i, prompt in enumerate(prompts):
+            out = csdlib.generate(fam.target, fam.drafters, prompt, k_matrix=fam.k_matrix, lenience=1.0,
+                                  max_new_tokens=args.max_new_tokens, seed=i if kw else None, **kw)
+            for j, lv in enumerate(out.stats["levels"]):
+                drafted[j] += lv["drafted"]
+                accepted[j] += lv["accepted"]
+            tokens += len(out.new_tokens)
+            target_calls += out.stats["calls"]["target"]
+        rates = " ".join(f"{a / max(d, 1):>14.3f}" for a, d in zip(accepted, drafted))
+        print(f"{label:<24} {rates}  {tokens / target_calls:.2f}")
+    print("(acceptance = accepted / drafted tokens at each reviewing level)")
+
+
+if __name__ == "__main__":
+    main()
