@@ -119,3 +119,79 @@ def gsm8k_final_answer(text: str) -> str | None:
     if "." in s:
         s = s.rstrip("0").rstrip(".") or "0"
     return s
+
+
+# --------------------------------------------------------------------------------------------------
+# MMLU (Hendrycks et al. 2021, MIT licence)
+# --------------------------------------------------------------------------------------------------
+#
+# Read from ``<data_dir>/mmlu/{split}.jsonl`` (``data_dir`` argument, else ``$CSD_DATA_DIR``, else
+# ``../shared/datasets``), one JSON object per line in the hub's (``cais/mmlu``) schema: ``question``,
+# ``subject``, ``choices`` (four strings) and ``answer`` (0-3); else from the hub,
+# ``datasets.load_dataset("cais/mmlu", "all", split=split)``. The seed read ``lukaemon/mmlu`` (fields
+# ``input``, ``A``-``D``, ``target``); :func:`mmlu_prompt` accepts both schemas.
+
+#: The seed's MMLU prompt. The seed's README gives none; this is ``template_mmlu`` from the seed's code
+#: (``csd_datasets.py``), with the trailing space after "step." kept.
+MMLU_TEMPLATE = "Question: {question}\n(A) {A} (B) {B} (C) {C} (D) {D}\n Answer: \n Let's think step by step. "
+
+#: Size of :func:`sampled_mmlu`. The seed's ``sampled_mmlu.json`` was never published, so its size is
+#: unknown; 500 items is our choice.
+SAMPLED_MMLU_SIZE = 500
+MMLU_SPLITS = ("test", "validation", "dev", "auxiliary_train")
+
+
+def mmlu_prompt(item: dict) -> str:
+    """The seed's prompt for one MMLU item (hub schema ``question``/``choices``, or the seed's
+    ``input``/``A``-``D``)."""
+    if "choices" in item:
+        choices = list(item["choices"])
+        if len(choices) != 4:
+            raise ValueError(f"MMLU item: expected 4 choices, got {len(choices)}")
+        return MMLU_TEMPLATE.format(question=item["question"], **dict(zip("ABCD", choices)))
+    return MMLU_TEMPLATE.format(question=item["input"], **{c: item[c] for c in "ABCD"})
+
+
+def _mmlu_dirs(data_dir=None) -> list[Path]:
+    if data_dir is not None:
+        d = Path(data_dir).expanduser()
+        return [d / "mmlu", d]
+    env = os.environ.get("CSD_DATA_DIR")
+    dirs = [Path(env).expanduser() / "mmlu"] if env else []
+    return dirs + [_REPO_ROOT.parent / "shared" / "datasets" / "mmlu"]
+
+
+def load_mmlu(split: str = "test", data_dir=None) -> list[dict]:
+    """MMLU items (``question``, ``subject``, ``choices``, ``answer``) of ``split``, all subjects."""
+    if split not in MMLU_SPLITS:
+        raise ValueError(f"unknown MMLU split {split!r}; expected one of {MMLU_SPLITS}")
+    for d in _mmlu_dirs(data_dir):
+        if (d / f"{split}.jsonl").is_file():
+            return _read_jsonl(d / f"{split}.jsonl")
+    try:
+        import datasets as hf_datasets
+
+        rows = hf_datasets.load_dataset("cais/mmlu", "all", split=split)
+        return [{k: r[k] for k in ("question", "subject", "choices", "answer")} for r in rows]
+    except Exception as e:  # no network, no datasets package, ...
+        hub_error = e
+    looked = ", ".join(str(d / f"{split}.jsonl") for d in _mmlu_dirs(data_dir))
+    raise FileNotFoundError(
+        f"MMLU split {split!r} not found. Looked for {looked}; the hub fallback "
+        f"datasets.load_dataset('cais/mmlu', 'all', split={split!r}) failed with: {hub_error!r}. "
+        "Provide it with the data_dir argument or the CSD_DATA_DIR environment variable pointing at a "
+        "folder that contains mmlu/{split}.jsonl (fields 'question', 'subject', 'choices', 'answer'), "
+        "or allow access to the Hugging Face hub."
+    )
+
+
+def sampled_mmlu(n: int = SAMPLED_MMLU_SIZE, seed: int = 0, split: str = "test", data_dir=None) -> list[dict]:
+    """The seed's ``sampled_mmlu``: a fixed random subset of ``n`` MMLU items (seeded; dataset order)."""
+    import random
+
+    items = load_mmlu(split, data_dir)
+    picked = sorted(random.Random(seed).sample(range(len(items)), min(n, len(items))))
+    return [items[i] for i in picked]
+
+
+__all__ += ["MMLU_TEMPLATE", "SAMPLED_MMLU_SIZE", "mmlu_prompt", "load_mmlu", "sampled_mmlu"]

@@ -1,0 +1,320 @@
+"""Experiment runner: methods x prompts -> one JSONL record per (method, sample), resumable.
+
+    methods = standard_methods(drafters, k_matrix=..., lenience=2)     # AR, SD(each drafter), CSD
+    df = run(target, methods, prompts, out="data/results/run.jsonl", max_new_tokens=128)
+    print(summarize(df))
+
+- Every record is appended (and flushed) to the JSONL file as soon as its sample finishes, so an
+  interrupted run (Ctrl-C, crash) loses nothing finished. A record's key is the hash of its method's
+  configuration (models' fingerprints, k-matrix, lenience, dataset, max_new_tokens, target mode) plus
+  the sample id; rerunning skips keys already in the file and repeats none. A torn last line (a crash
+  mid-write) is ignored on reading and cut off before the next append.
+- Wall clock: all methods run in one process on the same prompts, sample by sample (AR first), after
+  untimed warm-up generations of every method, so AR and CSD see the same machine state.
+- Every greedy method's output is compared with AR's on the same sample (`equals_ar`; None when
+  sampling, whose outputs are equal in distribution only).
+- Records carry tokens, calls per model, drafted / accepted per level and per draft position
+  (`Output.stats`), the run's cost and SWI under each cost table of `csdlib.cost`, and wall time.
+- Sharding: give `shard=(index, count)`-style output paths via `shard_path`; `load_results` reads a
+  results file together with its shards and `merge_shards` folds them into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import cost as costs_mod
+from .cache import CachedTarget, fingerprint
+from .cascade import generate
+from .errors import CSDValueError
+from .mag import MaG
+
+
+@dataclass
+class Method:
+    """One decoding method: the drafters below the target (largest first), k-matrix and lenience."""
+    name: str
+    drafters: list = field(default_factory=list)
+    k_matrix: list | None = None
+    lenience: float = 1.0
+    generate_kwargs: dict = field(default_factory=dict)   # e.g. {"do_sample": True, "seed": 0}
+
+    @property
+    def greedy(self) -> bool:
+        return not self.generate_kwargs.get("do_sample", False)
+
+    @property
+    def is_ar(self) -> bool:
+        return not self.drafters
+
+
+def standard_methods(drafters, *, k_matrix, lenience: float = 1.0, sd_k: int = 4) -> list[Method]:
+    """AR, SD with each drafter alone (k = sd_k for a neural drafter, MaG's own k for MaG), and CSD with
+    all drafters (`k_matrix`, `lenience`)."""
+    methods = [Method("AR")]
+    for d in drafters:
+        if isinstance(d, MaG):
+            methods.append(Method("SD(MaG)", [d], [[d.k]]))
+        else:
+            methods.append(Method(f"SD({d.name})", [d], [[sd_k]]))
+    methods.append(Method("CSD", list(drafters), k_matrix, lenience))
+    return methods
+
+
+def config_hash(target, method: Method, dataset: str, max_new_tokens: int) -> str:
+    config = {"method": method.name, "target": fingerprint(target),
+              "target_mode": "cached" if isinstance(target, CachedTarget) else "model",
+              "drafters": [fingerprint(d) for d in method.drafters], "k_matrix": method.k_matrix,
+              "lenience": float(method.lenience), "generate_kwargs": method.generate_kwargs,
+              "dataset": dataset, "max_new_tokens": max_new_tokens}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- the JSONL file
+
+
+def read_records(path) -> list[dict]:
+    """Records of a JSONL file; a torn last line is ignored, a corrupt line elsewhere raises."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    complete = path.read_text(encoding="utf-8").split("\n")[:-1]   # after the last newline: torn
+    records = []
+    for n, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise CSDValueError(f"results file {str(path)!r}: line {n} is not valid JSON ({e})") from None
+    return records
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop an unfinished last line so the next append starts on a line of its own."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def append_record(path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def shard_path(out, index: int) -> Path:
+    """Where process `index` of a sharded run writes: `<out stem>.shard<index>.jsonl` next to `out`."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.shard{index}{out.suffix}")
+
+
+def _all_files(out) -> list[Path]:
+    out = Path(out)
+    return [out] + sorted(out.parent.glob(f"{out.stem}.shard*{out.suffix}"))
+
+
+def read_all_records(out) -> list[dict]:
+    """Records of `out` and of its shard files, one per key (first occurrence wins)."""
+    seen, records = set(), []
+    for p in _all_files(out):
+        for r in read_records(p):
+            if r["key"] not in seen:
+                seen.add(r["key"])
+                records.append(r)
+    return records
+
+
+def merge_shards(out) -> int:
+    """Fold the shard files of `out` into `out` (atomically, no duplicates) and delete them."""
+    out = Path(out)
+    records = read_all_records(out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, out)
+    for p in _all_files(out)[1:]:
+        p.unlink()
+    return len(records)
+
+
+def load_results(out) -> pd.DataFrame:
+    """All records of a results file (and its shards) as a DataFrame; dict fields are flattened to
+    columns such as `calls.<model>`, `swi.<cost table>`."""
+    return to_frame(read_all_records(out))
+
+
+def to_frame(records: list[dict]) -> pd.DataFrame:
+    if not records:
+        return pd.DataFrame()
+    return pd.json_normalize(records, max_level=1)
+
+
+# ---------------------------------------------------------------- running
+
+
+def record_for(target, method: Method, out, sample_id, prompt: list[int], wall_s: float, tables: dict,
+               dataset: str, max_new_tokens: int, key: str, ar_tokens=None) -> dict:
+    """One sample's record from a finished `generate` Output."""
+    stats = out.stats
+    calls = stats["calls"]
+    c_target = {t: c[target.name] for t, c in tables.items()}
+    spent = {t: costs_mod.run_cost(calls, c) for t, c in tables.items()}
+    return {
+        "key": key, "config_hash": key.split(":")[0], "method": method.name, "sample_id": sample_id,
+        "dataset": dataset, "target": target.name,
+        "target_mode": "cached" if isinstance(target, CachedTarget) else "model",
+        "models": list(calls), "k_matrix": method.k_matrix, "lenience": float(method.lenience),
+        "max_new_tokens": max_new_tokens, "prompt_tokens": len(prompt),
+        "new_tokens": len(out.new_tokens), "token_ids": out.new_tokens,
+        "calls": calls, "target_calls": calls[target.name], "encoder_calls": stats["encoder_calls"],
+        "levels": stats["levels"], "model_costs": tables, "c_target": c_target, "cost": spent,
+        "swi": {t: len(out.new_tokens) * c_target[t] / spent[t] if spent[t] else None for t in tables},
+        "wall_s": wall_s, "tokens_per_s": len(out.new_tokens) / wall_s if wall_s > 0 else None,
+        "equals_ar": None if ar_tokens is None else out.new_tokens == ar_tokens,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int = 128,
+        dataset: str = "custom", measured_costs: dict | None = None, warmup: int = 1,
+        progress: bool = True, on_record=None, read_from=None, tags: dict | None = None) -> pd.DataFrame:
+    """Run every method on every prompt; returns the records of these methods and prompts (including
+    those found in `out` from earlier runs) as a DataFrame.
+
+    Args:
+        target: an `HFModel` or a `CachedTarget`.
+        methods: `Method`s; the AR one (no drafters), if any, runs first on each sample and is the
+            reference for `equals_ar`.
+        prompts: `(sample_id, prompt_ids)` pairs.
+        out: JSONL path; records are appended as each sample finishes; keys already there are skipped.
+        measured_costs: {model name: seconds} (`cost.measure_costs`) adds the `measured` cost table.
+        warmup: untimed generations of each method before the timed ones.
+        on_record: called with each new record after it is written (e.g. to stop a run).
+        read_from: where finished records are looked up (default: `out` and its shards).
+        tags: extra fields stored in every new record (e.g. the process index of a sharded run).
+    """
+    prompts = [(str(sid), list(ids)) for sid, ids in prompts]
+    methods = sorted(methods, key=lambda m: not m.is_ar)          # AR first: the reference
+    if sum(m.is_ar for m in methods) > 1:
+        raise CSDValueError("methods: at most one AR method (no drafters) per run")
+    if len({m.name for m in methods}) < len(methods):
+        raise CSDValueError(f"methods: names must be unique, got {[m.name for m in methods]}")
+    hashes = {m.name: config_hash(target, m, dataset, max_new_tokens) for m in methods}
+    tables = {m.name: costs_mod.cost_tables([target, *m.drafters], measured=measured_costs) for m in methods}
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _cut_torn_tail(out)
+    done = {r["key"]: r for r in (read_all_records(read_from or out) if (read_from or out) else [])}
+    todo = [(sid, ids, m) for sid, ids in prompts for m in methods if f"{hashes[m.name]}:{sid}" not in done]
+    if todo and warmup:
+        _warm_up(target, methods, todo[0][1], min(max_new_tokens, 16), warmup)
+    records = {k: r for k, r in done.items()}
+    ar = next((m for m in methods if m.is_ar), None)
+    bar = tqdm(todo, desc=f"{dataset} x {len(methods)} methods", disable=not progress, unit="run")
+    for sid, ids, m in bar:
+        key = f"{hashes[m.name]}:{sid}"
+        ar_rec = records.get(f"{hashes[ar.name]}:{sid}") if ar is not None else None
+        tic = time.perf_counter()
+        output = generate(target, m.drafters, ids, k_matrix=m.k_matrix, lenience=m.lenience,
+                          max_new_tokens=max_new_tokens, **m.generate_kwargs)
+        wall = time.perf_counter() - tic
+        ar_tokens = output.new_tokens if m.is_ar else ar_rec["token_ids"] if ar_rec and m.greedy else None
+        rec = record_for(target, m, output, sid, ids, wall, tables[m.name], dataset, max_new_tokens, key,
+                         ar_tokens=ar_tokens)
+        rec.update(tags or {})
+        if out is not None:
+            append_record(out, rec)
+        records[key] = rec
+        if on_record is not None:
+            on_record(rec)
+    wanted = [f"{hashes[m.name]}:{sid}" for sid, _ in prompts for m in methods]
+    return to_frame([records[k] for k in wanted])
+
+
+def _warm_up(target, methods, prompt, max_new_tokens, times):
+    for _ in range(times):
+        for m in methods:
+            generate(target, m.drafters, prompt, k_matrix=m.k_matrix, lenience=m.lenience,
+                     max_new_tokens=max_new_tokens, **m.generate_kwargs)
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def _merge_levels(level_lists) -> list[dict]:
+    """Sum per-level stats over samples."""
+    merged = []
+    for levels in level_lists:
+        for lv in levels:
+            while len(merged) <= lv["level"]:
+                merged.append({"level": len(merged), "model": None, "reviews": 0, "drafted": 0, "accepted": 0,
+                               "drafted_per_position": [], "accepted_per_position": []})
+            m = merged[lv["level"]]
+            m["model"] = lv["model"]
+            for k in ("reviews", "drafted", "accepted"):
+                m[k] += lv[k]
+            for k in ("drafted_per_position", "accepted_per_position"):
+                m[k].extend([0] * (len(lv[k]) - len(m[k])))
+                for i, v in enumerate(lv[k]):
+                    m[k][i] += v
+    return merged
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per method (in run order): samples, tokens, aggregate SWI per cost table (sum of
+    tokens x c_target / sum of cost - not a mean of per-sample ratios), wall-clock speedup over AR on
+    the same samples, tokens/s, tokens per target call, acceptance per level (accepted / drafted), the
+    estimated acceptance rate alpha at the target, Leviathan et al.'s predicted SWI for single-drafter
+    SD (parameter costs), and whether every output equals AR's."""
+    if df.empty:
+        return pd.DataFrame()
+    tables = sorted(c.split(".", 1)[1] for c in df.columns if c.startswith("cost."))
+    ar = df[df["models"].map(len) == 1]
+    ar_wall = ar.set_index("sample_id")["wall_s"] if not ar.empty else None
+    rows = []
+    for method, g in df.groupby("method", sort=False):
+        levels = _merge_levels(g["levels"])
+        row = {"method": method, "samples": len(g), "new_tokens": int(g["new_tokens"].sum())}
+        for t in tables:
+            if g[f"cost.{t}"].notna().all():
+                row[f"SWI {t}"] = (g["new_tokens"] * g[f"c_target.{t}"]).sum() / g[f"cost.{t}"].sum()
+        if ar_wall is not None and (g["target_mode"] == "model").all():
+            shared = g[g["sample_id"].isin(ar_wall.index)]
+            row["wall speedup"] = ar_wall[shared["sample_id"]].sum() / shared["wall_s"].sum()
+            row["tokens/s"] = g["new_tokens"].sum() / g["wall_s"].sum()
+        row["tokens/target call"] = g["new_tokens"].sum() / g["target_calls"].sum()
+        row["acceptance per level"] = " / ".join(
+            f"{lv['accepted'] / lv['drafted']:.2f}" if lv["drafted"] else "-" for lv in levels)
+        row["alpha (target)"] = costs_mod.acceptance_rate(levels[0]) if levels[0]["drafted"] else None
+        row["predicted SWI"] = _predicted_sd_swi(g, levels)
+        checked = g["equals_ar"].dropna()
+        row["equals AR"] = bool(checked.all()) if len(checked) else None
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
+
+
+def _predicted_sd_swi(g: pd.DataFrame, levels) -> float | None:
+    """Leviathan et al.'s expected SWI for SD with one neural drafter (parameter costs), else None."""
+    first = g.iloc[0]
+    if len(first["models"]) != 2 or not levels[0]["drafted"] or "model_costs.parameters" not in g:
+        return None
+    costs = first["model_costs.parameters"]
+    target, drafter = first["models"]
+    if costs[drafter] == 0:            # MaG: one free call proposes its own k tokens, not k calls
+        return None
+    k = first["k_matrix"][0][0]
+    return costs_mod.expected_speedup(costs_mod.acceptance_rate(levels[0]), costs[drafter] / costs[target], k)

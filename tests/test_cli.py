@@ -1,0 +1,93 @@
+"""`csd run` on tiny stand-in models (not the trained family): one process, then two sharded ones."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import seedfixtures as sf
+
+from csdlib.cli import main
+from csdlib.experiment import read_records
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    paths = sf.write_models(root)
+    return root, paths, sf.write_bigram(root / "bigram.json"), sf.write_data(root / "data")
+
+
+def run_args(world, tmp_path, n=3):
+    root, paths, bigram, data = world
+    return ["run", "--target", str(paths["llama_7b"]), "--drafter", str(paths["JackFram/llama-160m"]),
+            "--bigram", str(bigram), "--k-matrix", "[[4, 4], [0, 4]]", "--lenience", "2", "--data-dir", str(data),
+            "--n-samples", str(n), "--max-new-tokens", "10", "--dtype", "float64", "--name", "t",
+            "--results-dir", str(tmp_path / "results"), "--figures-dir", str(tmp_path / "figures"), "--quiet"]
+
+
+def test_csd_run(world, tmp_path, capsys):
+    assert main(run_args(world, tmp_path) + ["--device-map", "auto"]) == 0     # accelerate places the target
+    printed = capsys.readouterr().out
+    methods = ["AR", "SD(JackFram__llama-160m)", "SD(MaG)", "CSD"]
+    for m in methods:
+        assert f"\n| {m} | 3 | 30 |" in printed
+    assert "every method's output equals AR's on every sample: yes" in printed
+    records = read_records(tmp_path / "results" / "t.jsonl")
+    assert sorted((r["method"], r["sample_id"]) for r in records) == sorted((m, s) for m in methods for s in "012")
+    assert all(r["equals_ar"] for r in records)
+    assert (tmp_path / "results" / "t.md").read_text().startswith("| method | samples | new_tokens | SWI measured")
+    assert (tmp_path / "figures" / "t.png").stat().st_size > 0
+    # resumed: a rerun with one more prompt runs only that prompt
+    assert main(run_args(world, tmp_path, n=4)) == 0
+    records = read_records(tmp_path / "results" / "t.jsonl")
+    assert len(records) == 16 and {r["sample_id"] for r in records[12:]} == {"3"}
+
+
+def test_sharded_across_two_processes(world, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "csdlib.cli", *run_args(world, tmp_path, n=4), "--no-figure"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stdout
+    out = tmp_path / "results"
+    assert sorted(p.name for p in out.iterdir()) == ["t.csv", "t.jsonl", "t.md"]     # shards merged
+    records = read_records(out / "t.jsonl")
+    assert len(records) == 16 and len({r["key"] for r in records}) == 16
+    by_process = {}
+    for r in records:
+        by_process.setdefault(r["process_index"], set()).add(r["sample_id"])
+    assert sorted(by_process) == [0, 1] and by_process[0].isdisjoint(by_process[1])
+    assert by_process[0] | by_process[1] == {"0", "1", "2", "3"}
+    assert all(r["equals_ar"] and r["num_processes"] == 2 for r in records)
+    assert json.loads(json.dumps(records[0]))["dataset"] == "gsm8k"
+
+
+def test_default_family_path(world, tmp_path, monkeypatch, capsys):
+    """With no model flags `csd run` uses csdlib.zoo.load() (replaced here by tiny stand-ins)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from csdlib import HFModel, zoo
+    from csdlib.compat import get_mag_model
+
+    root, paths, bigram, data = world
+    family = SimpleNamespace(
+        tokenizer=AutoTokenizer.from_pretrained(paths["llama_7b"]),
+        target=HFModel(AutoModelForCausalLM.from_pretrained(paths["llama_7b"]), name="target"),
+        drafters=[HFModel(AutoModelForCausalLM.from_pretrained(paths["JackFram/llama-160m"]), name="mid"),
+                  get_mag_model(bigram)],
+        k_matrix=[[3, 4], [0, 4]], lenience=2.0)
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: family, raising=False)
+    args = ["run", "--data-dir", str(data), "--n-samples", "2", "--max-new-tokens", "6", "--quiet", "--no-figure",
+            "--results-dir", str(tmp_path)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert [line.split(" | ")[0] for line in printed.splitlines() if line.startswith("| ")][1:] == \
+        ["| AR", "| SD(mid)", "| SD(MaG)", "| CSD"]
+    csd = [r for r in read_records(tmp_path / "gsm8k-dev-n2-t6.jsonl") if r["method"] == "CSD"]
+    assert csd[0]["k_matrix"] == [[3, 4], [0, 4]] and csd[0]["lenience"] == 2.0
