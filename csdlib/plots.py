@@ -1,0 +1,174 @@
+"""Figures for the notebooks (and anyone else): each function takes results and returns a matplotlib
+Figure, optionally saved to `path` (parent folders created).
+
+- `speedup_bars(summary)`: SWI under each cost model and wall-clock speedup per method
+  (`experiment.summarize` output).
+- `acceptance_tables(df)`: tidy per-level and per-position acceptance frames from result records.
+- `acceptance_per_level(df)`, `acceptance_per_position(df)`, `accepted_per_target_call(df)`,
+  `cost_breakdown(df)`: seaborn figures from `experiment.load_results` records.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .experiment import _merge_levels
+
+
+def _save(fig, path):
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def speedup_bars(summary: pd.DataFrame, path=None, title: str | None = None):
+    """Bars of SWI per cost table and of wall-clock speedup, one group per method."""
+    plt = _plt()
+    swi_cols = [c for c in summary.columns if c.startswith("SWI ")]
+    long = summary[swi_cols].rename(columns=lambda c: c[4:]).reset_index().melt(
+        id_vars="method", var_name="cost model", value_name="SWI")
+    if "wall speedup" in summary:
+        wall = summary[["wall speedup"]].reset_index().rename(columns={"wall speedup": "SWI"})
+        wall["cost model"] = "wall clock (this machine)"
+        long = pd.concat([long, wall], ignore_index=True)
+    import seaborn as sns
+    fig, ax = plt.subplots(figsize=(9, 4))
+    sns.barplot(data=long, x="method", y="SWI", hue="cost model", ax=ax)
+    ax.axhline(1, color="grey", lw=0.8, ls="--")
+    ax.set_ylabel("speedup over AR (x)")
+    ax.set_xlabel("decoding method")
+    ax.set_title(title or "Speedup over autoregressive decoding")
+    ax.legend(title="cost model", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def acceptance_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per level, per position) tidy frames for every method with drafters: columns method, level,
+    model, drafted, accepted, acceptance (and position, 1-based)."""
+    per_level, per_pos = [], []
+    for method, g in df.groupby("method", sort=False):
+        for lv in _merge_levels(g["levels"]):
+            if not lv["drafted"]:
+                continue
+            per_level.append({"method": method, "level": lv["level"], "model": lv["model"],
+                              "reviews": lv["reviews"], "drafted": lv["drafted"], "accepted": lv["accepted"],
+                              "acceptance": lv["accepted"] / lv["drafted"]})
+            acc = lv["accepted_per_position"] + [0] * (len(lv["drafted_per_position"]) - len(lv["accepted_per_position"]))
+            for i, (d, a) in enumerate(zip(lv["drafted_per_position"], acc)):
+                if d:
+                    per_pos.append({"method": method, "level": lv["level"], "model": lv["model"],
+                                    "position": i + 1, "drafted": d, "accepted": a, "acceptance": a / d})
+    return pd.DataFrame(per_level), pd.DataFrame(per_pos)
+
+
+def acceptance_per_level(df: pd.DataFrame, path=None):
+    """Acceptance rate (accepted / drafted) at each reviewing level, per method."""
+    import seaborn as sns
+    plt = _plt()
+    lv, _ = acceptance_tables(df)
+    lv = lv.assign(reviewer=lv["level"].astype(str) + ": " + lv["model"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.barplot(data=lv, x="method", y="acceptance", hue="reviewer", ax=ax)
+    ax.set_ylabel("acceptance rate (accepted / drafted)")
+    ax.set_xlabel("decoding method")
+    ax.set_ylim(0, 1)
+    ax.set_title("Acceptance per cascade level (reviewing model)")
+    ax.legend(title="level: reviewer", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def acceptance_per_position(df: pd.DataFrame, path=None, max_position: int = 12):
+    """Acceptance rate at the target by draft position (1 = first drafted token), per method."""
+    import seaborn as sns
+    plt = _plt()
+    _, pos = acceptance_tables(df)
+    pos = pos[(pos["level"] == 0) & (pos["position"] <= max_position)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.lineplot(data=pos, x="position", y="acceptance", hue="method", marker="o", ax=ax)
+    ax.set_xlabel("draft position (1 = first token after the accepted prefix)")
+    ax.set_ylabel("target acceptance rate at this position")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Target acceptance per draft position")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def accepted_per_target_call(df: pd.DataFrame, path=None):
+    """Distribution over samples of new tokens per target call (accepted drafts + the target's own)."""
+    import seaborn as sns
+    plt = _plt()
+    d = df.assign(tpc=df["new_tokens"] / df["target_calls"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.boxplot(data=d, x="method", y="tpc", ax=ax, color="lightsteelblue")
+    sns.stripplot(data=d, x="method", y="tpc", ax=ax, color="k", size=3)
+    ax.set_xlabel("decoding method")
+    ax.set_ylabel("new tokens per target call (per sample)")
+    ax.set_title("Mean accepted length per target call")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def cost_table(df: pd.DataFrame, table: str = "parameters") -> pd.DataFrame:
+    """Tidy frame: method, model, calls (summed), cost per call, calls x cost as a share of AR's total."""
+    ar = df[df["models"].map(len) == 1]
+    ar_total = ar[f"cost.{table}"].sum() if not ar.empty else None
+    rows = []
+    for method, g in df.groupby("method", sort=False):
+        costs = g.iloc[0]["model_costs"][table] if "model_costs" in g else g.iloc[0][f"model_costs.{table}"]
+        for model in g.iloc[0]["models"]:
+            n = int(g[f"calls.{model}"].sum())
+            rows.append({"method": method, "model": model, "calls": n, "cost per call": costs[model],
+                         "calls x cost": n * costs[model],
+                         "share of AR cost": n * costs[model] / ar_total if ar_total else None})
+    return pd.DataFrame(rows)
+
+
+def cost_breakdown(df: pd.DataFrame, path=None, table: str = "parameters"):
+    """Stacked bars: each method's total cost (calls x cost per model, `table`), relative to AR's."""
+    plt = _plt()
+    ct = cost_table(df, table)
+    wide = ct.pivot_table(index="method", columns="model", values="share of AR cost", sort=False).fillna(0)
+    wide = wide.loc[[m for m in ct["method"].unique()]]
+    import seaborn as sns
+    colors = sns.color_palette("colorblind", len(wide.columns))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    wide.plot.bar(stacked=True, ax=ax, rot=0, color=colors)
+    ax.axhline(1, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("decoding method")
+    ax.set_ylabel(f"calls x cost / AR's total ({table})")
+    ax.set_title("Where the time goes: calls x cost per model")
+    ax.legend(title="model", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def tuning_plot(result: dict, history: list[dict] | None = None, table: str = "parameters"):
+    """Two panels for the sliders: acceptance per level of `result`, and SWI of every evaluation so far."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    names = [lv["model"] for lv in result["levels"]]
+    acc = [a if a is not None else 0 for a in result["acceptance"]]
+    axes[0].bar(names, acc, color="tab:blue")
+    axes[0].set_ylim(0, 1)
+    axes[0].set_xlabel("reviewing level")
+    axes[0].set_ylabel("acceptance (accepted / drafted)")
+    axes[0].set_title(f"SWI {table} = {result['swi'][table]:.3f}")
+    hist = history or [result]
+    axes[1].plot(range(1, len(hist) + 1), [h["swi"][table] for h in hist], marker="o")
+    axes[1].axhline(1, color="grey", lw=0.8, ls="--")
+    axes[1].set_xlabel("evaluation #")
+    axes[1].set_ylabel(f"SWI ({table})")
+    axes[1].set_title("SWI of each setting tried")
+    fig.tight_layout()
+    return fig
