@@ -36,7 +36,7 @@ def peaked(model, scale=25.0):
 
 @pytest.fixture(scope="module")
 def decoder_family():
-    target = peaked(llama(0, vocab=V).float())
+    target = peaked(llama(0, layers=1, vocab=V).float())   # 1 layer: HF's per-layer overhead dominates
     mid = perturbed(target, 0.01, 1)
     small = peaked(llama(2, hidden=16, layers=1, vocab=V).float(), 10.0)
     table = BigramTable.from_sequences([[3, 5, 7, 1, 2, 3, 4, 5, 6]], V)
@@ -45,7 +45,7 @@ def decoder_family():
 
 @pytest.fixture(scope="module")
 def t5_family():
-    target = t5(0, vocab=V).float()          # T5's random init is peaked enough as it is
+    target = t5(0, layers=1, vocab=V).float()     # T5's random init is peaked enough as it is
     mid = perturbed(target, 0.05, 1)
     small = t5(2, d_model=16, layers=1, vocab=V).float()
     table = BigramTable.from_sequences([[3, 5, 7, 1, 2, 3, 4, 5, 6]], V)
@@ -122,7 +122,8 @@ def two_sample_pvalue(a, b):
 
 
 # (seed, settings). Under a correct cascade p-values are uniform, so a fixed seed fails 1 time in ~50;
-# T0.7's seed 1 did (p = 0.002), seeds 11, 12, 13, 21 gave 0.88, 0.07, 0.78, 0.81 — a fluke, not a bias.
+# with an earlier 2-layer target, T0.7's seed 1 did (p = 0.002) while seeds 11, 12, 13, 21 gave 0.88, 0.07,
+# 0.78, 0.81 — a fluke, not a bias. With this 1-layer target: T1 p = 0.87 / 0.61, T0.7 p = 0.41 / 0.23.
 SETTINGS = [(1, dict(temperature=1.0)), (21, dict(temperature=0.7, top_p=0.9))]
 
 
@@ -145,7 +146,7 @@ def test_broken_acceptance_is_detected(decoder_family, monkeypatch):
 
 
 def test_encoder_decoder_sampling_matches_target_distribution(t5_family):
-    tokens, acceptance = cascade_counts(t5_family, 6_000, seed=4)
+    tokens, acceptance = cascade_counts(t5_family, 4_000, seed=4)
     p_exact = gof_pvalue(joint(tokens, 0, 1), exact_joint(t5_family[0]))
     print(f"T5: goodness of fit p={p_exact:.3f}, acceptance per level {acceptance.round(2)}")
     assert p_exact > 0.01
