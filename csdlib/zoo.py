@@ -626,23 +626,18 @@ def tune_default(path=None, data_dir=None, n_prompts: int = 8, max_new_tokens: i
     whole table of candidates) into ``family.json``."""
     from tqdm.auto import tqdm
 
-    from .cascade import generate
+    from .tuning import evaluate_cascade
 
     fam = load(path=path)
     prompts = [fam.prompt_ids(ex["question"]) for ex in load_gsm8k("dev", data_dir)[:n_prompts]]
-    models = [fam.target, *fam.drafters]
     rows = []
     grid = [(k, l, m) for k in TUNE_K_MATRICES for l in TUNE_LENIENCE for m in mag_ks]
     for k_matrix, lenience, mag_k in tqdm(grid, desc="tune"):
         fam.drafters[-1].k = mag_k
-        tokens = cost = 0.0
-        for prompt in prompts:
-            out = generate(fam.target, fam.drafters, prompt, k_matrix=k_matrix, lenience=lenience,
-                           max_new_tokens=max_new_tokens)
-            tokens += len(out.new_tokens)
-            cost += sum(out.stats["calls"][m.name] * m.cost for m in models)
+        result = evaluate_cascade(fam.target, fam.drafters, prompts, k_matrix, lenience,
+                                  max_new_tokens=max_new_tokens)
         rows.append({"k_matrix": k_matrix, "lenience": lenience, "mag_k": mag_k,
-                     "swi": tokens * fam.target.cost / cost})
+                     "swi": result["swi"]["parameters"]})
     best = max(rows, key=lambda r: r["swi"])
     info_path = fam.path / "family.json"
     info = json.loads(info_path.read_text())
