@@ -125,6 +125,19 @@ BUDGETS = {
 
 MAX_POSITION_EMBEDDINGS = 512
 
+#: gsm8k-base: one larger target (same tokenizer, same recipe) on top of gsm8k-tiny's three models,
+#: which become its drafters. Size chosen by measured training throughput (2 threads, batch 16 x 384):
+#: d512/8 layers (29.4 M parameters) trains at about 650 tokens/s, 3 epochs in about 1 h 45 min.
+BASE_ARCH = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8)
+BASE_BUDGETS = {
+    "full": dict(models={"target": dict(arch=BASE_ARCH, epochs=3, lr=7e-4)}),
+    "toy": dict(models={"target": dict(
+        arch=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2),
+        steps=8, lr=3e-3)}),
+}
+DEFAULT_BASE_DIR = DEFAULT_FAMILY_DIR.parent / "gsm8k-base"
+FAMILY_DIRS = {"gsm8k-tiny": DEFAULT_FAMILY_DIR, "gsm8k-base": DEFAULT_BASE_DIR}
+
 
 # --------------------------------------------------------------------------------------------------
 # Tokenizer
@@ -252,6 +265,13 @@ def evaluate_loss(model, seqs, batch: int = 16, seq_len: int = 384, pad_id: int 
     return total / max(count, 1)
 
 
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` with torch.save atomically (a crash mid-write keeps the previous checkpoint)."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def train_model(
     config_dict: dict,
     tokenized_train,
@@ -270,13 +290,23 @@ def train_model(
     min_lr_ratio: float = 0.1,
     progress: bool = True,
     max_seconds: float | None = None,
+    checkpoint_every_s: float | None = 600.0,
+    stop_after_steps: int | None = None,
+    save_dtype: torch.dtype | None = None,
 ):
     """Train a ``LlamaForCausalLM`` built from ``config_dict`` and save it to ``out_dir``.
 
     Give either ``epochs`` or ``steps``. Writes ``loss_log.jsonl`` (as it trains) and ``training.json``
     to ``out_dir``, computes the validation loss after every epoch and at the end, and saves the model
-    with ``save_pretrained`` (safetensors). ``max_seconds`` stops early (used by the micro-benchmark;
-    nothing is saved then if ``out_dir`` is None). Returns ``(model, summary_dict)``.
+    with ``save_pretrained`` (safetensors; in ``save_dtype`` if given, e.g. bf16 for a large target).
+
+    Interruption: every ``checkpoint_every_s`` seconds of training (and at the end of every epoch) the
+    whole training state (model, optimizer, learning-rate schedule position, RNG states, the epoch's batch
+    order and the position in it, counters, the log) goes to ``out_dir/checkpoint.pt``; calling again
+    with the same arguments resumes from it and gives the same model as an uninterrupted run.
+    ``stop_after_steps`` stops (after checkpointing) at that step as if interrupted (tests);
+    ``max_seconds`` stops early (used by the micro-benchmark; nothing is saved then if ``out_dir`` is
+    None). Returns ``(model, summary_dict)``; ``summary["complete"]`` is False when stopped early.
     """
     from tqdm.auto import tqdm
 
@@ -300,71 +330,114 @@ def train_model(
         lr=lr, betas=(0.9, 0.95), eps=1e-8,
     )
 
-    def lr_at(step):  # step in [0, steps)
+    def lr_at(step):  # step in [0, steps): linear warm-up, cosine decay to min_lr_ratio * lr
         if step < warmup:
             return lr * (step + 1) / warmup
         t = (step - warmup) / max(1, steps - warmup)
         return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
-    log_f = None
+    # ---- state: fresh, or restored from out_dir/checkpoint.pt -----------------------------------
+    st = dict(step=0, epoch=0, pos=0, order=None, rng=rng.getstate(), tokens_seen=0, elapsed=0.0,
+              acc_loss=0.0, acc_n=0, last_loss=float("nan"), val_history=[])
+    ckpt_path = log_path = None
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        log_f = open(out_dir / "loss_log.jsonl", "w", encoding="utf-8")
+        ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "loss_log.jsonl"
+    if ckpt_path is not None and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, weights_only=False)
+        if ck["steps"] != steps or ck["config"] != config_dict:
+            raise ValueError(f"out_dir: {ckpt_path} is a checkpoint of another run "
+                             f"(steps {ck['steps']}, config {ck['config']}); delete it to start over")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["torch_rng"])
+        st = ck["state"]
+        rng.setstate(st["rng"])
+        # the log keeps what was written up to the checkpoint, nothing after it
+        lines = log_path.read_text().splitlines() if log_path.is_file() else []
+        log_path.write_text("".join(l + "\n" for l in lines[: ck["log_lines"]]))
+        if progress:
+            print(f"[zoo] resuming from {ckpt_path} at step {st['step']}/{steps}", flush=True)
+    elif log_path is not None:
+        log_path.write_text("")
+    log_f = open(log_path, "a", encoding="utf-8") if log_path is not None else None
+    n_log = [sum(1 for _ in open(log_path))] if log_path is not None else [0]
 
     def log(rec):
         if log_f is not None:
             log_f.write(json.dumps(rec) + "\n")
             log_f.flush()
+            n_log[0] += 1
 
-    t0 = time.perf_counter()
-    tokens_seen = 0
-    step, epoch = 0, 0
-    acc_loss, acc_n, last_loss = 0.0, 0, float("nan")
-    val_history = []
-    bar = tqdm(total=steps, disable=not progress, desc=f"d={config_dict.get('hidden_size')}", mininterval=2)
+    def checkpoint():
+        if ckpt_path is not None:
+            _save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                         "torch_rng": torch.get_rng_state(), "state": st, "steps": steps,
+                                         "config": config_dict, "log_lines": n_log[0]})
+
+    t0 = time.perf_counter() - st["elapsed"]
+    last_ckpt = time.perf_counter()
+    bar = tqdm(total=steps, initial=st["step"], disable=not progress,
+               desc=f"d={config_dict.get('hidden_size')}", mininterval=2)
     stopped_early = False
-    while step < steps:
-        for ids in _batches(train, batch, rng):
-            if step >= steps:
-                break
+    while st["step"] < steps and not stopped_early:
+        if st["order"] is None:  # a new epoch: its batch order comes from the seeded RNG
+            st["order"] = _batches(train, batch, rng)
+            st["rng"], st["pos"] = rng.getstate(), 0
+        while st["pos"] < len(st["order"]) and st["step"] < steps:
+            ids = st["order"][st["pos"]]
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+                g["lr"] = lr_at(st["step"])
             x, mask, labels = _collate(train, ids, pad_id)
             loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            step += 1
-            tokens_seen += int(mask.sum())
-            acc_loss += loss.item()
-            acc_n += 1
-            if step % log_every == 0 or step == steps:
-                last_loss = acc_loss / acc_n
-                el = time.perf_counter() - t0
-                log({"step": step, "epoch": epoch, "loss": round(last_loss, 5),
-                     "lr": lr_at(step - 1), "tokens": tokens_seen, "elapsed_s": round(el, 2),
-                     "tok_per_s": round(tokens_seen / el, 1)})
-                bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tokens_seen / el:.0f}")
-                acc_loss, acc_n = 0.0, 0
+            st["step"] += 1
+            st["pos"] += 1
+            st["tokens_seen"] += int(mask.sum())
+            st["acc_loss"] += loss.item()
+            st["acc_n"] += 1
+            st["elapsed"] = time.perf_counter() - t0
+            if st["step"] % log_every == 0 or st["step"] == steps:
+                st["last_loss"] = st["acc_loss"] / st["acc_n"]
+                el = st["elapsed"]
+                log({"step": st["step"], "epoch": st["epoch"], "loss": round(st["last_loss"], 5),
+                     "lr": lr_at(st["step"] - 1), "tokens": st["tokens_seen"], "elapsed_s": round(el, 2),
+                     "tok_per_s": round(st["tokens_seen"] / el, 1)})
+                bar.set_postfix(loss=f"{st['last_loss']:.3f}", tok_s=f"{st['tokens_seen'] / el:.0f}")
+                st["acc_loss"], st["acc_n"] = 0.0, 0
             bar.update(1)
+            if checkpoint_every_s is not None and time.perf_counter() - last_ckpt > checkpoint_every_s:
+                checkpoint()
+                last_ckpt = time.perf_counter()
+            if stop_after_steps is not None and st["step"] >= stop_after_steps:
+                checkpoint()
+                stopped_early = True
+                break
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
                 stopped_early = True
                 break
         if stopped_early:
             break
-        epoch += 1
-        if tokenized_val and step < steps:  # end of a full epoch (the final one is evaluated below)
-            v = evaluate_loss(model, tokenized_val, batch, seq_len, pad_id)
-            val_history.append({"epoch": epoch, "step": step, "val_loss": v})
-            log({"epoch_end": epoch, "step": step, "val_loss": round(v, 5),
-                 "elapsed_s": round(time.perf_counter() - t0, 2)})
+        if st["pos"] >= len(st["order"]):  # end of a full epoch (the final one is evaluated below)
+            st["epoch"] += 1
+            st["order"] = None
+            if tokenized_val and st["step"] < steps:
+                v = evaluate_loss(model, tokenized_val, batch, seq_len, pad_id)
+                st["val_history"].append({"epoch": st["epoch"], "step": st["step"], "val_loss": v})
+                log({"epoch_end": st["epoch"], "step": st["step"], "val_loss": round(v, 5),
+                     "elapsed_s": round(time.perf_counter() - t0, 2)})
+            checkpoint()
+            last_ckpt = time.perf_counter()
     bar.close()
+    step = st["step"]
     train_time = time.perf_counter() - t0
-    if acc_n:
-        last_loss = acc_loss / acc_n
-    val_loss = evaluate_loss(model, tokenized_val, batch, seq_len, pad_id) if tokenized_val else None
+    last_loss = st["acc_loss"] / st["acc_n"] if st["acc_n"] else st["last_loss"]
+    val_loss = (evaluate_loss(model, tokenized_val, batch, seq_len, pad_id)
+                if tokenized_val and not stopped_early else None)
     summary = {
         "config": config_dict,
         "parameters": n_params,
@@ -375,23 +448,32 @@ def train_model(
         "lr": lr,
         "warmup": warmup,
         "seed": seed,
-        "tokens_seen": tokens_seen,
+        "tokens_seen": st["tokens_seen"],
         "train_time_s": round(train_time, 1),
-        "tok_per_s": round(tokens_seen / train_time, 1),
+        "tok_per_s": round(st["tokens_seen"] / train_time, 1),
         "final_train_loss": round(last_loss, 5),
         "val_loss": None if val_loss is None else round(val_loss, 5),
-        "val_history": val_history,
+        "val_history": st["val_history"],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "saved_dtype": str(save_dtype or torch.float32).replace("torch.", ""),
+        "complete": not stopped_early,
     }
-    log({"final": True, "step": step, "train_loss": summary["final_train_loss"],
-         "val_loss": summary["val_loss"], "train_time_s": summary["train_time_s"]})
+    if not stopped_early:
+        log({"final": True, "step": step, "train_loss": summary["final_train_loss"],
+             "val_loss": summary["val_loss"], "train_time_s": summary["train_time_s"]})
     if log_f is not None:
         log_f.close()
     if out_dir is not None and not stopped_early:
         model.eval()
-        model.save_pretrained(out_dir, safe_serialization=True)
+        if save_dtype is not None:
+            model.to(save_dtype).save_pretrained(out_dir, safe_serialization=True)
+            model.to(torch.float32)
+        else:
+            model.save_pretrained(out_dir, safe_serialization=True)
         (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if ckpt_path.is_file():
+            ckpt_path.unlink()
     return model, summary
 
 
@@ -412,8 +494,9 @@ def _is_trained(d: Path) -> bool:
     return (d / "training.json").is_file() and (d / "model.safetensors").is_file()
 
 
-def _prepare(out_dir: Path, data_dir, budget: str, seed: int):
-    """Examples split, tokenizer (trained or reused) and tokenized train/val sets."""
+def _prepare(out_dir: Path, data_dir, budget: str, seed: int, tok_dir: Path | None = None):
+    """Examples split, tokenizer (trained or reused; ``tok_dir`` defaults to ``out_dir/tokenizer``)
+    and tokenized train/val sets."""
     from transformers import AutoTokenizer
 
     b = BUDGETS[budget]
@@ -421,7 +504,7 @@ def _prepare(out_dir: Path, data_dir, budget: str, seed: int):
     if b["max_examples"] is not None:
         examples = examples[: b["max_examples"]]
     train_ex, val_ex = _split(examples, b["val_fraction"], seed)
-    tok_dir = out_dir / "tokenizer"
+    tok_dir = Path(tok_dir) if tok_dir is not None else out_dir / "tokenizer"
     if (tok_dir / "tokenizer.json").is_file():
         tok = AutoTokenizer.from_pretrained(tok_dir)
     else:
@@ -502,6 +585,63 @@ def train_family(out_dir, data_dir=None, budget: str = "full", seed: int = 0, pr
     }
     (out_dir / "family.json").write_text(json.dumps(family, indent=2) + "\n")
     return summaries
+
+
+def train_base(out_dir=None, data_dir=None, budget: str = "full", seed: int = 0, progress: bool = True,
+               tiny_dir=None, checkpoint_every_s: float = 600.0, stop_after_steps: int | None = None) -> dict:
+    """Train gsm8k-base's target into ``out_dir/target`` with gsm8k-tiny's tokenizer and recipe.
+
+    The same examples, split, tokenization, batches and optimizer as gsm8k-tiny's models; the weights are
+    saved in bf16 (loaded as fp32). Training runs in ``out_dir/.target.partial`` (git-ignored) and
+    checkpoints there every ``checkpoint_every_s`` seconds: running the command again resumes. The
+    family shares gsm8k-tiny's tokenizer, drafters and bigram table (``family.json`` names the folder).
+    """
+    if budget not in BASE_BUDGETS:
+        raise ValueError(f"budget: unknown budget {budget!r}; expected one of {list(BASE_BUDGETS)}")
+    out_dir = Path(out_dir) if out_dir is not None else DEFAULT_BASE_DIR
+    tiny_dir = Path(tiny_dir) if tiny_dir is not None else DEFAULT_FAMILY_DIR
+    b, m = BUDGETS[budget], BASE_BUDGETS[budget]["models"]["target"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    d = out_dir / "target"
+    if _is_trained(d):
+        if progress:
+            print(f"[zoo] target: already trained in {d}, skipping")
+        return json.loads((d / "training.json").read_text())
+    tok, train_ids, val_ids, n_train, n_val = _prepare(out_dir, data_dir, budget, seed, tiny_dir / "tokenizer")
+    cfg = _model_config(m["arch"], tok)
+    tmp = out_dir / ".target.partial"
+    if progress:
+        print(f"[zoo] training gsm8k-base target: {m['arch']} (partial state in {tmp})", flush=True)
+    _, summ = train_model(
+        cfg, train_ids, val_ids,
+        epochs=m.get("epochs"), steps=m.get("steps"), lr=m["lr"], batch=b["batch"], seq_len=b["seq_len"],
+        seed=seed, out_dir=tmp, warmup=b["warmup"], log_every=b["log_every"], progress=progress,
+        checkpoint_every_s=checkpoint_every_s, stop_after_steps=stop_after_steps, save_dtype=torch.bfloat16,
+    )
+    if not summ["complete"]:
+        return summ
+    if d.exists():
+        shutil.rmtree(d)
+    tmp.rename(d)
+    info_path = out_dir / "family.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info.update({
+        "name": "gsm8k-base",
+        "budget": budget,
+        "seed": seed,
+        "shares": os.path.relpath(tiny_dir, out_dir),
+        "shared": "tokenizer, drafters (its target, mid, small) and bigram table of gsm8k-tiny",
+        "template": "<s> + gsm8k_prompt(question) + answer + </s>",
+        "n_train_examples": n_train,
+        "n_val_examples": n_val,
+        "recipe": {**{k: v for k, v in b.items() if k != "models"}, "models": BASE_BUDGETS[budget]["models"]},
+        "models": {"target": {k: v for k, v in summ.items() if k != "val_history"}},
+    })
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    if progress:
+        print(f"[zoo] gsm8k-base target: {summ['parameters']:,} params, val loss {summ['val_loss']}, "
+              f"{summ['train_time_s']} s", flush=True)
+    return summ
 
 
 def load_family(path=None, dtype=torch.float32):
@@ -652,7 +792,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m csdlib.zoo", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the gsm8k-tiny family (resumes: skips trained models)")
-    t.add_argument("--out", default=str(DEFAULT_FAMILY_DIR))
+    t.add_argument("--family", choices=list(FAMILY_DIRS), default="gsm8k-tiny")
+    t.add_argument("--out", default=None, help="family folder (default: data/models/<family>)")
     t.add_argument("--budget", choices=list(BUDGETS), default="full")
     t.add_argument("--data-dir", default=None, help="folder containing gsm8k/ (default: $CSD_DATA_DIR)")
     t.add_argument("--seed", type=int, default=0)
@@ -678,8 +819,10 @@ def main(argv=None):
     elif a.cmd == "tune":
         best, _ = tune_default(data_dir=a.data_dir, n_prompts=a.prompts)
         print("default:", best)
+    elif a.cmd == "train" and a.family == "gsm8k-base":
+        train_base(a.out, a.data_dir, a.budget, a.seed)
     elif a.cmd == "train":
-        train_family(a.out, a.data_dir, a.budget, a.seed, only=a.only)
+        train_family(a.out or DEFAULT_FAMILY_DIR, a.data_dir, a.budget, a.seed, only=a.only)
     elif a.cmd == "bench":
         res = bench_throughput(a.data_dir, a.seconds)
         if a.json:
