@@ -1,8 +1,9 @@
-"""Report on the embedded gsm8k-tiny family: sizes, losses, latency, dev quality, drafter agreement.
+"""Report on an embedded family: sizes, losses, latency, dev quality, drafter agreement.
 
-    python benchmarks/zoo_report.py [--family data/models/gsm8k-tiny] [--data-dir DIR] [--out report.json]
+    python benchmarks/zoo_report.py [--family gsm8k-tiny|gsm8k-base|PATH] [--data-dir DIR] [--out report.json]
 
-Measures, for target / mid / small:
+Measures, for the target and each neural drafter (gsm8k-tiny: target / mid / small; gsm8k-base:
+target / tiny / mid / small):
 
 - parameter counts (tied embeddings counted once) and train / validation loss (from ``training.json``);
 - median latency of a one-token forward with KV cache (prompt prefilled, then greedy decode steps),
@@ -10,7 +11,7 @@ Measures, for target / mid / small:
 - on the 300 GSM8K dev prompts (seed template): the fraction of the target's greedy completions
   (``max_new_tokens`` 200) that contain ``#### <number>``, and the accuracy of that number against the
   dev answer's ``####`` number;
-- greedy agreement of mid and small with the target: teacher-forced on the target's own greedy
+- greedy agreement of each drafter (and MaG) with the target: teacher-forced on the target's own greedy
   continuations of the first 50 dev prompts, the fraction of positions where the drafter's argmax equals
   the target's token.
 
@@ -32,8 +33,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from csdlib.datasets import gsm8k_final_answer, gsm8k_prompt, load_gsm8k  # noqa: E402
-from csdlib.mag import BigramTable, MaG  # noqa: E402
-from csdlib.zoo import DEFAULT_FAMILY_DIR, MODEL_NAMES, count_parameters, load_family  # noqa: E402
+from csdlib import zoo  # noqa: E402
+from csdlib.zoo import count_parameters  # noqa: E402
+
+
+def load_models(family: str):
+    """``(tokenizer, {name: HF model}, MaG, family folder)``, target first, for a family name or folder."""
+    fam = zoo.load(family) if family in zoo.FAMILY_DIRS else zoo.load(path=family)
+    models = {"target": fam.target.model, **{d.name: d.model for d in fam.drafters if hasattr(d, "model")}}
+    mag = fam.drafters[-1]
+    mag.k = 1
+    return fam.tokenizer, models, mag, fam.path
 
 
 @torch.no_grad()
@@ -137,7 +147,7 @@ def measure_latency(report: dict, models: dict, prompt_ids: list[int]):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--family", default=str(DEFAULT_FAMILY_DIR))
+    p.add_argument("--family", default="gsm8k-tiny", help="family name or folder")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="default: <family>/report.json")
     p.add_argument("--n-dev", type=int, default=300)
@@ -149,9 +159,8 @@ def main(argv=None):
                    help="only re-measure the latencies and update them in an existing report")
     a = p.parse_args(argv)
 
-    fam = Path(a.family)
+    tok, models, mag, fam = load_models(a.family)
     out = Path(a.out) if a.out else fam / "report.json"
-    tok, models = load_family(fam)
     if a.latency_only:
         report = json.loads(out.read_text())
         report["machine"]["cpu"] = _cpu_name()
@@ -170,7 +179,7 @@ def main(argv=None):
 
     # sizes and losses
     for name, m in models.items():
-        tj = fam / name / "training.json"
+        tj = Path(m.name_or_path) / "training.json"
         tr = json.loads(tj.read_text()) if tj.is_file() else {}
         report["models"][name] = {
             "parameters": count_parameters(m),
@@ -184,7 +193,7 @@ def main(argv=None):
             "train_tok_per_s": tr.get("tok_per_s"),
         }
     tp = report["models"]["target"]["parameters"]
-    report["param_ratios"] = {n: round(tp / report["models"][n]["parameters"], 2) for n in ("mid", "small")}
+    report["param_ratios"] = {n: round(tp / report["models"][n]["parameters"], 2) for n in models if n != "target"}
 
     measure_latency(report, models, tok(prompts[0])["input_ids"])
 
@@ -209,12 +218,11 @@ def main(argv=None):
         print("-" * 60 + "\n" + t)
 
     # greedy agreement (teacher-forced on the target's own greedy continuations)
-    mag = MaG(BigramTable.load(fam / "bigram.json"), k=1)
-    counts = {n: [0, 0] for n in (*MODEL_NAMES, "mag")}
+    counts = {n: [0, 0] for n in (*models, "mag")}
     for ex_prompt in prompts[: a.n_agree]:
         ids = tok(ex_prompt)["input_ids"]
         cont = greedy_single(models["target"], ids, a.max_new_tokens, tok.eos_token_id)
-        for n in (*MODEL_NAMES, "mag"):
+        for n in (*models, "mag"):
             m_, t_ = mag_agreement(mag, ids, cont) if n == "mag" else agreement(models[n], ids, cont)
             counts[n][0] += m_
             counts[n][1] += t_

@@ -741,23 +741,41 @@ class Family:
 
 
 def load(name: str = "gsm8k-tiny", path=None, mag_k: int | None = None, dtype=torch.float32) -> Family:
-    """The embedded default family, offline: ``.tokenizer``, ``.target`` and ``.drafters`` (mid, small,
-    MaG; `csdlib` models, largest first) and the default ``.k_matrix`` / ``.lenience`` that `tune` chose
-    by measurement (stored in ``family.json``)."""
+    """An embedded family, offline: ``.tokenizer``, ``.target`` and ``.drafters`` (`csdlib` models,
+    largest first, MaG last) and the default ``.k_matrix`` / ``.lenience`` chosen by measurement (stored
+    in ``family.json``).
+
+    - ``gsm8k-tiny``: target (4.5 M) drafted for by mid (0.95 M), small (0.32 M) and MaG;
+    - ``gsm8k-base``: a 29 M target drafted for by gsm8k-tiny's target (named ``tiny``), mid, small and
+      MaG (a 4-level cascade); it shares gsm8k-tiny's tokenizer, weights and bigram table.
+    """
+    from transformers import AutoModelForCausalLM
+
     from .mag import BigramTable, MaG
     from .models import HFModel
 
-    if name != "gsm8k-tiny" and path is None:
-        raise ValueError(f"name: unknown family {name!r}; the embedded one is 'gsm8k-tiny' (or give path=)")
-    path = Path(path) if path is not None else DEFAULT_FAMILY_DIR
-    tok, models = load_family(path, dtype=dtype)
+    if name not in FAMILY_DIRS and path is None:
+        raise ValueError(f"name: unknown family {name!r}; the embedded ones are {list(FAMILY_DIRS)} "
+                         f"(or give path=)")
+    path = Path(path) if path is not None else FAMILY_DIRS[name]
     info = json.loads((path / "family.json").read_text())
-    default = info.get("default", {"k_matrix": [[2, 1, 0], [0, 1, 0], [0, 0, 2]], "lenience": 1.0, "mag_k": 10})
-    vocab = models["target"].config.vocab_size
-    mag = MaG(BigramTable.load(path / BIGRAM_FILE, vocab_size=vocab), k=mag_k or default["mag_k"])
-    target = HFModel(models["target"], name="target")
-    drafters = [HFModel(models["mid"], name="mid"), HFModel(models["small"], name="small"), mag]
-    return Family(name, path, tok, target, drafters, default["k_matrix"], default["lenience"])
+    if "shares" in info:  # gsm8k-base: its own target on top of another family's models
+        tiny_path = (path / info["shares"]).resolve()
+        tok, models = load_family(tiny_path, dtype=dtype)
+        base = AutoModelForCausalLM.from_pretrained(path / "target", dtype=dtype).eval()
+        hf = {"target": base, "tiny": models["target"], "mid": models["mid"], "small": models["small"]}
+        bigram = tiny_path / BIGRAM_FILE
+        fallback = [[1, 1, 0, 2], [0, 1, 0, 2], [0, 0, 1, 2], [0, 0, 0, 2]]
+    else:
+        tok, hf = load_family(path, dtype=dtype)
+        bigram = path / BIGRAM_FILE
+        fallback = [[2, 1, 0], [0, 1, 0], [0, 0, 2]]
+    default = info.get("default", {"k_matrix": fallback, "lenience": 1.0, "mag_k": 10})
+    vocab = hf["target"].config.vocab_size
+    mag = MaG(BigramTable.load(bigram, vocab_size=vocab), k=mag_k or default["mag_k"])
+    target = HFModel(hf.pop("target"), name="target")
+    drafters = [*(HFModel(m, name=n) for n, m in hf.items()), mag]
+    return Family(info.get("name", name), path, tok, target, drafters, default["k_matrix"], default["lenience"])
 
 
 def tune_default(path=None, data_dir=None, n_prompts: int = 8, max_new_tokens: int = 96, mag_ks=(10,)):
