@@ -127,7 +127,8 @@ MAX_POSITION_EMBEDDINGS = 512
 
 #: gsm8k-base: one larger target (same tokenizer, same recipe) on top of gsm8k-tiny's three models,
 #: which become its drafters. Size chosen by measured training throughput (2 threads, batch 16 x 384):
-#: d512/8 layers (29.4 M parameters) trains at about 650 tokens/s, 3 epochs in about 1 h 45 min.
+#: d512/8 layers (29.4 M parameters) trains at about 650 tokens/s alone (3 epochs: about 1 h 45 min; 2-3x
+#: longer while other work shares the two cores).
 BASE_ARCH = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8)
 BASE_BUDGETS = {
     "full": dict(models={"target": dict(arch=BASE_ARCH, epochs=3, lr=7e-4)}),
