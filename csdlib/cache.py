@@ -42,7 +42,8 @@ def fingerprint(model) -> str:
         return model.fingerprint
     if isinstance(model, MaG):
         h.update(model.table.next.tobytes())
-        h.update(json.dumps([model.k, model.table.default]).encode())
+        # seed mode hashes as before the k-matrix-sized mode existed (same behaviour, same fingerprint)
+        h.update(json.dumps([model.k, model.table.default] + ([] if model.seed_mode else ["sized"])).encode())
         return h.hexdigest()[:16]
     if not isinstance(model, HFModel):
         raise CSDValueError(f"model: cannot fingerprint {type(model).__name__}; expected HFModel, MaG or CachedTarget")

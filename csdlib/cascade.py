@@ -13,7 +13,9 @@ One *step* of level i:
 - **review**: level i runs one forward pass over the draft and keeps the accepted prefix plus one
   token of its own (its correction, or a bonus token after a full accept).
 
-The bottom drafter decodes on its own (MaG always proposes its own k tokens). Generation repeats
+The bottom drafter decodes on its own: a neural one decodes the tokens asked for; MaG proposes them
+too, at most its own k per call (in seed mode, `MaG(seed_mode=True)`, always its own k whatever the
+k-matrix entry says, as the seed's code did; `csdlib.compat` uses that). Generation repeats
 steps of level 0 until `max_new_tokens` or EOS.
 
 **Greedy**: the target accepts a token only if it is its own argmax, so the output is exactly the
