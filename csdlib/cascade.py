@@ -73,7 +73,7 @@ def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1
         seed / generator: source of randomness for sampling (same seed, same output).
 
     Returns:
-        `Output` with `sequences`, `new_tokens` and `stats` (calls per model; drafted / accepted per
+        `Output` with `sequences`, `new_tokens` and `stats` (calls and tokens fed per model; drafted / accepted per
         level and per draft position).
     """
     target = as_model(target)
@@ -149,6 +149,7 @@ class Cascade:
                 seq = seq[:hits[0] + 1]
                 break
         self.stats["calls"] = {n: m.calls for n, m in zip(self.names, self.models)}
+        self.stats["tokens_fed"] = {n: getattr(m, "tokens_fed", 0) for n, m in zip(self.names, self.models)}
         self.stats["encoder_calls"] = {n: getattr(m, "encoder_calls", 0)
                                        for n, m in zip(self.names, self.models)}
         self.stats["new_tokens"] = len(seq) - begin
