@@ -150,6 +150,7 @@ class Cascade:
                 break
         self.stats["calls"] = {n: m.calls for n, m in zip(self.names, self.models)}
         self.stats["tokens_fed"] = {n: getattr(m, "tokens_fed", 0) for n, m in zip(self.names, self.models)}
+        self.stats["one_token_calls"] = {n: getattr(m, "one_token_calls", 0) for n, m in zip(self.names, self.models)}
         self.stats["encoder_calls"] = {n: getattr(m, "encoder_calls", 0)
                                        for n, m in zip(self.names, self.models)}
         self.stats["new_tokens"] = len(seq) - begin
