@@ -112,3 +112,171 @@ class BestSoFar:
         b = self.best
         return (f"best so far: SWI {self.table} {b['swi'][self.table]:.3f} with k_matrix={b['k_matrix']}, "
                 f"lenience={b['lenience']:g}")
+
+
+# ---------------------------------------------------------------- the optimizer
+
+
+@dataclass
+class Tuned:
+    """What `optimize` found: the setting, its objective value, the evaluation and the Optuna study."""
+    k_matrix: list
+    lenience: float
+    mag_k: int | None
+    value: float
+    objective: str
+    evaluation: dict = field(default_factory=dict)
+    study: object = None
+    seconds: float = 0.0
+
+    def as_default(self) -> dict:
+        """The `default` entry of a family.json."""
+        return {"k_matrix": self.k_matrix, "lenience": self.lenience, "mag_k": self.mag_k,
+                "objective": self.objective, "value": self.value}
+
+
+def k_matrix_from_params(params: dict, n: int) -> list[list[int]]:
+    """The k-matrix of a trial's parameters `k<i>_<j>` (0 below the diagonal)."""
+    return [[int(params.get(f"k{i}_{j}", 0)) if j >= i else 0 for j in range(n)] for i in range(n)]
+
+
+def search(n_drafters: int, score, *, n_trials: int = 60, k_max: int = 8, mag_column_max: int | None = None,
+           lenience_range: tuple | None = (1.0, 6.0), extra_int: dict | None = None, seed: int = 0,
+           start: dict | None = None, prune: bool = True, timeout: float | None = None, progress: bool = False):
+    """Maximise `score(k_matrix, lenience, extra, report)` over the upper-triangular k-matrix entries
+    (0..k_max; the last column, MaG's, 0..mag_column_max) and lenience (None: fixed at 1), with Optuna's
+    seeded TPE sampler. `extra_int` {name: (low, high)} adds integer parameters (passed in `extra`).
+    `report(step, value)` lets `score` report partial values so that poor trials are pruned. `start`:
+    parameters tried first (e.g. the current default). Returns the study."""
+    import optuna
+
+    if not progress:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    n = n_drafters
+    last_max = k_max if mag_column_max is None else mag_column_max
+    memo: dict = {}
+
+    def objective(trial):
+        k = [[trial.suggest_int(f"k{i}_{j}", 0, last_max if j == n - 1 else k_max) if j >= i else 0
+              for j in range(n)] for i in range(n)]
+        lenience = trial.suggest_float("lenience", lenience_range[0], lenience_range[1], step=0.5) \
+            if lenience_range is not None else 1.0
+        extra = {name: trial.suggest_int(name, lo, hi) for name, (lo, hi) in (extra_int or {}).items()}
+        key = (str(k), lenience, str(sorted(extra.items())))
+        if key in memo:                      # TPE proposes a setting again: no need to rerun it
+            return memo[key]
+
+        def report(step, value):
+            trial.report(value, step)
+            if prune and trial.should_prune():
+                raise optuna.TrialPruned()
+
+        memo[key] = value = float(score(k, lenience, extra, report))
+        return value
+
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, n_trials))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=8, n_warmup_steps=1) if prune else optuna.pruners.NopPruner()
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    if start:
+        study.enqueue_trial(start, skip_if_exists=True)
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=progress)
+    return study
+
+
+def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials: int = 60, k_max: int = 8,
+             mag_k_max: int | None = None, lenience_range: tuple | None = (1.0, 6.0), max_new_tokens: int = 64,
+             latency: dict | None = None, start: tuple | None = None, seed: int = 0, prune: bool = True,
+             timeout: float | None = None, progress: bool = False) -> Tuned:
+    """Search the k-matrix, lenience and MaG's draft size that maximise `objective` on `prompts`.
+
+    Args:
+        target: best a `CachedTarget` (`csdlib.cache.build_target_cache`): no target forward runs; an
+            `HFModel` works too, only slower.
+        drafters: largest first, MaG (if any) last.
+        prompts: lists of token ids (not used for calibration; keep some apart to check the result).
+        objective: "latency" (predicted wall-clock speedup over AR; needs a calibration, `latency` or
+            the stored one, see `csdlib.cost.calibrate_latency`) or a cost-table name ("parameters",
+            the seed's "model_parameters" / "previous_work" where they cover the models): SWI under it.
+        k_max: the largest k-matrix entry tried for a neural drafter's column; `mag_k_max` for MaG's
+            column (default: MaG's k).
+        lenience_range: (low, high) searched in steps of 0.5 at inner levels; None keeps 1.
+        start: (k_matrix, lenience) tried first, e.g. the current default (the result is never worse).
+        seed: the sampler's seed. n_trials / timeout: the budget.
+
+    Returns a `Tuned`: `k_matrix`, `lenience`, `mag_k` (the MaG k to use), `value`, the best setting's
+    full `evaluation` (`evaluate_cascade` on all prompts) and the Optuna `study`.
+    """
+    import time
+
+    tic = time.perf_counter()
+    drafters = list(drafters)
+    n = len(drafters)
+    if n == 0:
+        raise CSDValueError("drafters: nothing to tune without drafters")
+    prompts = [list(p) for p in prompts]
+    if not prompts:
+        raise CSDValueError("prompts: expected at least one prompt")
+    mag = drafters[-1] if isinstance(drafters[-1], MaG) else None
+    models = [target, *drafters]
+    if objective == "latency":
+        if latency is None:
+            latency = costs_mod.stored_latency(models)
+        if latency is None:
+            raise CSDValueError("objective: 'latency' needs a latency calibration of these models on this "
+                                "machine and thread count; run `csd calibrate` (or pass latency=...)")
+        tables = None
+    else:
+        tables = costs_mod.cost_tables(models)
+        if objective not in tables:
+            raise CSDValueError(f"objective: expected 'latency' or a cost table covering these models "
+                                f"{sorted(tables)}, got {objective!r}")
+        latency = None
+    seed_mode_mag = mag is not None and mag.seed_mode
+    mag_max = mag_k_max or (mag.k if mag is not None else k_max)
+    extra_int = {"mag_k": (1, mag_max)} if seed_mode_mag else None
+    old_k = mag.k if mag is not None else None
+    if lenience_range is not None and n < 2:
+        lenience_range = None                 # one drafter: the target reviews strictly, no inner level
+
+    def evaluate(k, lenience, extra, on_prompt=None, ps=prompts):
+        if mag is not None:
+            mag.k = extra.get("mag_k", mag_max)
+        return evaluate_cascade(target, drafters, ps, k, lenience, max_new_tokens=max_new_tokens,
+                                cost_table=tables[objective] if tables else None, latency=latency,
+                                on_prompt=on_prompt)
+
+    def value_of(r):
+        return r["predicted_speedup"] if latency is not None else r["swi"]["custom"]
+
+    def score(k, lenience, extra, report):
+        r = evaluate(k, lenience, extra, on_prompt=lambda i, part: report(i, value_of(part)))
+        return value_of(r)
+
+    start_params = None
+    if start is not None:
+        k0, l0 = start
+        start_params = {f"k{i}_{j}": min(int(k0[i][j]), mag_max if j == n - 1 else k_max)
+                        for i in range(n) for j in range(i, n)}
+        if lenience_range is not None:
+            start_params["lenience"] = min(max(float(l0), lenience_range[0]), lenience_range[1])
+        if seed_mode_mag:
+            start_params["mag_k"] = min(old_k, mag_max)
+    try:
+        study = search(n, score, n_trials=n_trials, k_max=k_max, mag_column_max=mag_max if mag else None,
+                       lenience_range=lenience_range, extra_int=extra_int, seed=seed, start=start_params,
+                       prune=prune, timeout=timeout, progress=progress)
+        best = study.best_trial.params
+        k = k_matrix_from_params(best, n)
+        lenience = float(best.get("lenience", 1.0))
+        if mag is None:
+            mag_k = None
+        elif seed_mode_mag:
+            mag_k = int(best["mag_k"])
+        else:                                  # sized by the k-matrix: k only caps a call
+            mag_k = max([1] + [k[i][n - 1] for i in range(n)])
+        evaluation = evaluate(k, lenience, {"mag_k": mag_k} if mag is not None else {})
+    finally:
+        if mag is not None:
+            mag.k = old_k
+    return Tuned(k, lenience, mag_k, value_of(evaluation), objective, evaluation, study,
+                 time.perf_counter() - tic)
