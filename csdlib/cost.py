@@ -184,7 +184,7 @@ def _check_alpha(alpha) -> None:
 # target on 1 thread: 4.3 ms for 1 token, 5.5 / 6.4 / 7.9 / 10.0 ms for 2 / 4 / 8 / 16 tokens (a
 # straight line through n = 1 would miss AR by 20 %; the KV length, 32 -> 320 tokens, changes a forward
 # by under 5 %, so it is left out). Calibrated per model, device and thread count on this machine
-# (`calibrate_latency`, or `csd calibrate` / `python -m csdlib.cost calibrate`), stored as JSON and
+# (`calibrate_latency`, or the command `csd calibrate`), stored as JSON and
 # reused. A run's wall time is then predicted from its stats alone (`predict_wall_time`):
 #     sum over models of a1 * one_token_calls + a * (calls - one_token_calls) + b * (tokens_fed - one_token_calls)
 
@@ -412,49 +412,3 @@ def latency_costs(latency: dict) -> dict[str, float]:
     """The `latency` cost table for SWI: seconds of a one-token forward (a1) per model. It ignores how
     many tokens a forward feeds; `predict_wall_time` does not."""
     return {name: v["a1"] for name, v in latency.items()}
-
-
-def main(argv=None) -> int:
-    """`python -m csdlib.cost calibrate [--family gsm8k-tiny] [--threads N] [--force]`."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m csdlib.cost")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("calibrate", help="measure a + b*n per model of a family and store it")
-    add_calibrate_args(c)
-    return cmd_calibrate(p.parse_args(argv))
-
-
-def add_calibrate_args(c) -> None:
-    import os
-
-    c.add_argument("--family", default="gsm8k-tiny", help="embedded family name (default gsm8k-tiny)")
-    c.add_argument("--family-path", default=None, help="a family folder instead of an embedded name")
-    c.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
-    c.add_argument("--force", action="store_true", help="re-measure even if a calibration is stored")
-    c.add_argument("--out", default=None, help="latency file (default: data/latency/<machine>.json)")
-    c.add_argument("--repeats", type=int, default=15)
-    c.add_argument("--note", default="", help="stored with the calibration (e.g. the machine's load)")
-
-
-def cmd_calibrate(args) -> int:
-    import torch
-
-    from . import zoo
-
-    torch.set_num_threads(args.threads)
-    fam = zoo.load(args.family, path=args.family_path)
-    models = [fam.target, *fam.drafters]
-    lat = calibrate_latency(models, path=args.out, threads=args.threads, force=args.force,
-                            note=args.note, repeats=args.repeats)
-    print(f"latency file: {args.out or default_latency_path()} ({args.threads} thread(s))")
-    for name, v in lat.items():
-        print(f"  {name:<8} one token {v['a1'] * 1e3:7.3f} ms; n >= 2 tokens: {v['a'] * 1e3:7.3f} ms "
-              f"+ n x {v['b'] * 1e3:6.4f} ms")
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

@@ -140,6 +140,18 @@ def k_matrix_from_params(params: dict, n: int) -> list[list[int]]:
     return [[int(params.get(f"k{i}_{j}", 0)) if j >= i else 0 for j in range(n)] for i in range(n)]
 
 
+def effective_k_matrix(k_matrix) -> list[list[int]]:
+    """The k-matrix with the rows of levels that never review zeroed: level j reviews only if a level
+    above it that reviews gives it a non-zero entry (its drafts). Settings with the same effective
+    k-matrix run identically."""
+    n = len(k_matrix)                  # row m belongs to level m; column m - 1 to drafter m
+    used = [True] + [False] * (n - 1)
+    for i in range(n):
+        for m in range(i + 1, n):
+            used[m] = used[m] or (used[i] and k_matrix[i][m - 1] > 0)
+    return [list(row) if used[i] else [0] * n for i, row in enumerate(k_matrix)]
+
+
 def search(n_drafters: int, score, *, n_trials: int = 60, k_max: int = 8, mag_column_max: int | None = None,
            lenience_range: tuple | None = (1.0, 6.0), extra_int: dict | None = None, seed: int = 0,
            start: dict | None = None, prune: bool = True, timeout: float | None = None, progress: bool = False):
@@ -162,7 +174,7 @@ def search(n_drafters: int, score, *, n_trials: int = 60, k_max: int = 8, mag_co
         lenience = trial.suggest_float("lenience", lenience_range[0], lenience_range[1], step=0.5) \
             if lenience_range is not None else 1.0
         extra = {name: trial.suggest_int(name, lo, hi) for name, (lo, hi) in (extra_int or {}).items()}
-        key = (str(k), lenience, str(sorted(extra.items())))
+        key = (str(effective_k_matrix(k)), lenience, str(sorted(extra.items())))
         if key in memo:                      # TPE proposes a setting again: no need to rerun it
             return memo[key]
 
@@ -280,3 +292,18 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
             mag.k = old_k
     return Tuned(k, lenience, mag_k, value_of(evaluation), objective, evaluation, study,
                  time.perf_counter() - tic)
+
+
+def save_default(family_dir, default: dict) -> None:
+    """Write `default` (k_matrix, lenience, mag_k, how it was chosen) as the `default` of
+    `<family_dir>/family.json`, where `zoo.load` and `csd run` read it; the previous one is kept under
+    `previous_default`."""
+    import json
+    from pathlib import Path
+
+    path = Path(family_dir) / "family.json"
+    info = json.loads(path.read_text())
+    if "default" in info:
+        info["previous_default"] = info["default"]
+    info["default"] = default
+    path.write_text(json.dumps(info, indent=2) + "\n")

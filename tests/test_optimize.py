@@ -101,3 +101,13 @@ def test_optimize_errors(setup, tmp_path, monkeypatch):
         optimize(cached, [], prompts, "parameters", n_trials=1)
     with pytest.raises(CSDValueError, match="prompts"):
         optimize(cached, drafters, [], "parameters", n_trials=1)
+
+
+def test_effective_k_matrix_zeroes_rows_of_levels_that_never_review():
+    from csdlib.tuning import effective_k_matrix
+
+    # target drafts with small (column 1) and MaG: mid (level 1) never reviews, small (level 2) does
+    assert effective_k_matrix([[0, 3, 2], [0, 5, 7], [0, 0, 4]]) == [[0, 3, 2], [0, 0, 0], [0, 0, 4]]
+    assert effective_k_matrix([[2, 0, 0], [0, 0, 1], [0, 0, 4]]) == [[2, 0, 0], [0, 0, 1], [0, 0, 0]]
+    assert effective_k_matrix([[1, 1], [0, 3]]) == [[1, 1], [0, 3]]
+    assert effective_k_matrix([[0, 1], [0, 3]]) == [[0, 1], [0, 0]]
