@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from . import cost as costs_mod
@@ -185,6 +186,7 @@ def record_for(target, method: Method, out, sample_id, prompt: list[int], wall_s
         "levels": stats["levels"], "model_costs": tables, "c_target": c_target, "cost": spent,
         "swi": {t: len(out.new_tokens) * c_target[t] / spent[t] if spent[t] else None for t in tables},
         "wall_s": wall_s, "tokens_per_s": len(out.new_tokens) / wall_s if wall_s > 0 else None,
+        "threads": torch.get_num_threads(),
         "equals_ar": None if ar_tokens is None else out.new_tokens == ar_tokens,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -305,6 +307,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         row["predicted SWI"] = _predicted_sd_swi(g, levels)
         checked = g["equals_ar"].dropna()
         row["equals AR"] = bool(checked.all()) if len(checked) else None
+        if "threads" in g:                             # torch threads the wall times were measured with
+            row["threads"] = "/".join(str(int(t)) for t in sorted(g["threads"].dropna().unique())) or None
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
 
