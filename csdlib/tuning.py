@@ -307,3 +307,36 @@ def save_default(family_dir, default: dict) -> None:
         info["previous_default"] = info["default"]
     info["default"] = default
     path.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def predicted_vs_measured(target, drafters, prompts, k_matrix, lenience: float = 1.0, *, latency: dict,
+                          max_new_tokens: int = 64, warmup: int = 1):
+    """Run AR and the cascade with the real target on `prompts` (AR and the cascade alternate, prompt by
+    prompt, after `warmup` untimed runs) and compare the measured wall time with the latency model's
+    prediction. Returns a DataFrame: method, measured s, predicted s, error, speedup (measured and
+    predicted, over AR), and whether the cascade's output equals AR's."""
+    import time
+
+    import pandas as pd
+
+    if getattr(target, "entries", None) is not None:
+        raise CSDValueError("target: predicted vs measured needs the real target, not a CachedTarget")
+    settings = {"AR": ([], None, 1.0), "cascade": (list(drafters), k_matrix, lenience)}
+    for _ in range(warmup):
+        for ds, k, l in settings.values():
+            generate(target, ds, list(prompts[0]), k_matrix=k, lenience=l, max_new_tokens=min(16, max_new_tokens))
+    rows = {name: {"measured s": 0.0, "predicted s": 0.0, "equal": True} for name in settings}
+    for ids in prompts:
+        outs = {}
+        for name, (ds, k, l) in settings.items():
+            tic = time.perf_counter()
+            out = generate(target, ds, list(ids), k_matrix=k, lenience=l, max_new_tokens=max_new_tokens)
+            rows[name]["measured s"] += time.perf_counter() - tic
+            rows[name]["predicted s"] += costs_mod.predict_wall_time(out.stats, latency)
+            outs[name] = out.new_tokens
+        rows["cascade"]["equal"] &= outs["cascade"] == outs["AR"]
+    df = pd.DataFrame([{"method": name, **r} for name, r in rows.items()]).set_index("method")
+    df["error"] = df["predicted s"] / df["measured s"] - 1
+    df["speedup measured"] = df.loc["AR", "measured s"] / df["measured s"]
+    df["speedup predicted"] = df.loc["AR", "predicted s"] / df["predicted s"]
+    return df
