@@ -130,7 +130,7 @@ def plot(summary, path: Path, title: str) -> None:
 def cmd_run(args) -> int:
     from accelerate import PartialState
 
-    from .cost import measure_costs
+    from .cost import measure_costs, stored_latency
     from .experiment import config_hash, load_results, merge_shards, run, shard_path, standard_methods, summarize
 
     on_cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
@@ -145,12 +145,14 @@ def cmd_run(args) -> int:
     if args.methods:
         methods = [m for m in methods if m.name in args.methods]
     measured = measure_costs([fam.target, *fam.drafters], prompts[0][1]) if prompts else None
+    latency = stored_latency([fam.target, *fam.drafters], threads=threads)   # `csd calibrate` stores it
     name = args.name or f"{args.dataset}-{args.split}-n{args.n_samples}-t{args.max_new_tokens}"
     out = Path(args.results_dir) / f"{name}.jsonl"
     sharded = state.num_processes > 1
     with state.split_between_processes(prompts) as mine:
         run(fam.target, methods, mine, out=shard_path(out, state.process_index) if sharded else out,
             read_from=out, max_new_tokens=args.max_new_tokens, dataset=args.dataset, measured_costs=measured,
+            latency=latency,
             warmup=args.warmup, progress=state.is_local_main_process and not args.quiet,
             tags={"process_index": state.process_index, "num_processes": state.num_processes})
     state.wait_for_everyone()

@@ -98,9 +98,10 @@ def measure_costs(models, prompt_ids, *, warmup: int = 5, repeats: int = 30) -> 
     return costs
 
 
-def cost_tables(models, *, measured: dict | None = None) -> dict[str, dict[str, float]]:
+def cost_tables(models, *, measured: dict | None = None, latency: dict | None = None) -> dict[str, dict[str, float]]:
     """Every cost table that covers all `models`: parameters, the seed's tables where every name
-    resolves, and `measured` if given. Tables that do not cover every model are left out."""
+    resolves, `measured` if given, and `latency` (seconds of a one-token forward, a1, from a calibrated
+    latency model {name: {"a1", "a", "b"}}) if given. Tables that do not cover every model are left out."""
     tables = {"parameters": parameter_costs(models)}
     for label, table in SEED_TABLES.items():
         try:
@@ -109,6 +110,8 @@ def cost_tables(models, *, measured: dict | None = None) -> dict[str, dict[str, 
             pass
     if measured is not None:
         tables["measured"] = {m.name: measured[m.name] for m in models}
+    if latency is not None and all(m.name in latency for m in models):
+        tables["latency"] = {m.name: float(latency[m.name]["a1"]) for m in models}
     return tables
 
 

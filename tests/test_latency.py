@@ -110,3 +110,38 @@ def test_calibration_is_stored_keyed_and_reused(models, tmp_path, monkeypatch):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(CSDValueError, match="not a csdlib latency file"):
         cost.load_latency(tmp_path / "bad.json")
+
+
+def test_run_records_store_latency_costs_and_predictions(models):
+    from csdlib.experiment import run, standard_methods, summarize
+
+    target, mid, mag = models
+    lat = {"target": {"a1": 0.004, "a": 0.005, "b": 0.0003}, "mid": {"a1": 0.001, "a": 0.0012, "b": 0.0001},
+           "mag": cost.ZERO_LATENCY}
+    methods = standard_methods([mid, mag], k_matrix=[[2, 2], [0, 2]], sd_k=2)
+    df = run(target, methods, [(0, [3, 4, 5, 3, 4])], max_new_tokens=10, latency=lat, warmup=0, progress=False)
+    for _, rec in df.iterrows():
+        stats = {k: {m: rec[f"{k}.{m}"] for m in rec["models"]} for k in ("calls", "tokens_fed", "one_token_calls")}
+        assert rec["predicted_s"] == pytest.approx(cost.predict_wall_time(stats, lat))
+        assert rec["model_costs.latency"] == {m: lat[m]["a1"] for m in rec["models"]}
+        assert rec["threads"] >= 1
+    s = summarize(df)
+    assert s.loc["AR", "SWI latency"] == pytest.approx(1.0) and (s["predicted / measured"] > 0).all()
+
+
+def test_predicted_vs_measured_on_tiny_models(models, tmp_path):
+    from csdlib.tuning import predicted_vs_measured
+
+    target, mid, mag = models
+    lat = {"target": {"a1": 0.004, "a": 0.005, "b": 0.0003}, "mid": {"a1": 0.001, "a": 0.0012, "b": 0.0001},
+           "mag": cost.ZERO_LATENCY}
+    prompts = [[3, 4, 5, 3, 4], [9, 9, 8]]
+    df = predicted_vs_measured(target, [mid, mag], prompts, [[2, 2], [0, 2]], 2.0, latency=lat, max_new_tokens=12)
+    assert list(df.index) == ["AR", "cascade"] and df["equal"].all()
+    ar = sum(cost.predict_ar_wall_time(lat["target"], len(p), 12) for p in prompts)
+    assert df.loc["AR", "predicted s"] == pytest.approx(ar)
+    assert df.loc["cascade", "speedup predicted"] == pytest.approx(ar / df.loc["cascade", "predicted s"])
+    assert (df["measured s"] > 0).all() and df.loc["AR", "speedup measured"] == 1.0
+    cached = build_target_cache(target, prompts, 12, tmp_path / "c.jsonl")
+    with pytest.raises(CSDValueError, match="real target"):
+        predicted_vs_measured(cached, [mid, mag], prompts, [[2, 2], [0, 2]], latency=lat)
