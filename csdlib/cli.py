@@ -204,7 +204,7 @@ def cmd_calibrate(args) -> int:
     threads = args.threads or default_threads()
     fam = zoo.load(args.family, path=args.family_path)
     lat = calibrate_latency([fam.target, *fam.drafters], path=args.out, threads=threads, force=args.force,
-                            note=args.note, repeats=args.repeats)
+                            note=args.note, repeats=args.repeats, context=args.context)
     print(f"latency file: {args.out or default_latency_path()} ({threads} thread(s))")
     for name, v in lat.items():
         print(f"  {name:<8} one token {v['a1'] * 1e3:7.3f} ms; n >= 2 tokens: {v['a'] * 1e3:7.3f} ms "
@@ -335,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="re-measure even if a calibration is stored")
     c.add_argument("--out", default=None, help="latency file (default: data/latency/<machine>.json)")
     c.add_argument("--repeats", type=int, default=15)
+    c.add_argument("--context", type=int, default=96, help="tokens in the KV cache while timing (default 96)")
     c.add_argument("--note", default="", help="stored with the calibration (e.g. how loaded the machine was)")
     c.set_defaults(func=cmd_calibrate)
 

@@ -184,9 +184,9 @@ def _check_alpha(alpha) -> None:
 # seconds: a is the per-call cost (Python, kernel launches, reading the weights once), b the cost of one
 # more token. A one-token forward (a decode step: AR, a drafter drafting) takes its own path through
 # attention (no mask) and is cheaper than a + b: it gets its own constant a1. Measured for gsm8k-tiny's
-# target on 1 thread: 4.3 ms for 1 token, 5.5 / 6.4 / 7.9 / 10.0 ms for 2 / 4 / 8 / 16 tokens (a
+# target on 1 thread: 4.3 ms for 1 token, 5.5 / 6.4 / 6.9 / 7.9 ms for 2 / 4 / 8 / 16 tokens (a
 # straight line through n = 1 would miss AR by 20 %; the KV length, 32 -> 320 tokens, changes a forward
-# by under 5 %, so it is left out). Calibrated per model, device and thread count on this machine
+# by 3-10 %, so it is left out). Calibrated per model, device and thread count on this machine
 # (`calibrate_latency`, or the command `csd calibrate`), stored as JSON and
 # reused. A run's wall time is then predicted from its stats alone (`predict_wall_time`):
 #     sum over models of a1 * one_token_calls + a * (calls - one_token_calls) + b * (tokens_fed - one_token_calls)
