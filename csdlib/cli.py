@@ -278,7 +278,7 @@ def cmd_seed_config(args) -> int:
     from .compat import run_config
     from .experiment import summarize
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or default_threads())
     config = json.loads(Path(args.config).read_text())
     paths = dict(p.split("=", 1) for p in args.model_path)
     df = run_config(config, model_paths=paths, bigram_path=args.bigram, data_dir=args.data_dir,
@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-samples", type=int, default=None)
     s.add_argument("--max-new-tokens", type=int, default=200)
     s.add_argument("--out", default=None)
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     s.set_defaults(func=cmd_seed_config)
 
     c = sub.add_parser("calibrate", help="measure each model's forward latency (a1, a + b*n) on this machine")

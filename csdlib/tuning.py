@@ -319,7 +319,9 @@ def predicted_vs_measured(target, drafters, prompts, k_matrix, lenience: float =
 
     import pandas as pd
 
-    if getattr(target, "entries", None) is not None:
+    from .cache import CachedTarget
+
+    if isinstance(target, CachedTarget):
         raise CSDValueError("target: predicted vs measured needs the real target, not a CachedTarget")
     settings = {"AR": ([], None, 1.0), "cascade": (list(drafters), k_matrix, lenience)}
     for _ in range(warmup):
