@@ -27,7 +27,7 @@ import torch
 
 from .errors import CSDValueError, MissingFileError
 from .mag import MaG
-from .models import HFModel
+from .models import HFModel, _common_prefix
 
 __all__ = ["fingerprint", "prompt_key", "build_target_cache", "CachedTarget"]
 
@@ -42,7 +42,8 @@ def fingerprint(model) -> str:
         return model.fingerprint
     if isinstance(model, MaG):
         h.update(model.table.next.tobytes())
-        h.update(json.dumps([model.k, model.table.default]).encode())
+        # seed mode hashes as before the k-matrix-sized mode existed (same behaviour, same fingerprint)
+        h.update(json.dumps([model.k, model.table.default] + ([] if model.seed_mode else ["sized"])).encode())
         return h.hexdigest()[:16]
     if not isinstance(model, HFModel):
         raise CSDValueError(f"model: cannot fingerprint {type(model).__name__}; expected HFModel, MaG or CachedTarget")
@@ -110,10 +111,11 @@ class CachedTarget:
         self.decoder_start_token_id = t["decoder_start_token_id"]
         self.max_positions = t["max_positions"]
         self.entries = entries
-        self.calls = self.encoder_calls = 0
+        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = 0
         self.forward_seconds = 0.0
         self.device = torch.device("cpu")
         self._tokens: list[int] = []
+        self._fed: list[int] = []     # what the real target's KV cache would hold (to count tokens_fed)
         self._begin = 0
 
     def __repr__(self) -> str:
@@ -158,7 +160,8 @@ class CachedTarget:
             raise CSDValueError(f"prompt_ids: the target cache of {self.name!r} holds no output for this prompt "
                                 f"({len(prompt_ids)} tokens, key {key}); add it with build_target_cache")
         self._tokens = self.entries[key]
-        self.calls = self.encoder_calls = 0
+        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = 0
+        self._fed = []
         seq = [self.decoder_start_token_id] if self.is_encoder_decoder else list(prompt_ids)
         self.encoder_calls = int(self.is_encoder_decoder)
         self._begin = len(seq)
@@ -175,6 +178,10 @@ class CachedTarget:
         out = torch.full((n, self.vocab_size), float("-inf"))
         out[torch.arange(n), torch.tensor(self._tokens[first:first + n])] = 0.0
         self.calls += 1
+        keep = min(_common_prefix(self._fed, seq), len(seq) - n)   # exactly as HFModel.logits feeds
+        self.tokens_fed += len(seq) - keep
+        self.one_token_calls += int(len(seq) - keep == 1)
+        self._fed = list(seq)
         return out
 
     def propose(self, seq: list[int], n: int) -> tuple[list[int], list[float]]:

@@ -13,7 +13,9 @@ One *step* of level i:
 - **review**: level i runs one forward pass over the draft and keeps the accepted prefix plus one
   token of its own (its correction, or a bonus token after a full accept).
 
-The bottom drafter decodes on its own (MaG always proposes its own k tokens). Generation repeats
+The bottom drafter decodes on its own: a neural one decodes the tokens asked for; MaG proposes them
+too, at most its own k per call (in seed mode, `MaG(seed_mode=True)`, always its own k whatever the
+k-matrix entry says, as the seed's code did; `csdlib.compat` uses that). Generation repeats
 steps of level 0 until `max_new_tokens` or EOS.
 
 **Greedy**: the target accepts a token only if it is its own argmax, so the output is exactly the
@@ -71,7 +73,7 @@ def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1
         seed / generator: source of randomness for sampling (same seed, same output).
 
     Returns:
-        `Output` with `sequences`, `new_tokens` and `stats` (calls per model; drafted / accepted per
+        `Output` with `sequences`, `new_tokens` and `stats` (calls and tokens fed per model; drafted / accepted per
         level and per draft position).
     """
     target = as_model(target)
@@ -147,6 +149,8 @@ class Cascade:
                 seq = seq[:hits[0] + 1]
                 break
         self.stats["calls"] = {n: m.calls for n, m in zip(self.names, self.models)}
+        self.stats["tokens_fed"] = {n: getattr(m, "tokens_fed", 0) for n, m in zip(self.names, self.models)}
+        self.stats["one_token_calls"] = {n: getattr(m, "one_token_calls", 0) for n, m in zip(self.names, self.models)}
         self.stats["encoder_calls"] = {n: getattr(m, "encoder_calls", 0)
                                        for n, m in zip(self.names, self.models)}
         self.stats["new_tokens"] = len(seq) - begin

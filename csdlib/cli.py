@@ -5,6 +5,9 @@
     csd run --target DIR --drafter DIR --drafter DIR --bigram FILE --k-matrix '[[..]]'   # your models
     accelerate launch --num_processes 2 -m csdlib.cli run ...   # prompts sharded across processes
     csd seed-config config.json --model-path NAME=DIR --bigram FILE    # one of the seed's config dicts
+    csd calibrate                             # latency model of the family's models on this machine
+    csd tune                                  # choose the family's default cascade for wall clock
+    csd tune --objective parameters --target DIR --drafter DIR --bigram FILE --out tuned.json
 
 `csd run` runs AR, SD with each drafter alone (mid, small, MaG) and CSD with all of them on the same
 prompts in one process (per shard), checks that every method's output equals AR's, prints a table
@@ -127,12 +130,13 @@ def plot(summary, path: Path, title: str) -> None:
 def cmd_run(args) -> int:
     from accelerate import PartialState
 
-    from .cost import measure_costs
+    from .cost import measure_costs, stored_latency
     from .experiment import config_hash, load_results, merge_shards, run, shard_path, standard_methods, summarize
 
-    torch.set_num_threads(args.threads)
     on_cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
     state = PartialState(cpu=on_cpu)           # cpu=True: several CPU processes talk over gloo
+    threads = args.threads or default_threads(state.num_processes)
+    torch.set_num_threads(threads)
     device = state.device if args.device is None else torch.device(args.device)
     fam = load_family(args, device)
     texts = dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples)
@@ -141,12 +145,14 @@ def cmd_run(args) -> int:
     if args.methods:
         methods = [m for m in methods if m.name in args.methods]
     measured = measure_costs([fam.target, *fam.drafters], prompts[0][1]) if prompts else None
+    latency = stored_latency([fam.target, *fam.drafters], threads=threads)   # `csd calibrate` stores it
     name = args.name or f"{args.dataset}-{args.split}-n{args.n_samples}-t{args.max_new_tokens}"
     out = Path(args.results_dir) / f"{name}.jsonl"
     sharded = state.num_processes > 1
     with state.split_between_processes(prompts) as mine:
         run(fam.target, methods, mine, out=shard_path(out, state.process_index) if sharded else out,
             read_from=out, max_new_tokens=args.max_new_tokens, dataset=args.dataset, measured_costs=measured,
+            latency=latency,
             warmup=args.warmup, progress=state.is_local_main_process and not args.quiet,
             tags={"process_index": state.process_index, "num_processes": state.num_processes})
     state.wait_for_everyone()
@@ -175,11 +181,104 @@ def cmd_run(args) -> int:
     return 0 if ok else 1
 
 
+def default_threads(processes: int = 1) -> int:
+    """All cores, shared among the processes of a sharded run."""
+    import os
+
+    return max(1, (os.cpu_count() or 1) // max(1, processes))
+
+
+def tuning_prompts(tokenizer, args) -> list[list[int]]:
+    """GSM8K dev prompts from `--offset` on (default 250: apart from the first ones that `csd run` and the
+    benchmarks measure on)."""
+    from . import datasets as ds
+
+    items = ds.load_gsm8k("dev", args.data_dir)[args.offset:args.offset + args.prompts]
+    return [tokenizer(ds.gsm8k_prompt(x["question"]))["input_ids"] for x in items]
+
+
+def cmd_calibrate(args) -> int:
+    from . import zoo
+    from .cost import calibrate_latency, default_latency_path
+
+    threads = args.threads or default_threads()
+    fam = zoo.load(args.family, path=args.family_path)
+    lat = calibrate_latency([fam.target, *fam.drafters], path=args.out, threads=threads, force=args.force,
+                            note=args.note, repeats=args.repeats, context=args.context)
+    print(f"latency file: {args.out or default_latency_path()} ({threads} thread(s))")
+    for name, v in lat.items():
+        print(f"  {name:<8} one token {v['a1'] * 1e3:7.3f} ms; n >= 2 tokens: {v['a'] * 1e3:7.3f} ms "
+              f"+ n x {v['b'] * 1e3:6.4f} ms")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    import os
+    import time
+
+    from .cache import build_target_cache
+    from .cost import calibrate_latency, default_latency_path, machine_id
+    from .tuning import evaluate_cascade, optimize, save_default
+
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    device = torch.device(args.device or "cpu")
+    if args.target is None:
+        from . import zoo
+
+        fam = zoo.load(args.family, path=args.family_path)
+        tok, target, drafters = fam.tokenizer, fam.target, list(fam.drafters)
+        start, family_dir = (fam.k_matrix, fam.lenience), fam.path
+    else:
+        args.k_matrix = args.k_matrix or "[[1]]"
+        fam = load_family(args, device)
+        tok, target, drafters, start, family_dir = fam.tokenizer, fam.target, fam.drafters, None, None
+        if args.k_matrix != "[[1]]":
+            start = (json.loads(args.k_matrix), args.lenience or 1.0)
+    prompts = tuning_prompts(tok, args)
+    latency = None
+    if args.objective == "latency":
+        latency = calibrate_latency([target, *drafters], threads=threads, path=args.latency_file)
+    cache = Path(args.cache or ROOT / "tmp" / f"target-cache-{args.family if args.target is None else 'custom'}.jsonl")
+    tic = time.perf_counter()
+    cached = build_target_cache(target, prompts, args.max_new_tokens, cache)
+    print(f"target cache: {cache} ({len(prompts)} prompts, {time.perf_counter() - tic:.1f} s)")
+    tuned = optimize(cached, drafters, prompts, args.objective, n_trials=args.n_trials, k_max=args.k_max,
+                     mag_k_max=args.mag_k_max, max_new_tokens=args.max_new_tokens, latency=latency, start=start,
+                     seed=args.seed, timeout=args.timeout, progress=not args.quiet)
+    print(f"{len(tuned.study.trials)} trials in {tuned.seconds:.1f} s ({threads} thread(s), {machine_id()})")
+    if start is not None:
+        before = evaluate_cascade(cached, drafters, prompts, *start, max_new_tokens=args.max_new_tokens,
+                                  latency=latency)
+        key = "predicted_speedup" if latency else None
+        was = before[key] if key else before["swi"]["parameters"] if args.objective == "parameters" else None
+        print(f"start: k_matrix={start[0]} lenience={start[1]:g}" + (f": {args.objective} {was:.3f}" if was else ""))
+    print(f"best:  k_matrix={tuned.k_matrix} lenience={tuned.lenience:g} mag_k={tuned.mag_k}: "
+          f"{args.objective} {tuned.value:.3f}")
+    chosen_by = (f"csd tune --objective {args.objective} --prompts {args.prompts} --offset {args.offset} "
+                 f"--max-new-tokens {args.max_new_tokens} --n-trials {args.n_trials} --k-max {args.k_max} "
+                 f"--timeout {args.timeout:g} "
+                 f"--seed {args.seed} --threads {threads} (GSM8K dev prompts {args.offset}..{args.offset + len(prompts) - 1}, "
+                 f"greedy; machine {machine_id()}; Optuna TPE, {tuned.seconds:.0f} s)")
+    default = {**tuned.as_default(), "threads": threads, "chosen_by": chosen_by}
+    if latency is not None:
+        default["latency"] = latency
+        default["latency_file"] = str(args.latency_file or default_latency_path())
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(default, indent=2) + "\n")
+        print(f"written: {args.out}")
+    elif family_dir is not None and not args.dry_run:
+        save_default(family_dir, default)
+        print(f"written: {family_dir / 'family.json'} (\"default\"; zoo.load and csd run use it)")
+    return 0
+
+
 def cmd_seed_config(args) -> int:
     from .compat import run_config
     from .experiment import summarize
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or default_threads())
     config = json.loads(Path(args.config).read_text())
     paths = dict(p.split("=", 1) for p in args.model_path)
     df = run_config(config, model_paths=paths, bigram_path=args.bigram, data_dir=args.data_dir,
@@ -210,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="default: cuda:<local rank> if available, else cpu")
     r.add_argument("--device-map", default=None, help='"auto" places a large target across GPUs')
     r.add_argument("--warmup", type=int, default=1, help="untimed generations per method first")
-    r.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: all cores, shared among processes)")
     r.add_argument("--name", default=None, help="results file stem")
     r.add_argument("--results-dir", default=str(ROOT / "data" / "results"))
     r.add_argument("--figures-dir", default=str(ROOT / "figures"))
@@ -225,8 +325,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-samples", type=int, default=None)
     s.add_argument("--max-new-tokens", type=int, default=200)
     s.add_argument("--out", default=None)
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     s.set_defaults(func=cmd_seed_config)
+
+    c = sub.add_parser("calibrate", help="measure each model's forward latency (a1, a + b*n) on this machine")
+    c.add_argument("--family", default="gsm8k-tiny", help="embedded family name (default gsm8k-tiny)")
+    c.add_argument("--family-path", default=None, help="a family folder instead of an embedded name")
+    c.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    c.add_argument("--force", action="store_true", help="re-measure even if a calibration is stored")
+    c.add_argument("--out", default=None, help="latency file (default: data/latency/<machine>.json)")
+    c.add_argument("--repeats", type=int, default=15)
+    c.add_argument("--context", type=int, default=96, help="tokens in the KV cache while timing (default 96)")
+    c.add_argument("--note", default="", help="stored with the calibration (e.g. how loaded the machine was)")
+    c.set_defaults(func=cmd_calibrate)
+
+    t = sub.add_parser("tune", help="choose the k-matrix, lenience and MaG's draft size (Optuna, target cache)")
+    t.add_argument("--family", default="gsm8k-tiny", help="embedded family to tune (default gsm8k-tiny)")
+    t.add_argument("--family-path", default=None, help="a family folder instead of an embedded name")
+    t.add_argument("--objective", default="latency",
+                   help="latency (predicted wall-clock speedup) or a cost table name, e.g. parameters")
+    t.add_argument("--prompts", type=int, default=8, help="GSM8K dev prompts to tune on (default 8)")
+    t.add_argument("--offset", type=int, default=250, help="first dev prompt used (default 250, apart "
+                                                           "from those csd run and the benchmarks measure)")
+    t.add_argument("--max-new-tokens", type=int, default=64)
+    t.add_argument("--n-trials", type=int, default=60)
+    t.add_argument("--k-max", type=int, default=6, help="largest entry tried for a neural drafter")
+    t.add_argument("--mag-k-max", type=int, default=None, help="largest MaG entry (default: MaG's k)")
+    t.add_argument("--timeout", type=float, default=100.0, help="stop searching after this many seconds")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    t.add_argument("--latency-file", default=None, help="default: data/latency/<machine>.json")
+    t.add_argument("--cache", default=None, help="target-output cache (default: tmp/target-cache-<family>.jsonl)")
+    t.add_argument("--out", default=None, help="write the chosen cascade here instead of the family.json")
+    t.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
+    t.add_argument("--data-dir", default=None)
+    t.add_argument("--quiet", action="store_true")
+    for flag in ("--target", "--tokenizer", "--bigram", "--k-matrix", "--dtype", "--device", "--device-map"):
+        t.add_argument(flag, default=None)
+    t.add_argument("--drafter", action="append", default=[])
+    t.add_argument("--mag-k", type=int, default=10)
+    t.add_argument("--lenience", type=float, default=None)
+    t.set_defaults(func=cmd_tune)
     return p
 
 

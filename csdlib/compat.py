@@ -74,8 +74,9 @@ class CSDraftingEncoderDecoderModel(_SeedModel):
 
 
 def get_mag_model(bi_gram_path, is_decoder_only=True) -> MaG:
-    """MaG with the seed's bigram file (a JSON list of next-token ids) or ours; proposes 10 tokens."""
-    return MaG(BigramTable.load(bi_gram_path), k=MAG_K, name="mag")
+    """MaG with the seed's bigram file (a JSON list of next-token ids) or ours; in seed mode: it proposes
+    10 tokens per call whatever the k-matrix entry, as the seed's MaG does."""
+    return MaG(BigramTable.load(bi_gram_path), k=MAG_K, name="mag", seed_mode=True)
 
 
 def csd(draft_list, target_model, initial_input, input_ids, k_matrix, max_length=200, leniency=1):

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from . import cost as costs_mod
@@ -179,17 +180,20 @@ def record_for(target, method: Method, out, sample_id, prompt: list[int], wall_s
         "models": list(calls), "k_matrix": method.k_matrix, "lenience": float(method.lenience),
         "max_new_tokens": max_new_tokens, "prompt_tokens": len(prompt),
         "new_tokens": len(out.new_tokens), "token_ids": out.new_tokens,
-        "calls": calls, "target_calls": calls[target.name], "encoder_calls": stats["encoder_calls"],
+        "calls": calls, "tokens_fed": stats.get("tokens_fed"), "one_token_calls": stats.get("one_token_calls"),
+        "target_calls": calls[target.name],
+        "encoder_calls": stats["encoder_calls"],
         "levels": stats["levels"], "model_costs": tables, "c_target": c_target, "cost": spent,
         "swi": {t: len(out.new_tokens) * c_target[t] / spent[t] if spent[t] else None for t in tables},
         "wall_s": wall_s, "tokens_per_s": len(out.new_tokens) / wall_s if wall_s > 0 else None,
+        "threads": torch.get_num_threads(),
         "equals_ar": None if ar_tokens is None else out.new_tokens == ar_tokens,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int = 128,
-        dataset: str = "custom", measured_costs: dict | None = None, warmup: int = 1,
+        dataset: str = "custom", measured_costs: dict | None = None, latency: dict | None = None, warmup: int = 1,
         progress: bool = True, on_record=None, read_from=None, tags: dict | None = None) -> pd.DataFrame:
     """Run every method on every prompt; returns the records of these methods and prompts (including
     those found in `out` from earlier runs) as a DataFrame.
@@ -201,6 +205,8 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
         prompts: `(sample_id, prompt_ids)` pairs.
         out: JSONL path; records are appended as each sample finishes; keys already there are skipped.
         measured_costs: {model name: seconds} (`cost.measure_costs`) adds the `measured` cost table.
+        latency: a calibrated latency model ({name: {"a1", "a", "b"}}, `cost.calibrate_latency`): adds the
+            `latency` cost table, and each record stores it with its predicted wall time (`predicted_s`).
         warmup: untimed generations of each method before the timed ones.
         on_record: called with each new record after it is written (e.g. to stop a run).
         read_from: where finished records are looked up (default: `out` and its shards).
@@ -213,7 +219,8 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
     if len({m.name for m in methods}) < len(methods):
         raise CSDValueError(f"methods: names must be unique, got {[m.name for m in methods]}")
     hashes = {m.name: config_hash(target, m, dataset, max_new_tokens) for m in methods}
-    tables = {m.name: costs_mod.cost_tables([target, *m.drafters], measured=measured_costs) for m in methods}
+    tables = {m.name: costs_mod.cost_tables([target, *m.drafters], measured=measured_costs, latency=latency)
+              for m in methods}
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -235,6 +242,11 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
         ar_tokens = output.new_tokens if m.is_ar else ar_rec["token_ids"] if ar_rec and m.greedy else None
         rec = record_for(target, m, output, sid, ids, wall, tables[m.name], dataset, max_new_tokens, key,
                          ar_tokens=ar_tokens)
+        if latency is not None and not isinstance(target, CachedTarget):
+            used = {name: latency[name] for name in rec["calls"] if name in latency}
+            if len(used) == len(rec["calls"]):
+                rec["latency"] = used
+                rec["predicted_s"] = costs_mod.predict_wall_time(output.stats, used)
         rec.update(tags or {})
         if out is not None:
             append_record(out, rec)
@@ -303,6 +315,10 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         row["predicted SWI"] = _predicted_sd_swi(g, levels)
         checked = g["equals_ar"].dropna()
         row["equals AR"] = bool(checked.all()) if len(checked) else None
+        if "predicted_s" in g and g["predicted_s"].notna().all() and (g["target_mode"] == "model").all():
+            row["predicted / measured"] = g["predicted_s"].sum() / g["wall_s"].sum()   # latency model vs clock
+        if "threads" in g:                             # torch threads the wall times were measured with
+            row["threads"] = "/".join(str(int(t)) for t in sorted(g["threads"].dropna().unique())) or None
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
 

@@ -1,6 +1,8 @@
 """Max-Gram (MaG): the statistical drafter at the bottom of the cascade, and its bigram table.
 
-MaG proposes k tokens after the current sequence, at (almost) no cost:
+MaG proposes tokens after the current sequence, at (almost) no cost: as many as the cascade asks for
+(its k-matrix entry), at most its own `k` per call; in *seed mode* (`MaG(..., seed_mode=True)`, what
+`csdlib.compat` uses) always `k`, whatever the k-matrix says, as the seed's code does. Its tokens:
 
 1. find the longest suffix of the sequence that also occurs in the *prompt* and copy what followed it;
 2. if that gave fewer than k tokens, the same search over the *sequence itself* (the generated text;
@@ -139,16 +141,23 @@ class MaG:
 
     Args:
         table: a `BigramTable` (or a path to one).
-        k: tokens proposed per call (the seed uses 10).
+        k: the most tokens proposed per call (the seed uses 10).
+        seed_mode: False (default): each call proposes the tokens the cascade asks for (its k-matrix
+            entry, i.e. `need`), at most `k`. True: the seed's behaviour, always `k` tokens whatever the
+            k-matrix says (what `csdlib.compat` and the seed's config dicts use).
     """
 
-    def __init__(self, table, k: int = 10, name: str = "mag", cost: float = 0.0):
+    def __init__(self, table, k: int = 10, name: str = "mag", cost: float = 0.0, seed_mode: bool = False):
         if not isinstance(table, BigramTable):
             table = BigramTable.load(table)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise CSDValueError(f"k: expected a positive int, got {k!r}")
+        if not isinstance(seed_mode, bool):
+            raise CSDValueError(f"seed_mode: expected True or False, got {seed_mode!r}")
         self.table, self.k, self.name, self.cost = table, int(k), name, float(cost)
+        self.seed_mode = seed_mode
         self.calls = 0
+        self.tokens_fed = self.one_token_calls = 0   # MaG runs no forward pass (read by the cascade's stats)
         self._prompt: list[int] = []
 
     @property
@@ -156,7 +165,8 @@ class MaG:
         return self.table.vocab_size
 
     def __repr__(self) -> str:
-        return f"MaG(k={self.k}, vocab={self.vocab_size})"
+        mode = ", seed_mode=True" if self.seed_mode else ""
+        return f"MaG(k={self.k}, vocab={self.vocab_size}{mode})"
 
     def draft(self, prompt_ids, sequence_ids, k: int | None = None) -> list[int]:
         """Exactly k proposed ids after `sequence_ids` (the sequence being continued)."""
@@ -178,8 +188,16 @@ class MaG:
     def start(self, prompt_ids: list[int]) -> None:
         self.calls, self._prompt = 0, list(prompt_ids)
 
+    def draft_size(self, need: int) -> int:
+        """Tokens one call proposes when the cascade asks for `need`: min(need, k), or k in seed mode."""
+        return self.k if self.seed_mode else max(0, min(int(need), self.k))
+
     def propose(self, seq: list[int], n: int) -> tuple[list[int], list[float]]:
-        """MaG always proposes its own k tokens (as in the seed), each a point mass (q = 1)."""
+        """`draft_size(n)` tokens after `seq`, each a point mass (q = 1). The cascade asks again while
+        its k-matrix entry is not filled, so an entry larger than k takes several (free) calls."""
+        size = self.draft_size(n)
+        if size == 0:
+            return [], []
         self.calls += 1
-        tokens = self.draft(self._prompt, seq)
+        tokens = self.draft(self._prompt, seq, k=size)
         return tokens, [1.0] * len(tokens)

@@ -77,6 +77,8 @@ class HFModel:
         # Learned / rotary position tables have a hard limit; T5's relative positions have none.
         self.max_positions = getattr(text_config, "max_position_embeddings", None)
         self.calls = 0            # decoder forward passes since start()
+        self.tokens_fed = 0       # tokens fed to those forwards since start() (prefill included)
+        self.one_token_calls = 0  # those of the forwards that fed exactly one token (cheaper: see cost.py)
         self.encoder_calls = 0    # encoder forward passes since start() (one per prompt)
         self.forward_seconds = 0.0  # wall time inside the model's forward passes since start()
         self._cache = None
@@ -92,7 +94,7 @@ class HFModel:
         return f"HFModel({self.name!r}, {kind}, vocab={self.vocab_size}, cost={self.cost:g})"
 
     def start(self, prompt_ids: list[int]) -> list[int]:
-        self.calls = self.encoder_calls = 0
+        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = 0
         self.forward_seconds = 0.0
         self._cache, self._cached = None, []
         if not self.is_encoder_decoder:
@@ -121,6 +123,8 @@ class HFModel:
             torch.cuda.synchronize(logits.device)   # the caller reads the logits next anyway
         self.forward_seconds += time.perf_counter() - tic
         self.calls += 1
+        self.tokens_fed += new.shape[1]
+        self.one_token_calls += int(new.shape[1] == 1)
         self._cache, self._cached = out.cache, list(seq)
         return logits
 

@@ -154,8 +154,17 @@ def cost_breakdown(df: pd.DataFrame, path=None, table: str = "parameters"):
 
 
 def tuning_plot(result: dict, history: list[dict] | None = None, table: str = "parameters"):
-    """Two panels for the sliders: acceptance per level of `result`, and SWI of every evaluation so far."""
+    """Two panels for the sliders: acceptance per level of `result`, and the objective of every
+    evaluation so far (one point per evaluation, integer x ticks): the predicted wall-clock speedup
+    when `table` is "latency" (results of `evaluate_cascade(..., latency=...)`), else SWI under `table`."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
+
+    def value(r):
+        return r["predicted_speedup"] if table == "latency" else r["swi"][table]
+
+    label = "predicted speedup (latency model)" if table == "latency" else f"SWI ({table})"
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     names = [lv["model"] for lv in result["levels"]]
     acc = [a if a is not None else 0 for a in result["acceptance"]]
@@ -163,12 +172,13 @@ def tuning_plot(result: dict, history: list[dict] | None = None, table: str = "p
     axes[0].set_ylim(0, 1)
     axes[0].set_xlabel("reviewing level")
     axes[0].set_ylabel("acceptance (accepted / drafted)")
-    axes[0].set_title(f"SWI {table} = {result['swi'][table]:.3f}")
+    axes[0].set_title(f"{label} = {value(result):.3f}")
     hist = history or [result]
-    axes[1].plot(range(1, len(hist) + 1), [h["swi"][table] for h in hist], marker="o")
+    axes[1].plot(range(1, len(hist) + 1), [value(h) for h in hist], marker="o")
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].axhline(1, color="grey", lw=0.8, ls="--")
     axes[1].set_xlabel("evaluation #")
-    axes[1].set_ylabel(f"SWI ({table})")
-    axes[1].set_title("SWI of each setting tried")
+    axes[1].set_ylabel(label)
+    axes[1].set_title("each setting tried")
     fig.tight_layout()
     return fig

@@ -1,51 +1,96 @@
-"""The function behind the k-matrix sliders (notebooks/04_tune_k_matrix.ipynb).
+"""Evaluate and optimise a cascade (k-matrix, lenience, MaG's draft size) against the target-output cache.
 
     cached = build_target_cache(fam.target, prompts, max_new_tokens, "data/cache/target.jsonl")
     r = evaluate_cascade(cached, fam.drafters, prompts, k_matrix, lenience, max_new_tokens=64)
     r["swi"]["parameters"], r["acceptance"], r["tokens_per_target_call"]
 
+    best = optimize(cached, fam.drafters, prompts, objective="latency", n_trials=60)
+    best.k_matrix, best.lenience, best.value, best.study      # an optuna Study, to inspect and plot
+
 Against a `CachedTarget` no target forward runs, so one evaluation of a few prompts takes well under a
 second on CPU with the tiny family; with the real target it gives identical numbers, only slower.
+
+`optimize` searches with Optuna's TPE sampler (seeded, so a search is reproducible): every free
+entry of the k-matrix (n(n+1)/2 integers for n drafters: 10 for a 4-level cascade) and the lenience.
+TPE models good and bad settings separately and samples where good ones are dense, so it handles
+integer entries that interact (a row's entries only matter if the level above drafts with that row)
+far better than a fixed grid; a trial that is clearly worse than the median after a few prompts is
+pruned (MedianPruner), and settings already evaluated are not run again. The objective is
+`"latency"` (predicted wall-clock speedup over AR from the calibrated latency model,
+`csdlib.cost.predict_wall_time`) or the name of a cost table (SWI under it, e.g. "parameters").
+MaG's draft size is its k-matrix column (MaG proposes what its entry asks for, at most its k); in seed
+mode, where MaG always proposes its own k, that k is searched instead.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from . import cost as costs_mod
 from .cascade import generate
+from .errors import CSDValueError
 from .experiment import _merge_levels
+from .mag import MaG
 
 
 def evaluate_cascade(target, drafters, prompts, k_matrix, lenience: float = 1.0, *,
-                     max_new_tokens: int = 64, cost_table: dict | None = None) -> dict:
+                     max_new_tokens: int = 64, cost_table: dict | None = None, latency: dict | None = None,
+                     on_prompt=None) -> dict:
     """Run the cascade greedily on `prompts` (lists of token ids) and aggregate.
 
     Returns a dict: ``swi`` ({cost table: SWI}, a ratio of totals; tables are ``parameters`` or the
     given `cost_table` under ``custom``), ``acceptance`` (accepted / drafted per level, target first,
     None where nothing was drafted), ``levels`` (summed per-level stats), ``calls`` (summed per model),
-    ``new_tokens``, ``tokens_per_target_call``, ``k_matrix`` and ``lenience``.
+    ``tokens_fed`` and ``one_token_calls`` (summed per model), ``new_tokens``, ``tokens_per_target_call``,
+    ``k_matrix`` and ``lenience``; with `latency` ({name: {"a1", "a", "b"}}, `csdlib.cost`) also
+    ``predicted_s`` (predicted wall time), ``predicted_ar_s`` (AR's on the same prompts) and
+    ``predicted_speedup`` (their ratio). `on_prompt(i, partial_result)` is called after each prompt
+    (the optimizer prunes with it).
     """
     models = [target, *drafters]
+    if len(prompts) == 0:
+        raise CSDValueError("prompts: expected at least one prompt")
     tables = {"parameters": costs_mod.parameter_costs(models)}
     if cost_table is not None:
         tables["custom"] = {m.name: float(cost_table[m.name]) for m in models}
     calls: dict[str, int] = {m.name: 0 for m in models}
-    new_tokens, level_lists = 0, []
-    for ids in prompts:
+    fed, ones = dict(calls), dict(calls)
+    new_tokens, level_lists, ar_s = 0, [], 0.0
+    result = {}
+    for i, ids in enumerate(prompts):
         out = generate(target, drafters, list(ids), k_matrix=k_matrix, lenience=lenience,
                        max_new_tokens=max_new_tokens)
         new_tokens += len(out.new_tokens)
-        for name, c in out.stats["calls"].items():
-            calls[name] = calls.get(name, 0) + c
+        for totals, key in ((calls, "calls"), (fed, "tokens_fed"), (ones, "one_token_calls")):
+            for name, c in out.stats[key].items():
+                totals[name] = totals.get(name, 0) + c
         level_lists.append(out.stats["levels"])
+        if latency is not None:
+            ar_s += costs_mod.predict_ar_wall_time(latency[target.name], len(ids), len(out.new_tokens))
+        if on_prompt is not None or i == len(prompts) - 1:
+            result = _summary(target, tables, calls, fed, ones, new_tokens, level_lists, k_matrix, lenience,
+                              latency, ar_s)
+            if on_prompt is not None:
+                on_prompt(i, result)
+    return result
+
+
+def _summary(target, tables, calls, fed, ones, new_tokens, level_lists, k_matrix, lenience, latency, ar_s):
     levels = _merge_levels(level_lists)
     swi = {t: costs_mod.swi(new_tokens, calls, c, target.name) for t, c in tables.items()}
-    return {
+    r = {
         "swi": swi,
         "acceptance": [lv["accepted"] / lv["drafted"] if lv["drafted"] else None for lv in levels],
-        "levels": levels, "calls": calls, "new_tokens": new_tokens,
+        "levels": levels, "calls": dict(calls), "tokens_fed": dict(fed), "one_token_calls": dict(ones),
+        "new_tokens": new_tokens,
         "tokens_per_target_call": new_tokens / calls[target.name] if calls[target.name] else None,
         "k_matrix": [list(r) for r in k_matrix], "lenience": float(lenience),
     }
+    if latency is not None:
+        r["predicted_s"] = costs_mod.predict_wall_time(r, latency)
+        r["predicted_ar_s"] = ar_s
+        r["predicted_speedup"] = ar_s / r["predicted_s"] if r["predicted_s"] else None
+    return r
 
 
 class BestSoFar:
@@ -67,3 +112,233 @@ class BestSoFar:
         b = self.best
         return (f"best so far: SWI {self.table} {b['swi'][self.table]:.3f} with k_matrix={b['k_matrix']}, "
                 f"lenience={b['lenience']:g}")
+
+
+# ---------------------------------------------------------------- the optimizer
+
+
+@dataclass
+class Tuned:
+    """What `optimize` found: the setting, its objective value, the evaluation and the Optuna study."""
+    k_matrix: list
+    lenience: float
+    mag_k: int | None
+    value: float
+    objective: str
+    evaluation: dict = field(default_factory=dict)
+    study: object = None
+    seconds: float = 0.0
+
+    def as_default(self) -> dict:
+        """The `default` entry of a family.json."""
+        return {"k_matrix": self.k_matrix, "lenience": self.lenience, "mag_k": self.mag_k,
+                "objective": self.objective, "value": self.value}
+
+
+def k_matrix_from_params(params: dict, n: int) -> list[list[int]]:
+    """The k-matrix of a trial's parameters `k<i>_<j>` (0 below the diagonal)."""
+    return [[int(params.get(f"k{i}_{j}", 0)) if j >= i else 0 for j in range(n)] for i in range(n)]
+
+
+def effective_k_matrix(k_matrix) -> list[list[int]]:
+    """The k-matrix with the rows of levels that never review zeroed: level j reviews only if a level
+    above it that reviews gives it a non-zero entry (its drafts). Settings with the same effective
+    k-matrix run identically."""
+    n = len(k_matrix)                  # row m belongs to level m; column m - 1 to drafter m
+    used = [True] + [False] * (n - 1)
+    for i in range(n):
+        for m in range(i + 1, n):
+            used[m] = used[m] or (used[i] and k_matrix[i][m - 1] > 0)
+    return [list(row) if used[i] else [0] * n for i, row in enumerate(k_matrix)]
+
+
+def search(n_drafters: int, score, *, n_trials: int = 60, k_max: int = 8, mag_column_max: int | None = None,
+           lenience_range: tuple | None = (1.0, 6.0), extra_int: dict | None = None, seed: int = 0,
+           start: dict | None = None, prune: bool = True, timeout: float | None = None, progress: bool = False):
+    """Maximise `score(k_matrix, lenience, extra, report)` over the upper-triangular k-matrix entries
+    (0..k_max; the last column, MaG's, 0..mag_column_max) and lenience (None: fixed at 1), with Optuna's
+    seeded TPE sampler. `extra_int` {name: (low, high)} adds integer parameters (passed in `extra`).
+    `report(step, value)` lets `score` report partial values so that poor trials are pruned. `start`:
+    parameters tried first (e.g. the current default). Returns the study."""
+    import optuna
+
+    if not progress:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    n = n_drafters
+    last_max = k_max if mag_column_max is None else mag_column_max
+    memo: dict = {}
+
+    def objective(trial):
+        k = [[trial.suggest_int(f"k{i}_{j}", 0, last_max if j == n - 1 else k_max) if j >= i else 0
+              for j in range(n)] for i in range(n)]
+        lenience = trial.suggest_float("lenience", lenience_range[0], lenience_range[1], step=0.5) \
+            if lenience_range is not None else 1.0
+        extra = {name: trial.suggest_int(name, lo, hi) for name, (lo, hi) in (extra_int or {}).items()}
+        key = (str(effective_k_matrix(k)), lenience, str(sorted(extra.items())))
+        if key in memo:                      # TPE proposes a setting again: no need to rerun it
+            return memo[key]
+
+        def report(step, value):
+            trial.report(value, step)
+            if prune and trial.should_prune():
+                raise optuna.TrialPruned()
+
+        memo[key] = value = float(score(k, lenience, extra, report))
+        return value
+
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, n_trials))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=8, n_warmup_steps=1) if prune else optuna.pruners.NopPruner()
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    if start:
+        study.enqueue_trial(start, skip_if_exists=True)
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=progress)
+    return study
+
+
+def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials: int = 60, k_max: int = 8,
+             mag_k_max: int | None = None, lenience_range: tuple | None = (1.0, 6.0), max_new_tokens: int = 64,
+             latency: dict | None = None, start: tuple | None = None, seed: int = 0, prune: bool = True,
+             timeout: float | None = None, progress: bool = False) -> Tuned:
+    """Search the k-matrix, lenience and MaG's draft size that maximise `objective` on `prompts`.
+
+    Args:
+        target: best a `CachedTarget` (`csdlib.cache.build_target_cache`): no target forward runs; an
+            `HFModel` works too, only slower.
+        drafters: largest first, MaG (if any) last.
+        prompts: lists of token ids (not used for calibration; keep some apart to check the result).
+        objective: "latency" (predicted wall-clock speedup over AR; needs a calibration, `latency` or
+            the stored one, see `csdlib.cost.calibrate_latency`) or a cost-table name ("parameters",
+            the seed's "model_parameters" / "previous_work" where they cover the models): SWI under it.
+        k_max: the largest k-matrix entry tried for a neural drafter's column; `mag_k_max` for MaG's
+            column (default: MaG's k).
+        lenience_range: (low, high) searched in steps of 0.5 at inner levels; None keeps 1.
+        start: (k_matrix, lenience) tried first, e.g. the current default (the result is never worse).
+        seed: the sampler's seed. n_trials / timeout: the budget.
+
+    Returns a `Tuned`: `k_matrix`, `lenience`, `mag_k` (the MaG k to use), `value`, the best setting's
+    full `evaluation` (`evaluate_cascade` on all prompts) and the Optuna `study`.
+    """
+    import time
+
+    tic = time.perf_counter()
+    drafters = list(drafters)
+    n = len(drafters)
+    if n == 0:
+        raise CSDValueError("drafters: nothing to tune without drafters")
+    prompts = [list(p) for p in prompts]
+    if not prompts:
+        raise CSDValueError("prompts: expected at least one prompt")
+    mag = drafters[-1] if isinstance(drafters[-1], MaG) else None
+    models = [target, *drafters]
+    if objective == "latency":
+        if latency is None:
+            latency = costs_mod.stored_latency(models)
+        if latency is None:
+            raise CSDValueError("objective: 'latency' needs a latency calibration of these models on this "
+                                "machine and thread count; run `csd calibrate` (or pass latency=...)")
+        tables = None
+    else:
+        tables = costs_mod.cost_tables(models)
+        if objective not in tables:
+            raise CSDValueError(f"objective: expected 'latency' or a cost table covering these models "
+                                f"{sorted(tables)}, got {objective!r}")
+        latency = None
+    seed_mode_mag = mag is not None and mag.seed_mode
+    mag_max = mag_k_max or (mag.k if mag is not None else k_max)
+    extra_int = {"mag_k": (1, mag_max)} if seed_mode_mag else None
+    old_k = mag.k if mag is not None else None
+    if lenience_range is not None and n < 2:
+        lenience_range = None                 # one drafter: the target reviews strictly, no inner level
+
+    def evaluate(k, lenience, extra, on_prompt=None, ps=prompts):
+        if mag is not None:
+            mag.k = extra.get("mag_k", mag_max)
+        return evaluate_cascade(target, drafters, ps, k, lenience, max_new_tokens=max_new_tokens,
+                                cost_table=tables[objective] if tables else None, latency=latency,
+                                on_prompt=on_prompt)
+
+    def value_of(r):
+        return r["predicted_speedup"] if latency is not None else r["swi"]["custom"]
+
+    def score(k, lenience, extra, report):
+        r = evaluate(k, lenience, extra, on_prompt=lambda i, part: report(i, value_of(part)))
+        return value_of(r)
+
+    start_params = None
+    if start is not None:
+        k0, l0 = start
+        start_params = {f"k{i}_{j}": min(int(k0[i][j]), mag_max if j == n - 1 else k_max)
+                        for i in range(n) for j in range(i, n)}
+        if lenience_range is not None:
+            start_params["lenience"] = min(max(float(l0), lenience_range[0]), lenience_range[1])
+        if seed_mode_mag:
+            start_params["mag_k"] = min(old_k, mag_max)
+    try:
+        study = search(n, score, n_trials=n_trials, k_max=k_max, mag_column_max=mag_max if mag else None,
+                       lenience_range=lenience_range, extra_int=extra_int, seed=seed, start=start_params,
+                       prune=prune, timeout=timeout, progress=progress)
+        best = study.best_trial.params
+        k = k_matrix_from_params(best, n)
+        lenience = float(best.get("lenience", 1.0))
+        if mag is None:
+            mag_k = None
+        elif seed_mode_mag:
+            mag_k = int(best["mag_k"])
+        else:                                  # sized by the k-matrix: k only caps a call
+            mag_k = max([1] + [k[i][n - 1] for i in range(n)])
+        evaluation = evaluate(k, lenience, {"mag_k": mag_k} if mag is not None else {})
+    finally:
+        if mag is not None:
+            mag.k = old_k
+    return Tuned(k, lenience, mag_k, value_of(evaluation), objective, evaluation, study,
+                 time.perf_counter() - tic)
+
+
+def save_default(family_dir, default: dict) -> None:
+    """Write `default` (k_matrix, lenience, mag_k, how it was chosen) as the `default` of
+    `<family_dir>/family.json`, where `zoo.load` and `csd run` read it; the previous one is kept under
+    `previous_default`."""
+    import json
+    from pathlib import Path
+
+    path = Path(family_dir) / "family.json"
+    info = json.loads(path.read_text())
+    if "default" in info:
+        info["previous_default"] = info["default"]
+    info["default"] = default
+    path.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def predicted_vs_measured(target, drafters, prompts, k_matrix, lenience: float = 1.0, *, latency: dict,
+                          max_new_tokens: int = 64, warmup: int = 1):
+    """Run AR and the cascade with the real target on `prompts` (AR and the cascade alternate, prompt by
+    prompt, after `warmup` untimed runs) and compare the measured wall time with the latency model's
+    prediction. Returns a DataFrame: method, measured s, predicted s, error, speedup (measured and
+    predicted, over AR), and whether the cascade's output equals AR's."""
+    import time
+
+    import pandas as pd
+
+    from .cache import CachedTarget
+
+    if isinstance(target, CachedTarget):
+        raise CSDValueError("target: predicted vs measured needs the real target, not a CachedTarget")
+    settings = {"AR": ([], None, 1.0), "cascade": (list(drafters), k_matrix, lenience)}
+    for _ in range(warmup):
+        for ds, k, l in settings.values():
+            generate(target, ds, list(prompts[0]), k_matrix=k, lenience=l, max_new_tokens=min(16, max_new_tokens))
+    rows = {name: {"measured s": 0.0, "predicted s": 0.0, "equal": True} for name in settings}
+    for ids in prompts:
+        outs = {}
+        for name, (ds, k, l) in settings.items():
+            tic = time.perf_counter()
+            out = generate(target, ds, list(ids), k_matrix=k, lenience=l, max_new_tokens=max_new_tokens)
+            rows[name]["measured s"] += time.perf_counter() - tic
+            rows[name]["predicted s"] += costs_mod.predict_wall_time(out.stats, latency)
+            outs[name] = out.new_tokens
+        rows["cascade"]["equal"] &= outs["cascade"] == outs["AR"]
+    df = pd.DataFrame([{"method": name, **r} for name, r in rows.items()]).set_index("method")
+    df["error"] = df["predicted s"] / df["measured s"] - 1
+    df["speedup measured"] = df.loc["AR", "measured s"] / df["measured s"]
+    df["speedup predicted"] = df.loc["AR", "predicted s"] / df["predicted s"]
+    return df

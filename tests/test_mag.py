@@ -128,3 +128,64 @@ def test_mag_rejects_bad_k():
     for k in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="k:"):
             MaG(table(), k=k)
+
+
+# ---------------------------------------------------------------- draft size: sized by the k-matrix vs seed mode
+
+
+def test_propose_sized_by_need_at_most_k_and_seed_mode_always_k():
+    rng = np.random.default_rng(1)
+    prompt, seq = rng.integers(0, 6, 30).tolist(), rng.integers(0, 6, 12).tolist()
+    sized, seed = MaG(table([(3, 8)]), k=4), MaG(table([(3, 8)]), k=4, seed_mode=True)
+    for m in (sized, seed):
+        m.start(prompt)
+    for need in (1, 2, 4, 7):
+        tokens, q = sized.propose(seq, need)
+        assert tokens == sized.draft(prompt, seq, k=min(need, 4)) and q == [1.0] * len(tokens)
+        assert seed.propose(seq, need)[0] == seed.draft(prompt, seq, k=4)
+    assert sized.propose(seq, 0) == ([], []) and sized.calls == 4       # nothing asked: no call
+    assert seed.calls == 4
+    assert "seed_mode=True" in repr(seed) and "seed_mode" not in repr(sized)
+    with pytest.raises(ValueError, match="seed_mode"):
+        MaG(table(), k=2, seed_mode="yes")
+
+
+def _sd_mag(mag, k_entry, max_new_tokens=40):
+    import csdlib
+    import tiny
+
+    target = csdlib.HFModel(tiny.llama(0), name="target")
+    prompt = ([5, 6, 7, 8] * 6)[:21]
+    return csdlib.generate(target, [mag], prompt, k_matrix=[[k_entry]], max_new_tokens=max_new_tokens), \
+        tiny.hf_greedy(target.model, prompt, max_new_tokens)[0].tolist()[21:]
+
+
+def test_cascade_drafts_what_the_k_matrix_asks_in_both_modes():
+    tbl = BigramTable([(t + 1) % 96 for t in range(96)])     # the tiny models' vocabulary
+    sized, ref = _sd_mag(MaG(tbl, k=10), 3)
+    seed, _ = _sd_mag(MaG(tbl, k=10, seed_mode=True), 3)
+    assert sized.new_tokens == seed.new_tokens == ref                      # lossless either way
+    lv_sized, lv_seed = sized.stats["levels"][0], seed.stats["levels"][0]
+    assert len(lv_sized["drafted_per_position"]) == 3                     # never more than the entry
+    assert len(lv_seed["drafted_per_position"]) == 10                     # the seed's 10 per call
+    assert sized.stats["calls"]["mag"] == lv_sized["drafted_per_position"][0]   # one call per draft
+
+
+def test_entry_larger_than_k_takes_several_calls():
+    tbl = BigramTable([(t + 1) % 96 for t in range(96)])     # the tiny models' vocabulary
+    out, ref = _sd_mag(MaG(tbl, k=2), 5, max_new_tokens=30)
+    assert out.new_tokens == ref
+    lv = out.stats["levels"][0]
+    assert len(lv["drafted_per_position"]) == 5
+    assert out.stats["calls"]["mag"] >= 3 * (lv["drafted_per_position"][4])   # ceil(5 / 2) calls per full draft
+
+
+def test_compat_mag_is_in_seed_mode_and_modes_fingerprint_apart(tmp_path):
+    from csdlib.cache import fingerprint
+    from csdlib.compat import get_mag_model
+
+    (tmp_path / "t.json").write_text(json.dumps(list(range(1, V)) + [0]))
+    mag = get_mag_model(tmp_path / "t.json")
+    assert mag.seed_mode and mag.k == 10
+    assert fingerprint(mag) != fingerprint(MaG(mag.table, k=10))
+    assert fingerprint(mag) == fingerprint(MaG(mag.table, k=10, seed_mode=True))

@@ -61,7 +61,7 @@ def overrides(path: pathlib.Path, tmp: pathlib.Path) -> dict:
         "03_acceptance_per_level": {**common, "RESULTS": str(tmp / "results03.jsonl"), "N_SAMPLES": 3,
                                     "MAX_NEW_TOKENS": 48},
         "04_tune_k_matrix": {"CACHE": str(tmp / "cache.jsonl")},
-    }.get(path.stem, {})
+    }.get(path.stem, {}) | {"THREADS": 1}      # pytest-xdist runs two notebooks at once on CI's cores
 
 
 def inject(nb, params: dict):

@@ -1,0 +1,113 @@
+"""csdlib.tuning.optimize / search: finds known optima on synthetic landscapes, and on tiny models its
+answer is what evaluate_cascade says about it."""
+
+
+import pytest
+
+import tiny
+from csdlib import BigramTable, HFModel, MaG
+from csdlib.cache import build_target_cache
+from csdlib.cost import ZERO_LATENCY, expected_speedup
+from csdlib.errors import CSDValueError
+from csdlib.tuning import evaluate_cascade, k_matrix_from_params, optimize, search
+
+
+def test_search_finds_the_optimum_of_a_separable_landscape():
+    """3 drafters: 6 free entries in 0..6 (7^6 = 117,649 settings) and lenience; one known optimum."""
+    best_k = [[3, 0, 5], [0, 2, 1], [0, 0, 4]]
+
+    def score(k, lenience, extra, report):
+        return -sum((k[i][j] - best_k[i][j]) ** 2 for i in range(3) for j in range(i, 3)) - (lenience - 2.5) ** 2
+
+    study = search(3, score, n_trials=150, k_max=6, lenience_range=(1.0, 6.0), seed=0, prune=False)
+    assert k_matrix_from_params(study.best_params, 3) == best_k
+    assert study.best_params["lenience"] == 2.5 and study.best_value == 0
+    assert len(study.trials) == 150
+
+
+def test_search_finds_the_best_sd_draft_length_of_leviathan_speedup():
+    """SD's expected speedup (Leviathan et al.) has an interior optimum in k; the search must find it."""
+    alpha, c = 0.8, 0.05
+    truth = max(range(0, 13), key=lambda k: expected_speedup(alpha, c, k))
+    assert 3 < truth < 12
+
+    study = search(1, lambda k, l, e, r: expected_speedup(alpha, c, k[0][0]), n_trials=25, k_max=12,
+                   lenience_range=None, seed=1, prune=False)
+    assert study.best_params == {"k0_0": truth}
+
+
+def test_search_scales_to_four_levels_and_respects_bounds():
+    seen = []
+
+    def score(k, lenience, extra, report):
+        seen.append((k, extra["mag_k"]))
+        return sum(map(sum, k)) - extra["mag_k"]
+
+    study = search(4, score, n_trials=30, k_max=3, mag_column_max=5, extra_int={"mag_k": (1, 4)}, seed=0,
+                   prune=False)
+    assert len(study.best_params) == 10 + 2          # 10 free entries, lenience, mag_k
+    for k, mag_k in seen:
+        assert all(k[i][j] == 0 for i in range(4) for j in range(i))
+        assert all(0 <= k[i][j] <= 3 for i in range(4) for j in range(i, 3))
+        assert all(0 <= k[i][3] <= 5 for i in range(4)) and 1 <= mag_k <= 4
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    target = HFModel(tiny.llama(0), name="target")
+    mid = HFModel(tiny.perturbed(target.model, 0.01, 1), name="mid")
+    small = HFModel(tiny.perturbed(target.model, 0.05, 2), name="small")
+    prompts = [[5, 6, 7, 8, 5, 6, 7, 8, 5], [1, 9, 2, 8, 3, 7], [40, 41, 42, 40, 41]]
+    mag = MaG(BigramTable.from_sequences(prompts * 2, tiny.VOCAB), k=6)
+    cached = build_target_cache(target, prompts, 24, tmp_path_factory.mktemp("opt") / "c.jsonl")
+    return cached, [mid, small, mag], prompts
+
+
+def test_optimize_latency_on_tiny_models_matches_evaluate_cascade(setup):
+    cached, drafters, prompts = setup
+    # a latency table where the target is expensive and verifying is almost free
+    lat = {"target": {"a1": 1.0, "a": 1.0, "b": 0.01}, "mid": {"a1": 0.2, "a": 0.2, "b": 0.01},
+           "small": {"a1": 0.05, "a": 0.05, "b": 0.01}, "mag": ZERO_LATENCY}
+    start = ([[1, 0, 0], [0, 1, 0], [0, 0, 1]], 1.0)
+    tuned = optimize(cached, drafters, prompts, "latency", latency=lat, n_trials=25, k_max=4, max_new_tokens=24,
+                     start=start, seed=0)
+    again = evaluate_cascade(cached, drafters, prompts, tuned.k_matrix, tuned.lenience, max_new_tokens=24,
+                             latency=lat)
+    assert tuned.value == pytest.approx(again["predicted_speedup"]) == pytest.approx(tuned.study.best_value)
+    first = evaluate_cascade(cached, drafters, prompts, *start, max_new_tokens=24, latency=lat)
+    assert tuned.value >= first["predicted_speedup"] > 0            # never worse than the start
+    assert tuned.value > 1.2
+    assert tuned.mag_k == max(1, max(row[2] for row in tuned.k_matrix))
+    assert drafters[2].k == 6                                        # MaG's k is restored
+    assert tuned.as_default()["objective"] == "latency"
+
+
+def test_optimize_swi_and_seed_mode_searches_mag_k(setup):
+    cached, (mid, small, _), prompts = setup
+    seed_mag = MaG(BigramTable.from_sequences(prompts, tiny.VOCAB), k=10, seed_mode=True)
+    tuned = optimize(cached, [small, seed_mag], prompts, "parameters", n_trials=12, k_max=3, max_new_tokens=24)
+    assert "mag_k" in tuned.study.best_params and tuned.mag_k == tuned.study.best_params["mag_k"]
+    assert tuned.value == pytest.approx(tuned.evaluation["swi"]["custom"]) and seed_mag.k == 10
+
+
+def test_optimize_errors(setup, tmp_path, monkeypatch):
+    cached, drafters, prompts = setup
+    monkeypatch.setenv("CSD_LATENCY_FILE", str(tmp_path / "none.json"))
+    with pytest.raises(CSDValueError, match="csd calibrate"):
+        optimize(cached, drafters, prompts, "latency", n_trials=1)
+    with pytest.raises(CSDValueError, match="objective"):
+        optimize(cached, drafters, prompts, "flops", n_trials=1)
+    with pytest.raises(CSDValueError, match="drafters"):
+        optimize(cached, [], prompts, "parameters", n_trials=1)
+    with pytest.raises(CSDValueError, match="prompts"):
+        optimize(cached, drafters, [], "parameters", n_trials=1)
+
+
+def test_effective_k_matrix_zeroes_rows_of_levels_that_never_review():
+    from csdlib.tuning import effective_k_matrix
+
+    # target drafts with small (column 1) and MaG: mid (level 1) never reviews, small (level 2) does
+    assert effective_k_matrix([[0, 3, 2], [0, 5, 7], [0, 0, 4]]) == [[0, 3, 2], [0, 0, 0], [0, 0, 4]]
+    assert effective_k_matrix([[2, 0, 0], [0, 0, 1], [0, 0, 4]]) == [[2, 0, 0], [0, 0, 1], [0, 0, 0]]
+    assert effective_k_matrix([[1, 1], [0, 3]]) == [[1, 1], [0, 3]]
+    assert effective_k_matrix([[0, 1], [0, 3]]) == [[0, 1], [0, 0]]
