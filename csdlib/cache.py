@@ -3,7 +3,7 @@ cascade settings without running it again.
 
 `build_target_cache(target, prompts, max_new_tokens, path)` stores the target's greedy continuation of
 each prompt; `CachedTarget.load(path, expect=target)` is a stand-in for the target that implements the
-same protocol as `csdlib.HFModel` (`start`, `logits`, `propose`, `calls`, ...) and can be passed to
+same protocol as `csdlib.HFModel` (`start`, `logits`, `calls`, `tokens_fed`, ...) and can be passed to
 `csdlib.generate` as the target. Its logits put all the mass on the cached greedy token at each
 position; the target reviews by argmax (lenience applies to inner levels only), so every decision of
 the cascade - tokens, calls of every model, acceptance per level - is exactly what it is with the real
@@ -12,8 +12,7 @@ target, and each review still counts as one target call in the cost model.
 The stored continuation ignores EOS (the cascade cuts at EOS itself): a draft may run past the target's
 EOS within one step, and reviewing it needs the target's greedy tokens there too.
 
-Guards: the file is keyed by the target's `fingerprint` (config + a strided sample of every weight
-tensor) and each entry by the prompt's token ids; loading it for another target, or asking it about a
+Guards: the file is keyed by the target's `fingerprint` (config, generation_config, every weight) and each entry by the prompt's token ids; loading it for another target, or asking it about a
 prompt it does not hold or beyond the tokens it holds, raises a `CSDValueError`.
 """
 
@@ -27,7 +26,7 @@ import torch
 
 from .errors import CSDValueError, MissingFileError
 from .mag import MaG
-from .models import HFModel
+from .models import HFModel, _common_prefix
 
 __all__ = ["fingerprint", "prompt_key", "build_target_cache", "CachedTarget"]
 
@@ -35,27 +34,32 @@ FORMAT = "csdlib.target_cache"
 
 
 def fingerprint(model) -> str:
-    """A short hash identifying a model's behaviour: HF config (minus paths and versions) and a strided
-    sample of every weight tensor; for MaG its table and k; for a `CachedTarget` the cached target's."""
+    """A short hash identifying a model's behaviour: its HF config (minus paths and versions), its
+    generation_config (EOS, sampling defaults) and every byte of every weight; for MaG its table and k;
+    for a `CachedTarget` the cached target's."""
     h = hashlib.sha256()
     if isinstance(model, CachedTarget):
         return model.fingerprint
     if isinstance(model, MaG):
         h.update(model.table.next.tobytes())
-        h.update(json.dumps([model.k, model.table.default]).encode())
+        h.update(json.dumps([model.k, model.table.default, getattr(model, "seed_mode", False)]).encode())
         return h.hexdigest()[:16]
     if not isinstance(model, HFModel):
         raise CSDValueError(f"model: cannot fingerprint {type(model).__name__}; expected HFModel, MaG or CachedTarget")
-    config = {k: v for k, v in model.model.config.to_dict().items()
-              if not k.startswith("_") and k != "transformers_version"}
-    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+
+    def plain(config) -> str:
+        d = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+        return json.dumps(d, sort_keys=True, default=str)
+
+    h.update(plain(model.model.config).encode())
+    if model.generation_config is not None:
+        h.update(plain(model.generation_config).encode())
+    h.update(json.dumps(sorted(model.eos_token_ids)).encode())
     with torch.no_grad():
         for name, p in model.model.state_dict().items():
-            flat = p.detach().reshape(-1)
-            sample = flat[::max(1, flat.numel() // 1024)].to("cpu", torch.float64).numpy()
             h.update(name.encode())
             h.update(str(p.dtype).encode())
-            h.update(sample.tobytes())
+            h.update(p.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -99,7 +103,10 @@ def build_target_cache(target: HFModel, prompts, max_new_tokens: int, path) -> "
 
 
 class CachedTarget:
-    """The target, replayed from a cache file: same protocol as `HFModel`, counts every call."""
+    """The target, replayed from a cache file: same protocol as `HFModel`, counts every call. It holds
+    greedy outputs only, so `generate(..., do_sample=True)` refuses it (`greedy_only`)."""
+
+    greedy_only = True
 
     def __init__(self, header: dict, entries: dict[str, list[int]]):
         t = header["target"]
@@ -110,8 +117,9 @@ class CachedTarget:
         self.decoder_start_token_id = t["decoder_start_token_id"]
         self.max_positions = t["max_positions"]
         self.entries = entries
-        self.calls = self.encoder_calls = 0
+        self.calls = self.encoder_calls = self.tokens_fed = 0
         self.forward_seconds = 0.0
+        self.generation_config = None
         self.device = torch.device("cpu")
         self._tokens: list[int] = []
         self._begin = 0
@@ -158,10 +166,10 @@ class CachedTarget:
             raise CSDValueError(f"prompt_ids: the target cache of {self.name!r} holds no output for this prompt "
                                 f"({len(prompt_ids)} tokens, key {key}); add it with build_target_cache")
         self._tokens = self.entries[key]
-        self.calls = self.encoder_calls = 0
+        self.calls = self.tokens_fed = 0
         seq = [self.decoder_start_token_id] if self.is_encoder_decoder else list(prompt_ids)
         self.encoder_calls = int(self.is_encoder_decoder)
-        self._begin = len(seq)
+        self._begin, self._fed = len(seq), []
         return seq
 
     def logits(self, seq: list[int], n: int) -> torch.Tensor:
@@ -175,10 +183,7 @@ class CachedTarget:
         out = torch.full((n, self.vocab_size), float("-inf"))
         out[torch.arange(n), torch.tensor(self._tokens[first:first + n])] = 0.0
         self.calls += 1
+        keep = min(_common_prefix(self._fed, seq), len(seq) - n)    # what the real target's KV cache holds
+        self.tokens_fed += len(seq) - keep
+        self._fed = list(seq)
         return out
-
-    def propose(self, seq: list[int], n: int) -> tuple[list[int], list[float]]:
-        tokens = []
-        for _ in range(n):
-            tokens.append(int(self.logits(seq + tokens, 1)[0].argmax()))
-        return tokens, [1.0] * n

@@ -142,6 +142,8 @@ class MaG:
         k: tokens proposed per call (the seed uses 10).
     """
 
+    free = True     # the cascade's protocol: no forward pass, point-mass proposals, cannot review
+
     def __init__(self, table, k: int = 10, name: str = "mag", cost: float = 0.0):
         if not isinstance(table, BigramTable):
             table = BigramTable.load(table)

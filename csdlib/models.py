@@ -66,6 +66,7 @@ class HFModel:
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.vocab_size = int(text_config.vocab_size)
         gen = getattr(hf_model, "generation_config", None)
+        self.generation_config = gen     # sampling defaults (csdlib.generate resolves them as generate() does)
         eos = getattr(gen, "eos_token_id", None) if gen is not None else None
         self.eos_token_ids = _as_set(eos if eos is not None else config.eos_token_id)
         start = getattr(gen, "decoder_start_token_id", None) if gen is not None else None
@@ -77,6 +78,7 @@ class HFModel:
         # Learned / rotary position tables have a hard limit; T5's relative positions have none.
         self.max_positions = getattr(text_config, "max_position_embeddings", None)
         self.calls = 0            # decoder forward passes since start()
+        self.tokens_fed = 0       # tokens fed to those forwards since start() (prefill included)
         self.encoder_calls = 0    # encoder forward passes since start() (one per prompt)
         self.forward_seconds = 0.0  # wall time inside the model's forward passes since start()
         self._cache = None
@@ -92,7 +94,7 @@ class HFModel:
         return f"HFModel({self.name!r}, {kind}, vocab={self.vocab_size}, cost={self.cost:g})"
 
     def start(self, prompt_ids: list[int]) -> list[int]:
-        self.calls = self.encoder_calls = 0
+        self.calls = self.encoder_calls = self.tokens_fed = 0
         self.forward_seconds = 0.0
         self._cache, self._cached = None, []
         if not self.is_encoder_decoder:
@@ -121,6 +123,7 @@ class HFModel:
             torch.cuda.synchronize(logits.device)   # the caller reads the logits next anyway
         self.forward_seconds += time.perf_counter() - tic
         self.calls += 1
+        self.tokens_fed += new.shape[1]
         self._cache, self._cached = out.cache, list(seq)
         return logits
 
@@ -131,4 +134,4 @@ def as_model(model, name: str | None = None):
         return model        # HFModel, MaG, or anything else that speaks the protocol
     if hasattr(model, "config") and hasattr(model, "forward"):
         return HFModel(model, name=name)
-    raise TypeError(f"expected a transformers model, an HFModel or a MaG, got {type(model).__name__}")
+    raise CSDValueError(f"model: expected a transformers model, an HFModel or a MaG, got {type(model).__name__}")

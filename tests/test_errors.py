@@ -5,7 +5,7 @@ import json
 import pytest
 
 import csdlib
-from csdlib import BigramTable, HFModel, MaG
+from csdlib import BigramTable, CSDValueError, HFModel, MaG
 
 from tiny import VOCAB, llama, t5
 
@@ -83,9 +83,9 @@ def test_bad_max_new_tokens(models, bad):
 
 def test_mag_must_be_last_and_cannot_be_target(models):
     target, small, mag = models
-    with pytest.raises(ValueError, match=r"drafters\[0\]: MaG can only be the last drafter"):
+    with pytest.raises(ValueError, match=r"drafters\[0\]: 'mag' can only be the last drafter \(a free drafter such as MaG"):
         gen(target, [mag, small], k_matrix=[[1, 1], [0, 1]])
-    with pytest.raises(ValueError, match="target: MaG cannot be the target"):
+    with pytest.raises(ValueError, match="target: 'mag' cannot be the target"):
         gen(mag, [small], k_matrix=[[1]])
 
 
@@ -108,5 +108,5 @@ def test_wrong_vocab_bigram_file(tmp_path):
 
 
 def test_not_a_model():
-    with pytest.raises(TypeError, match="expected a transformers model"):
+    with pytest.raises(CSDValueError, match="model: expected a transformers model"):
         csdlib.generate("gpt2", [], [1, 2])
