@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CSDValueError
+from .errors import CSDValueError, MissingFileError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -178,7 +178,12 @@ def cmd_seed_config(args) -> int:
     from .experiment import summarize
 
     torch.set_num_threads(args.threads)
-    config = json.loads(Path(args.config).read_text())
+    if not Path(args.config).is_file():
+        raise MissingFileError(f"config: {args.config!r} does not exist (a JSON file with the seed's config dict)")
+    config = _json_arg("config", Path(args.config).read_text())
+    bad = [p for p in args.model_path if "=" not in p]
+    if bad:
+        raise CSDValueError(f"--model-path: expected NAME=DIR, got {bad[0]!r}")
     paths = dict(p.split("=", 1) for p in args.model_path)
     df = run_config(config, model_paths=paths, bigram_path=args.bigram, data_dir=args.data_dir,
                     n_samples=args.n_samples, out=args.out, max_new_tokens=args.max_new_tokens)

@@ -110,3 +110,40 @@ def test_wrong_vocab_bigram_file(tmp_path):
 def test_not_a_model():
     with pytest.raises(CSDValueError, match="model: expected a transformers model"):
         csdlib.generate("gpt2", [], [1, 2])
+
+
+def test_every_raise_in_csdlib_is_part_of_the_error_contract():
+    """No bare ValueError / TypeError / FileNotFoundError / SystemExit, no `except Exception` (hub calls
+    are caught narrowly): bad input is a CSDValueError or MissingFileError naming the argument."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(csdlib.__file__).parent
+    bad = []
+    for path in sorted(root.glob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            if re.search(r"raise (ValueError|TypeError|FileNotFoundError|KeyError|SystemExit)\b|except Exception\b",
+                         line):
+                bad.append(f"{path.name}:{n}: {line.strip()}")
+    assert bad == []
+
+
+def test_command_line_errors_name_the_argument(tmp_path, capsys):
+    from csdlib.cli import main
+
+    assert main(["seed-config", str(tmp_path / "nope.json")]) == 2
+    assert "csd seed-config: error: config: " in capsys.readouterr().err
+    (tmp_path / "c.json").write_text("{}")
+    assert main(["seed-config", str(tmp_path / "c.json"), "--model-path", "no-equals-sign"]) == 2
+    assert "--model-path: expected NAME=DIR, got 'no-equals-sign'" in capsys.readouterr().err
+
+
+def test_recipe_and_loader_errors_name_the_argument():
+    from csdlib import recipe, zoo
+
+    with pytest.raises(CSDValueError, match="epochs / steps: give one of them"):
+        recipe.train_model({}, [[1, 2]], None)
+    with pytest.raises(CSDValueError, match="budget: unknown budget 'huge'"):
+        recipe.train_family("/nonexistent", budget="huge")
+    with pytest.raises(CSDValueError, match="name: unknown family 'gpt-5'"):
+        zoo.load("gpt-5")
