@@ -147,3 +147,18 @@ def test_recipe_and_loader_errors_name_the_argument():
         recipe.train_family("/nonexistent", budget="huge")
     with pytest.raises(CSDValueError, match="name: unknown family 'gpt-5'"):
         zoo.load("gpt-5")
+
+
+def test_the_core_imports_none_of_the_other_layers():
+    """Layering: notebooks/plots -> runs (experiment, tuning, cli, compat) -> core (cascade, models, mag,
+    stats), metrics (cost), data (datasets, zoo, recipe); the core imports only itself."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(csdlib.__file__).parent
+    core = {"cascade", "models", "mag", "stats", "errors"}
+    for name in sorted(core):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        imported = {node.module.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+        assert imported <= core, f"csdlib/{name}.py imports {sorted(imported - core)}"
