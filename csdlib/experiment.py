@@ -18,8 +18,12 @@
   untimed warm-up generations of every method, so AR and CSD see the same machine state.
 - Every greedy method's output is compared with AR's on the same sample (`equals_ar`; None when
   sampling, whose outputs are equal in distribution only).
-- Records carry tokens, calls per model, drafted / accepted per level and per draft position
-  (`Output.stats`), the run's cost and SWI under each cost table of `csdlib.cost`, and wall time.
+- Records carry tokens, calls and tokens fed per model, drafted / accepted per level and per draft
+  position (`Output.stats`, a `csdlib.Stats`), the run's cost and SWI under each cost table of
+  `csdlib.cost` (`measured` from `measured_costs_for`: measured once per results file and environment),
+  wall time, and the environment.
+- `summarize` and `plots` group records by configuration (`config_hash`), never by method name alone,
+  and compare with the AR records of the same run context (target, data, max_new_tokens, environment).
 - Sharding: give `shard=(index, count)`-style output paths via `shard_path`; `load_results` reads a
   results file together with its shards and `merge_shards` folds them into it.
 """
