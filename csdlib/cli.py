@@ -68,12 +68,9 @@ def _json_arg(flag: str, text):
 
 
 def dataset_texts(dataset: str, split: str, data_dir, n: int) -> list[str]:
-    from . import datasets as ds
+    from .datasets import prompt_texts
 
-    if dataset == "gsm8k":
-        return [ds.gsm8k_prompt(x["question"]) for x in ds.load_gsm8k(split, data_dir)[:n]]
-    items = ds.sampled_mmlu(data_dir=data_dir) if dataset == "sampled_mmlu" else ds.load_mmlu(split, data_dir)
-    return [ds.mmlu_prompt(x) for x in items[:n]]
+    return prompt_texts(dataset, split, data_dir, n)
 
 
 def dataset_source(dataset: str, split: str) -> dict:

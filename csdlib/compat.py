@@ -150,15 +150,8 @@ def dataset_prompts(dataset: str, data_dir=None, n_samples=None) -> list[str]:
     """The seed's prompts for `dataset` (gsm8k: the test split - its first 300 items are our `dev`)."""
     from . import datasets as ds
 
-    if dataset == "gsm8k":
-        split = "dev" if n_samples is not None and n_samples <= ds.DEV_SIZE else "test"
-        items = ds.load_gsm8k(split, data_dir)
-        texts = [ds.gsm8k_prompt(item["question"]) for item in items]
-    elif dataset == "mmlu":
-        texts = [ds.mmlu_prompt(item) for item in ds.load_mmlu("test", data_dir)]
-    else:
-        texts = [ds.mmlu_prompt(item) for item in ds.sampled_mmlu(data_dir=data_dir)]
-    return texts[:n_samples] if n_samples is not None else texts
+    split = "test" if dataset != "gsm8k" or n_samples is None or n_samples > ds.DEV_SIZE else "dev"
+    return ds.prompt_texts(dataset, split, data_dir, n_samples)
 
 
 def run_config(config: dict, *, model_paths=None, bigram_path=None, data_dir=None, n_samples=None, out=None,

@@ -236,3 +236,20 @@ def sampled_mmlu(n: int = SAMPLED_MMLU_SIZE, seed: int = 0, split: str = "test",
 
 
 __all__ += ["MMLU_TEMPLATE", "SAMPLED_MMLU_SIZE", "mmlu_prompt", "load_mmlu", "sampled_mmlu"]
+
+
+def prompt_texts(dataset: str, split: str, data_dir=None, n: int | None = None) -> list[str]:
+    """The seed's prompts for the first `n` items of `dataset` (gsm8k | mmlu | sampled_mmlu; the
+    fixed sampled_mmlu subset is drawn from MMLU's test split whatever `split` says)."""
+    if dataset == "gsm8k":
+        texts = [gsm8k_prompt(x["question"]) for x in load_gsm8k(split, data_dir)]
+    elif dataset == "mmlu":
+        texts = [mmlu_prompt(x) for x in load_mmlu(split, data_dir)]
+    elif dataset == "sampled_mmlu":
+        texts = [mmlu_prompt(x) for x in sampled_mmlu(data_dir=data_dir)]
+    else:
+        raise CSDValueError(f"dataset: expected gsm8k, mmlu or sampled_mmlu, got {dataset!r}")
+    return texts if n is None else texts[:n]
+
+
+__all__ += ["prompt_texts"]
