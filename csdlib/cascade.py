@@ -65,6 +65,7 @@ class Model(Protocol):
 class Reviewer(Model, Protocol):
     free: bool            # False (or absent)
     is_encoder_decoder: bool
+    tokens_fed: int       # tokens fed to its forwards since start() (read with getattr(m, "tokens_fed", 0))
 
     def logits(self, seq: list[int], n: int) -> torch.Tensor: ...
 
