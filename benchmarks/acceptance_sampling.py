@@ -30,16 +30,12 @@ def main():
           f"{args.max_new_tokens} new tokens")
     print(f"{'setting':<24} " + " ".join(f"{lv:>14}" for lv in ["target", "mid", "small"]) + "  tokens/target call")
     for label, kw in settings.items():
-        drafted, accepted, tokens, target_calls = [0] * 3, [0] * 3, 0, 0
-        for i, prompt in enumerate(prompts):
-            out = csdlib.generate(fam.target, fam.drafters, prompt, k_matrix=fam.k_matrix, lenience=1.0,
-                                  max_new_tokens=args.max_new_tokens, seed=i if kw else None, **kw)
-            for j, lv in enumerate(out.stats["levels"]):
-                drafted[j] += lv["drafted"]
-                accepted[j] += lv["accepted"]
-            tokens += len(out.new_tokens)
-            target_calls += out.stats["calls"]["target"]
-        rates = " ".join(f"{a / max(d, 1):>14.3f}" for a, d in zip(accepted, drafted))
+        total = csdlib.Stats.merge_all(
+            csdlib.generate(fam.target, fam.drafters, prompt, k_matrix=fam.k_matrix, lenience=1.0,
+                            max_new_tokens=args.max_new_tokens, seed=i if kw else None, **kw).stats
+            for i, prompt in enumerate(prompts))
+        rates = " ".join(f"{lv.acceptance or 0:>14.3f}" for lv in total.levels)
+        tokens, target_calls = total.new_tokens, total.calls["target"]
         print(f"{label:<24} {rates}  {tokens / target_calls:.2f}")
     print("(acceptance = accepted / drafted tokens at each reviewing level)")
 

@@ -59,7 +59,7 @@ def main():
             fwds.append(sum(getattr(m, "forward_seconds", 0.0) for m in [wrapped, *drafters]))
         wall, fwd = sorted(walls)[len(walls) // 2], sorted(fwds)[len(fwds) // 2]
         print(f"{label:<20} {wall * 1e3:>9.1f} {fwd * 1e3:>11.1f} {100 * (1 - fwd / wall):>9.1f}% "
-              f"{out.stats['calls']['target']:>13}")
+              f"{out.stats.calls['target']:>13}")
     print(f"(torch threads={args.threads}; 'outside' = wall time not spent inside HF forward calls: "
           "cascade logic, MaG, softmax/argmax, Python)")
 

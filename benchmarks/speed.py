@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from csdlib import MaG, generate, zoo  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
 from csdlib.cost import calibrate_latency, machine_id, parameter_costs, predict_wall_time, swi_total  # noqa: E402
-from csdlib.datasets import gsm8k_prompt, load_gsm8k  # noqa: E402
+from csdlib.datasets import load_gsm8k  # noqa: E402
 from csdlib.tuning import evaluate_cascade  # noqa: E402
 
 TUNE_OFFSET = 250

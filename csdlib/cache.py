@@ -3,7 +3,7 @@ cascade settings without running it again.
 
 `build_target_cache(target, prompts, max_new_tokens, path)` stores the target's greedy continuation of
 each prompt; `CachedTarget.load(path, expect=target)` is a stand-in for the target that implements the
-same protocol as `csdlib.HFModel` (`start`, `logits`, `propose`, `calls`, ...) and can be passed to
+same protocol as `csdlib.HFModel` (`start`, `logits`, `calls`, `tokens_fed`, ...) and can be passed to
 `csdlib.generate` as the target. Its logits put all the mass on the cached greedy token at each
 position; the target reviews by argmax (lenience applies to inner levels only), so every decision of
 the cascade - tokens, calls of every model, acceptance per level - is exactly what it is with the real
@@ -12,8 +12,7 @@ target, and each review still counts as one target call in the cost model.
 The stored continuation ignores EOS (the cascade cuts at EOS itself): a draft may run past the target's
 EOS within one step, and reviewing it needs the target's greedy tokens there too.
 
-Guards: the file is keyed by the target's `fingerprint` (config + a strided sample of every weight
-tensor) and each entry by the prompt's token ids; loading it for another target, or asking it about a
+Guards: the file is keyed by the target's `fingerprint` (config, generation_config, every weight) and each entry by the prompt's token ids; loading it for another target, or asking it about a
 prompt it does not hold or beyond the tokens it holds, raises a `CSDValueError`.
 """
 
@@ -35,8 +34,9 @@ FORMAT = "csdlib.target_cache"
 
 
 def fingerprint(model) -> str:
-    """A short hash identifying a model's behaviour: HF config (minus paths and versions) and a strided
-    sample of every weight tensor; for MaG its table and k; for a `CachedTarget` the cached target's."""
+    """A short hash identifying a model's behaviour: its HF config (minus paths and versions), its
+    generation_config (EOS, sampling defaults) and every byte of every weight; for MaG its table and k;
+    for a `CachedTarget` the cached target's."""
     h = hashlib.sha256()
     if isinstance(model, CachedTarget):
         return model.fingerprint
@@ -47,16 +47,20 @@ def fingerprint(model) -> str:
         return h.hexdigest()[:16]
     if not isinstance(model, HFModel):
         raise CSDValueError(f"model: cannot fingerprint {type(model).__name__}; expected HFModel, MaG or CachedTarget")
-    config = {k: v for k, v in model.model.config.to_dict().items()
-              if not k.startswith("_") and k != "transformers_version"}
-    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+
+    def plain(config) -> str:
+        d = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+        return json.dumps(d, sort_keys=True, default=str)
+
+    h.update(plain(model.model.config).encode())
+    if model.generation_config is not None:
+        h.update(plain(model.generation_config).encode())
+    h.update(json.dumps(sorted(model.eos_token_ids)).encode())
     with torch.no_grad():
         for name, p in model.model.state_dict().items():
-            flat = p.detach().reshape(-1)
-            sample = flat[::max(1, flat.numel() // 1024)].to("cpu", torch.float64).numpy()
             h.update(name.encode())
             h.update(str(p.dtype).encode())
-            h.update(sample.tobytes())
+            h.update(p.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -100,7 +104,10 @@ def build_target_cache(target: HFModel, prompts, max_new_tokens: int, path) -> "
 
 
 class CachedTarget:
-    """The target, replayed from a cache file: same protocol as `HFModel`, counts every call."""
+    """The target, replayed from a cache file: same protocol as `HFModel`, counts every call. It holds
+    greedy outputs only, so `generate(..., do_sample=True)` refuses it (`greedy_only`)."""
+
+    greedy_only = True
 
     def __init__(self, header: dict, entries: dict[str, list[int]]):
         t = header["target"]
@@ -113,6 +120,7 @@ class CachedTarget:
         self.entries = entries
         self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = 0
         self.forward_seconds = 0.0
+        self.generation_config = None
         self.device = torch.device("cpu")
         self._tokens: list[int] = []
         self._fed: list[int] = []     # what the real target's KV cache would hold (to count tokens_fed)
@@ -164,7 +172,7 @@ class CachedTarget:
         self._fed = []
         seq = [self.decoder_start_token_id] if self.is_encoder_decoder else list(prompt_ids)
         self.encoder_calls = int(self.is_encoder_decoder)
-        self._begin = len(seq)
+        self._begin, self._fed = len(seq), []
         return seq
 
     def logits(self, seq: list[int], n: int) -> torch.Tensor:
@@ -183,9 +191,3 @@ class CachedTarget:
         self.one_token_calls += int(len(seq) - keep == 1)
         self._fed = list(seq)
         return out
-
-    def propose(self, seq: list[int], n: int) -> tuple[list[int], list[float]]:
-        tokens = []
-        for _ in range(n):
-            tokens.append(int(self.logits(seq + tokens, 1)[0].argmax()))
-        return tokens, [1.0] * n

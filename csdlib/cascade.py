@@ -13,9 +13,10 @@ One *step* of level i:
 - **review**: level i runs one forward pass over the draft and keeps the accepted prefix plus one
   token of its own (its correction, or a bonus token after a full accept).
 
-The bottom drafter decodes on its own: a neural one decodes the tokens asked for; MaG proposes them
-too, at most its own k per call (in seed mode, `MaG(seed_mode=True)`, always its own k whatever the
-k-matrix entry says, as the seed's code did; `csdlib.compat` uses that). Generation repeats
+The bottom drafter decodes on its own: a neural one decodes the tokens asked for; a free drafter such as
+MaG decides itself how many to propose: what was asked, at most its own k per call (in seed mode,
+`MaG(seed_mode=True)`, always its own k whatever the k-matrix entry says, as the seed's code did;
+`csdlib.compat` uses that). Generation repeats
 steps of level 0 until `max_new_tokens` or EOS.
 
 **Greedy**: the target accepts a token only if it is its own argmax, so the output is exactly the
@@ -36,25 +37,62 @@ distribution is no longer its own `p`, and it has no closed form), so it is refu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import (GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
+                          TopPLogitsWarper)
 
 from .errors import CSDValueError
-from .mag import MaG
-from .models import HFModel, as_model
+from .models import as_model
+from .stats import Stats
+
+
+# ---------------------------------------------------------------- what the cascade talks to
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A cascade member. Neural models (`csdlib.HFModel`) review with `logits`; a *free* drafter such as
+    MaG (`free = True`: no forward pass, cost 0, point-mass proposals) can only be the bottom drafter and
+    decides itself how many tokens to `propose` when the cascade asks for `need`."""
+    name: str
+    vocab_size: int
+    cost: float           # cost of one call in the parameter cost model (0 for a free drafter)
+    calls: int            # calls since start()
+
+    def start(self, prompt_ids: list[int]): ...
+
+
+class Reviewer(Model, Protocol):
+    free: bool            # False (or absent)
+    is_encoder_decoder: bool
+    tokens_fed: int       # tokens fed to its forwards since start() (read with getattr(m, "tokens_fed", 0))
+
+    def logits(self, seq: list[int], n: int) -> torch.Tensor: ...
+
+
+class FreeDrafter(Model, Protocol):
+    free: bool            # True
+
+    def propose(self, seq: list[int], need: int) -> tuple[list[int], list]: ...
+
+
+def is_free(model) -> bool:
+    """True for a free drafter (MaG): proposes point masses, costs nothing, cannot review."""
+    return bool(getattr(model, "free", False))
 
 
 @dataclass
 class Output:
     sequences: torch.Tensor   # (1, L): decoder-only: prompt + new tokens; enc-dec: decoder tokens from start
     new_tokens: list[int]     # the target's own continuation, cut at max_new_tokens / after EOS
-    stats: dict = field(default_factory=dict)
+    stats: Stats = field(default_factory=Stats)
 
 
 def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1.0,
              max_new_tokens: int = 128, eos_token_id=None, do_sample: bool = False,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
              seed: int | None = None, generator: torch.Generator | None = None) -> Output:
     """CS Drafting: exactly `target`'s own output (greedy), or its own distribution (sampling).
 
@@ -66,21 +104,28 @@ def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1
             drafter is classic speculative decoding with k draft tokens.
         lenience: >= 1; used at inner levels only (the target always reviews strictly); greedy only.
         max_new_tokens: tokens to generate at most.
-        eos_token_id: int or list; defaults to the target's config.
+        eos_token_id: int or list; defaults to the target's generation_config / config.
         do_sample: speculative sampling at every level instead of greedy review.
-        temperature, top_k, top_p: applied with transformers' logits warpers to every model, as
-            `model.generate(do_sample=True, ...)` does (`top_k=None` means no top-k filter).
+        temperature, top_k, top_p: as `target.generate(do_sample=True, ...)`: a value not given comes
+            from the target's `generation_config`, else transformers' default (temperature 1,
+            top_k 50, top_p 1); `top_k=0` turns top-k off. Applied to every model of the cascade.
         seed / generator: source of randomness for sampling (same seed, same output).
 
     Returns:
-        `Output` with `sequences`, `new_tokens` and `stats` (calls and tokens fed per model; drafted / accepted per
-        level and per draft position).
+        `Output` with `sequences`, `new_tokens` and `stats` (a `csdlib.Stats`: calls and tokens fed per
+        model; drafted / accepted per level and per draft position).
     """
     target = as_model(target)
     drafters = [as_model(d) for d in drafters]
-    sampler = Sampler(temperature, top_k, top_p, seed, generator) if do_sample else None
-    if sampler is None and (temperature != 1.0 or top_k is not None or top_p is not None):
-        raise CSDValueError("temperature / top_k / top_p: only used with do_sample=True")
+    if do_sample:
+        if getattr(target, "greedy_only", False):
+            raise CSDValueError(f"do_sample: target {target.name!r} replays cached greedy outputs and cannot "
+                                "sample; pass the real model as the target")
+        sampler = Sampler(**resolve_sampling(target, temperature, top_k, top_p), seed=seed, generator=generator)
+    else:
+        if temperature is not None or top_k is not None or top_p is not None:
+            raise CSDValueError("temperature / top_k / top_p: only used with do_sample=True")
+        sampler = None
     cascade = Cascade([target, *drafters], k_matrix, lenience, sampler)
     prompt = _check_prompt(prompt_ids)
     max_new_tokens = _check_max_new_tokens(max_new_tokens, prompt, cascade.models)
@@ -88,21 +133,47 @@ def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1
     return cascade.generate(prompt, max_new_tokens, eos)
 
 
-class Sampler:
-    """Sampling settings: transformers' warpers turn logits into the distribution p that is sampled."""
+#: generation_config fields that change sampling and that the cascade does not apply: refused.
+_UNSUPPORTED = {"min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "top_h": None,
+                "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None,
+                "suppress_tokens": None, "begin_suppress_tokens": None}
 
-    def __init__(self, temperature=1.0, top_k=None, top_p=None, seed=None, generator=None):
+
+def resolve_sampling(target, temperature=None, top_k=None, top_p=None) -> dict:
+    """temperature / top_k / top_p exactly as `target.generate(do_sample=True, ...)` resolves them:
+    the caller's value, else the target's `generation_config`, else transformers' global default."""
+    config = getattr(target, "generation_config", None)
+    defaults = GenerationConfig._get_default_generation_params()
+    given = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    settings = {}
+    for key, value in given.items():
+        if value is None and config is not None:
+            value = getattr(config, key, None)
+        settings[key] = defaults[key] if value is None else value
+    for key, neutral in _UNSUPPORTED.items():
+        value = getattr(config, key, None) if config is not None else None
+        if value is not None and value != neutral:
+            raise CSDValueError(f"target: its generation_config sets {key}={value!r}, which the cascade does not "
+                                f"apply; set model.generation_config.{key} = {neutral!r} first")
+    return settings
+
+
+class Sampler:
+    """Sampling settings: transformers' warpers turn logits into the distribution p that is sampled
+    (the same warpers, in the same order, as `generate(do_sample=True)`)."""
+
+    def __init__(self, temperature=1.0, top_k=0, top_p=1.0, seed=None, generator=None):
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise CSDValueError(f"temperature: expected a number > 0, got {temperature!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise CSDValueError(f"top_k: expected None or an int >= 1, got {top_k!r}")
-        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                                  or not 0 < top_p <= 1):
-            raise CSDValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise CSDValueError(f"top_k: expected an int >= 0 (0: no top-k filter), got {top_k!r}")
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise CSDValueError(f"top_p: expected a number in (0, 1], got {top_p!r}")
+        self.settings = {"temperature": float(temperature), "top_k": top_k, "top_p": float(top_p)}
         self.warpers = LogitsProcessorList(
             ([TemperatureLogitsWarper(float(temperature))] if temperature != 1.0 else [])
-            + ([TopKLogitsWarper(top_k)] if top_k is not None else [])
-            + ([TopPLogitsWarper(float(top_p))] if top_p is not None and top_p < 1.0 else []))
+            + ([TopKLogitsWarper(top_k)] if top_k != 0 else [])
+            + ([TopPLogitsWarper(float(top_p))] if top_p < 1.0 else []))
         self.generator = generator if generator is not None else torch.Generator()
         if generator is None:
             self.generator.manual_seed(seed) if seed is not None else self.generator.seed()
@@ -138,7 +209,7 @@ class Cascade:
         seq = self.models[0].start(prompt)
         for m in self.models[1:]:
             m.start(prompt)
-        self.stats = _new_stats(self.names)
+        self.reviews = []                              # (level, start, drafted, accepted) of every review
         begin = len(seq)
         limit = begin + max_new_tokens
         while len(seq) < limit:
@@ -148,13 +219,23 @@ class Cascade:
             if hits:                                   # stop after the first EOS
                 seq = seq[:hits[0] + 1]
                 break
-        self.stats["calls"] = {n: m.calls for n, m in zip(self.names, self.models)}
-        self.stats["tokens_fed"] = {n: getattr(m, "tokens_fed", 0) for n, m in zip(self.names, self.models)}
-        self.stats["one_token_calls"] = {n: getattr(m, "one_token_calls", 0) for n, m in zip(self.names, self.models)}
-        self.stats["encoder_calls"] = {n: getattr(m, "encoder_calls", 0)
-                                       for n, m in zip(self.names, self.models)}
-        self.stats["new_tokens"] = len(seq) - begin
-        return Output(torch.tensor([seq]), seq[begin:], self.stats)
+        return Output(torch.tensor([seq]), seq[begin:], self._stats(len(seq), begin))
+
+    def _stats(self, end: int, begin: int) -> Stats:
+        """Calls of every model, and acceptance counted only at positions before `end` (the output's
+        end: drafts past an EOS were reviewed, but are not part of the output)."""
+        stats = Stats.empty(self.names)
+        stats.new_tokens = end - begin
+        for name, m in zip(self.names, self.models):
+            stats.calls[name] = m.calls
+            stats.tokens_fed[name] = getattr(m, "tokens_fed", 0)
+            stats.encoder_calls[name] = getattr(m, "encoder_calls", 0)
+            stats.one_token_calls[name] = getattr(m, "one_token_calls", 0)
+        for level, start, drafted, accepted in self.reviews:
+            if start < end:
+                room = end - start
+                stats.levels[level].add_review(min(drafted, room), min(accepted, room))
+        return stats
 
     def step(self, i: int, seq: list[int], q: list, need: int, cap: int):
         """One step of level i. Returns the longer sequence and, per token, what the level above needs
@@ -173,10 +254,11 @@ class Cascade:
         return review(i, seq, q, start)
 
     def propose(self, model, seq: list[int], n: int):
-        """The bottom drafter's own tokens, and q for each (greedy: q(x); sampling: the distribution)."""
-        if isinstance(model, MaG):
+        """The bottom drafter's own tokens, and q for each (greedy: q(x); sampling: the distribution).
+        A free drafter decides itself how many tokens to propose for `n`; its tokens are point masses."""
+        if is_free(model):
             tokens, _ = model.propose(seq, n)
-            return tokens, [1.0 if self.sampler is None else None] * len(tokens)   # point masses
+            return tokens, [1.0 if self.sampler is None else None] * len(tokens)
         seq, tokens, qs = list(seq), [], []
         for _ in range(n):
             logits = model.logits(seq, 1).cpu()
@@ -204,7 +286,7 @@ class Cascade:
         n = int(ok.cumprod(0).sum())                   # accepted prefix length
         seq = seq[:start + n] + [int(best[n])]         # plus correction or bonus
         q = q[:start] + p[:n + 1].gather(1, torch.tensor(seq[start:])[:, None])[:, 0].tolist()
-        self._record(i, len(drafted), n)
+        self.reviews.append((i, start, len(drafted), n))
         return seq, q
 
     def review_sampling(self, i: int, seq: list[int], q: list, start: int):
@@ -223,28 +305,11 @@ class Cascade:
             token = self.sampler.draw(p[n])
         seq = seq[:start + n] + [token]
         q = q[:start] + list(p[:n + 1])                # its tokens are now distributed as p
-        self._record(i, len(drafted), n)
+        self.reviews.append((i, start, len(drafted), n))
         return seq, q
-
-    def _record(self, level: int, drafted: int, accepted: int) -> None:
-        s = self.stats["levels"][level]
-        s["reviews"] += 1
-        s["drafted"] += drafted
-        s["accepted"] += accepted
-        for counts, upto in ((s["drafted_per_position"], drafted), (s["accepted_per_position"], accepted)):
-            counts.extend([0] * (upto - len(counts)))
-            for pos in range(upto):
-                counts[pos] += 1
 
 
 # ---------------------------------------------------------------- stats and argument checks
-
-
-def _new_stats(names: list[str]) -> dict:
-    """Plain data: one entry per reviewing level (every model but the last; the target alone for AR)."""
-    return {"levels": [{"level": i, "model": name, "reviews": 0, "drafted": 0, "accepted": 0,
-                        "drafted_per_position": [], "accepted_per_position": []}
-                       for i, name in enumerate(names[:max(1, len(names) - 1)])]}
 
 
 def _unique_names(models) -> list[str]:
@@ -267,11 +332,13 @@ def _eos_set(eos) -> set[int]:
 
 def _check_models(models):
     target = models[0]
-    if isinstance(target, MaG):
-        raise CSDValueError("target: MaG cannot be the target (it has no distribution to review with)")
+    if is_free(target) or not hasattr(target, "logits"):
+        raise CSDValueError(f"target: {target.name!r} cannot be the target (a free drafter such as MaG has no "
+                            "distribution to review with)")
     for pos, m in enumerate(models[1:-1], start=1):
-        if isinstance(m, MaG):
-            raise CSDValueError(f"drafters[{pos - 1}]: MaG can only be the last drafter (it cannot review)")
+        if is_free(m) or not hasattr(m, "logits"):
+            raise CSDValueError(f"drafters[{pos - 1}]: {m.name!r} can only be the last drafter (a free drafter "
+                                "such as MaG cannot review)")
     if len({id(m) for m in models}) < len(models):
         raise CSDValueError("drafters: the same model object appears twice; wrap it twice "
                             "(HFModel(hf_model, name=...)) so each level keeps its own cache")
@@ -279,7 +346,7 @@ def _check_models(models):
         if m.vocab_size != target.vocab_size:
             raise CSDValueError(f"drafters[{pos}] ({m.name!r}) has vocabulary size {m.vocab_size}, "
                                 f"expected the target's {target.vocab_size}")
-    kinds = {m.is_encoder_decoder for m in models if isinstance(m, HFModel)}
+    kinds = {m.is_encoder_decoder for m in models if not is_free(m)}
     if len(kinds) > 1:
         raise CSDValueError("drafters: mixing decoder-only and encoder-decoder models is not supported")
     return models

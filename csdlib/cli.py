@@ -22,70 +22,66 @@ import argparse
 import json
 import platform
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .errors import CSDValueError, MissingFileError
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@dataclass
-class Family:
-    """What `csd run` needs: tokenizer, target, drafters (largest first, MaG last), k-matrix, lenience."""
-    tokenizer: object
-    target: object
-    drafters: list
-    k_matrix: list
-    lenience: float
-
-
 def _dtype(name: str | None):
-    return None if name is None else getattr(torch, name)
+    if name is None:
+        return None
+    if not isinstance(getattr(torch, name, None), torch.dtype):
+        raise CSDValueError(f"--dtype: expected a torch dtype such as float32, bfloat16, float64; got {name!r}")
+    return getattr(torch, name)
 
 
-def load_family(args, device) -> Family:
-    """The models named on the command line, else the embedded default `csdlib.zoo.load()`."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoConfig, AutoTokenizer
+def load_family(args, device):
+    """The models named on the command line, else the embedded default `csdlib.zoo.load()`, as a
+    `csdlib.zoo.Family` (`--k-matrix` / `--lenience` override the family's default cascade)."""
+    from . import zoo
 
-    from .mag import BigramTable, MaG
-    from .models import HFModel
-
+    k_matrix = _json_arg("--k-matrix", args.k_matrix)
     if args.target is None:
-        from . import zoo
-
         fam = zoo.load()
         for m in [fam.target, *fam.drafters]:
             if hasattr(m, "model"):
                 m.model.to(device)
-        k = json.loads(args.k_matrix) if args.k_matrix else fam.k_matrix
-        lenience = args.lenience if args.lenience is not None else fam.lenience
-        return Family(fam.tokenizer, fam.target, list(fam.drafters), k, lenience)
-    if not args.drafter or not args.k_matrix:
-        raise SystemExit("csd run: --target needs --drafter (one or more) and --k-matrix")
+        fam.k_matrix = k_matrix or fam.k_matrix
+        fam.lenience = args.lenience if args.lenience is not None else fam.lenience
+        return fam
+    if not args.drafter or not k_matrix:
+        raise CSDValueError("--target: needs --drafter (one or more) and --k-matrix")
+    return zoo.from_paths(args.target, args.drafter, bigram=args.bigram, mag_k=args.mag_k,
+                          tokenizer=args.tokenizer, k_matrix=k_matrix, lenience=args.lenience or 1.0,
+                          dtype=_dtype(args.dtype), device=device, device_map=args.device_map)
 
-    def hf(path, **kw):
-        auto = AutoModelForSeq2SeqLM if AutoConfig.from_pretrained(path).is_encoder_decoder else AutoModelForCausalLM
-        kw = {k: v for k, v in kw.items() if v is not None}
-        model = auto.from_pretrained(path, dtype=_dtype(args.dtype), **kw).eval()
-        return model if "device_map" in kw else model.to(device)
 
-    target = HFModel(hf(args.target, device_map=args.device_map), name=Path(args.target).name)
-    drafters = [HFModel(hf(p), name=Path(p).name) for p in args.drafter]
-    if args.bigram:
-        drafters.append(MaG(BigramTable.load(args.bigram, vocab_size=target.vocab_size), k=args.mag_k))
-    tok = AutoTokenizer.from_pretrained(args.tokenizer or args.target)
-    return Family(tok, target, drafters, json.loads(args.k_matrix), args.lenience or 1.0)
+def _json_arg(flag: str, text):
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CSDValueError(f"{flag}: expected JSON, e.g. '[[4, 2], [0, 4]]'; got {text!r} ({e})") from None
 
 
 def dataset_texts(dataset: str, split: str, data_dir, n: int) -> list[str]:
+    from .datasets import prompt_texts
+
+    return prompt_texts(dataset, split, data_dir, n)
+
+
+def dataset_source(dataset: str, split: str) -> dict:
+    """What identifies the prompts besides their token ids: dataset, split and template (record keys)."""
     from . import datasets as ds
 
-    if dataset == "gsm8k":
-        return [ds.gsm8k_prompt(x["question"]) for x in ds.load_gsm8k(split, data_dir)[:n]]
-    items = ds.sampled_mmlu(data_dir=data_dir) if dataset == "sampled_mmlu" else ds.load_mmlu(split, data_dir)
-    return [ds.mmlu_prompt(x) for x in items[:n]]
+    template = ds.GSM8K_TEMPLATE if dataset == "gsm8k" else ds.MMLU_TEMPLATE
+    return {"split": split, "template": template}
 
 
 def markdown(summary) -> str:
@@ -104,63 +100,51 @@ def markdown(summary) -> str:
     return "\n".join(lines)
 
 
-def plot(summary, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    swi_cols = [c for c in summary.columns if c.startswith("SWI ")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    summary[swi_cols].plot.bar(ax=axes[0], rot=0)
-    axes[0].set_ylabel("SWI (x AR)")
-    axes[0].axhline(1, color="grey", lw=0.8)
-    axes[0].set_title("cost-model speedup")
-    if "wall speedup" in summary:
-        summary["wall speedup"].plot.bar(ax=axes[1], rot=0, color="tab:gray")
-        axes[1].axhline(1, color="grey", lw=0.8)
-        axes[1].set_title("wall-clock speedup (this machine)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def cmd_run(args) -> int:
     from accelerate import PartialState
 
-    from .cost import measure_costs, stored_latency
-    from .experiment import config_hash, load_results, merge_shards, run, shard_path, standard_methods, summarize
+    from .cost import stored_latency
+    from .experiment import (config_hash, environment, load_results, measured_costs_for, merge_shards, run,
+                             shard_path, standard_methods, summarize)
 
     on_cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
     state = PartialState(cpu=on_cpu)           # cpu=True: several CPU processes talk over gloo
     threads = args.threads or default_threads(state.num_processes)
     torch.set_num_threads(threads)
     device = state.device if args.device is None else torch.device(args.device)
+    texts = dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples)   # fails first, fast
     fam = load_family(args, device)
-    texts = dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples)
     prompts = [(i, fam.tokenizer(t)["input_ids"]) for i, t in enumerate(texts)]
     methods = standard_methods(fam.drafters, k_matrix=fam.k_matrix, lenience=fam.lenience, sd_k=args.sd_k)
     if args.methods:
+        unknown = sorted(set(args.methods) - {m.name for m in methods})
+        if unknown:
+            raise CSDValueError(f"--methods: unknown {unknown}; expected some of {[m.name for m in methods]}")
         methods = [m for m in methods if m.name in args.methods]
-    measured = measure_costs([fam.target, *fam.drafters], prompts[0][1]) if prompts else None
     latency = stored_latency([fam.target, *fam.drafters], threads=threads)   # `csd calibrate` stores it
     name = args.name or f"{args.dataset}-{args.split}-n{args.n_samples}-t{args.max_new_tokens}"
     out = Path(args.results_dir) / f"{name}.jsonl"
+    source = dataset_source(args.dataset, args.split)
+    measured = None
+    for turn in ("main", "others"):    # measured once (by the main process), then read by the others
+        if prompts and state.is_main_process == (turn == "main"):
+            measured = measured_costs_for([fam.target, *fam.drafters], prompts[0][1], out)
+        state.wait_for_everyone()
     sharded = state.num_processes > 1
     with state.split_between_processes(prompts) as mine:
         run(fam.target, methods, mine, out=shard_path(out, state.process_index) if sharded else out,
-            read_from=out, max_new_tokens=args.max_new_tokens, dataset=args.dataset, measured_costs=measured,
-            latency=latency,
-            warmup=args.warmup, progress=state.is_local_main_process and not args.quiet,
+            read_from=out, max_new_tokens=args.max_new_tokens, dataset=args.dataset, source=source,
+            measured_costs=measured, latency=latency, warmup=args.warmup,
+            progress=state.is_local_main_process and not args.quiet,
             tags={"process_index": state.process_index, "num_processes": state.num_processes})
     state.wait_for_everyone()
     if not state.is_main_process:
         return 0
     if sharded:
         merge_shards(out)
-    hashes = {config_hash(fam.target, m, args.dataset, args.max_new_tokens) for m in methods}
+    env = environment(fam.target)
+    hashes = {config_hash(fam.target, m, {"dataset": args.dataset, **source}, args.max_new_tokens, env)
+              for m in methods}
     df = load_results(out)
     df = df[df["config_hash"].isin(hashes) & df["sample_id"].isin([str(i) for i, _ in prompts])]
     summary = summarize(df)
@@ -169,13 +153,24 @@ def cmd_run(args) -> int:
     print(f"\n{len(prompts)} {args.dataset} {args.split} prompts, max_new_tokens={args.max_new_tokens}, "
           f"{state.num_processes} process(es); {machine}\n")
     print(table)
-    ok = bool(summary["equals AR"].dropna().all())
-    print(f"\nevery method's output equals AR's on every sample: {'yes' if ok else 'NO'}")
+    checked = summary["equals AR"].dropna()
+    ok = bool(checked.all())
+    if len(checked):
+        print(f"\nevery method's output equals AR's on every sample: {'yes' if ok else 'NO'}")
+    else:
+        print("\noutputs not compared with AR's (no AR method among --methods, or sampling)")
     summary.to_csv(out.with_suffix(".csv"))
     out.with_suffix(".md").write_text(table + "\n")
     if not args.no_figure:
         figure = Path(args.figures_dir) / f"{name}.png"
-        plot(summary, figure, f"{name} ({len(prompts)} prompts)")
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from .plots import speedup_bars
+
+        plt.close(speedup_bars(summary, figure, title=f"{name} ({len(prompts)} prompts)"))
         print(f"figure: {figure}")
     print(f"records: {out}")
     return 0 if ok else 1
@@ -213,7 +208,6 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    import os
     import time
 
     from .cache import build_target_cache
@@ -279,7 +273,12 @@ def cmd_seed_config(args) -> int:
     from .experiment import summarize
 
     torch.set_num_threads(args.threads or default_threads())
-    config = json.loads(Path(args.config).read_text())
+    if not Path(args.config).is_file():
+        raise MissingFileError(f"config: {args.config!r} does not exist (a JSON file with the seed's config dict)")
+    config = _json_arg("config", Path(args.config).read_text())
+    bad = [p for p in args.model_path if "=" not in p]
+    if bad:
+        raise CSDValueError(f"--model-path: expected NAME=DIR, got {bad[0]!r}")
     paths = dict(p.split("=", 1) for p in args.model_path)
     df = run_config(config, model_paths=paths, bigram_path=args.bigram, data_dir=args.data_dir,
                     n_samples=args.n_samples, out=args.out, max_new_tokens=args.max_new_tokens)
@@ -371,7 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CSDValueError as e:          # bad input: one clear message, no traceback
+        print(f"csd {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

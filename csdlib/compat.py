@@ -151,15 +151,8 @@ def dataset_prompts(dataset: str, data_dir=None, n_samples=None) -> list[str]:
     """The seed's prompts for `dataset` (gsm8k: the test split - its first 300 items are our `dev`)."""
     from . import datasets as ds
 
-    if dataset == "gsm8k":
-        split = "dev" if n_samples is not None and n_samples <= ds.DEV_SIZE else "test"
-        items = ds.load_gsm8k(split, data_dir)
-        texts = [ds.gsm8k_prompt(item["question"]) for item in items]
-    elif dataset == "mmlu":
-        texts = [ds.mmlu_prompt(item) for item in ds.load_mmlu("test", data_dir)]
-    else:
-        texts = [ds.mmlu_prompt(item) for item in ds.sampled_mmlu(data_dir=data_dir)]
-    return texts[:n_samples] if n_samples is not None else texts
+    split = "test" if dataset != "gsm8k" or n_samples is None or n_samples > ds.DEV_SIZE else "dev"
+    return ds.prompt_texts(dataset, split, data_dir, n_samples)
 
 
 def run_config(config: dict, *, model_paths=None, bigram_path=None, data_dir=None, n_samples=None, out=None,
@@ -190,7 +183,14 @@ def run_config(config: dict, *, model_paths=None, bigram_path=None, data_dir=Non
         drafters.append(get_mag_model(Path(bigram_path), decoder_only))
     tok = load_tokenizer([cfg["target_name"], *cfg["draft_names"]], model_paths)
     texts = dataset_prompts(cfg["dataset"], data_dir, n_samples)
-    prompts = [(i, tok(t, truncation=True)["input_ids"]) for i, t in enumerate(texts)]
+    prompts = [(i, tok(t)["input_ids"]) for i, t in enumerate(texts)]
+    limit = getattr(tok, "model_max_length", None)
+    too_long = [(i, len(ids)) for i, ids in prompts if limit is not None and len(ids) > limit]
+    if too_long:     # never shorten a prompt silently (the seed tokenized with truncation)
+        i, n = too_long[0]
+        raise CSDValueError(f"config['dataset']: prompt {i} of {cfg['dataset']!r} has {n} tokens, more than the "
+                            f"tokenizer's model_max_length of {limit} ({len(too_long)} such prompt(s)); use a "
+                            "model with a longer context or fewer / shorter prompts (n_samples)")
     sampling = {"do_sample": True, "seed": 0} if cfg["sample"] else {}
     methods = [Method("AR", generate_kwargs=sampling),
                Method("CSD", drafters, cfg["k_matrix"], cfg["lenience"], generate_kwargs=sampling)]

@@ -35,7 +35,6 @@ import statistics
 import time
 
 from .errors import CSDValueError
-from .mag import MaG
 
 #: The seed's `model_parameters` table, with LLaMA-7B at parameter scale (see the module docstring).
 MODEL_PARAMETERS = {
@@ -51,7 +50,8 @@ SEED_TABLES = {"model_parameters": MODEL_PARAMETERS, "previous_work": PREVIOUS_W
 
 
 def is_mag(model) -> bool:
-    return isinstance(model, MaG)
+    """A free drafter (MaG): costs 0 under every table."""
+    return bool(getattr(model, "free", False))
 
 
 def resolve_cost(name: str, table: dict) -> float:
@@ -134,8 +134,11 @@ def swi(new_tokens: int, calls: dict, costs: dict, target: str) -> float:
 def swi_total(new_tokens, calls, costs: dict, target: str) -> float:
     """Aggregate SWI over samples: sum(new_tokens) * c_target / sum(cost) — the ratio of the totals,
     not the mean of per-sample ratios (which would over-weight short outputs)."""
-    spent = sum(run_cost(c, costs) for c in calls)
-    return sum(new_tokens) * costs[target] / spent
+    total: dict[str, int] = {}
+    for c in calls:
+        for name, n in c.items():
+            total[name] = total.get(name, 0) + n
+    return swi(sum(new_tokens), total, costs, target)
 
 
 # ---------------------------------------------------------------- analytic expectation (Leviathan et al.)
@@ -263,7 +266,7 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
 
     import torch
 
-    from .cascade import Cascade, _new_stats
+    from .cascade import Cascade
 
     ns = sorted(set(int(n) for n in ns))
     if ns[0] != 1 or len(ns) < 3:
@@ -273,7 +276,7 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
     prompt = [rng.randrange(vocab) for _ in range(context)]
     tail = [rng.randrange(vocab) for _ in range(max(ns))]
     cascade = Cascade([model], None)
-    cascade.stats = _new_stats(cascade.names)
+    cascade.reviews = []                                 # review_greedy records each review here
     seq0 = model.start(prompt)
     tic = time.perf_counter()
     model.logits(seq0, 1)                                # prefill: the whole prompt in one forward

@@ -8,15 +8,21 @@ the fields ``question`` and ``answer``), found in this order:
 2. the environment variable ``CSD_DATA_DIR`` (a folder containing ``gsm8k/``);
 3. ``../shared/datasets`` next to the repository root, if it exists.
 
-If no local copy has the requested split, :func:`load_gsm8k` falls back to the Hugging Face hub
-(``datasets.load_dataset("openai/gsm8k", "main")``; ``dev`` = the first 300 items of ``test``).
+A folder given explicitly (``data_dir`` or ``$CSD_DATA_DIR``) must hold the split: if it does not, that
+is an error (never a silent switch to other data). With no folder given and none found, the loaders
+read the Hugging Face hub (``datasets.load_dataset("openai/gsm8k", "main")``; ``dev`` = the first 300
+items of ``test``); when the hub is unreachable (offline, ``HF_HUB_OFFLINE=1``) they fail at once with
+one message saying what was looked for, where, and how to point ``CSD_DATA_DIR`` / ``--data-dir`` at it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
+
+from .errors import CSDValueError, MissingFileError
 
 __all__ = [
     "GSM8K_TEMPLATE",
@@ -68,6 +74,45 @@ def gsm8k_dir(data_dir=None) -> Path | None:
     return None
 
 
+def _explicit_dir(data_dir=None) -> tuple[str, Path] | None:
+    """("data_dir", folder) or ("CSD_DATA_DIR", folder) when the user named a folder, else None."""
+    if data_dir is not None:
+        return "data_dir", Path(data_dir).expanduser()
+    env = os.environ.get("CSD_DATA_DIR")
+    return ("CSD_DATA_DIR", Path(env).expanduser()) if env else None
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be used now (None if it can): offline mode or no connection."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").lower() in ("1", "true", "yes", "on"):
+            return f"{var} is set"
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError as e:
+        return f"huggingface.co is unreachable ({e})"
+    return None
+
+
+def _not_found(what: str, looked, layout: str, reason: str) -> MissingFileError:
+    return MissingFileError(
+        f"{what} not found: looked for {', '.join(str(p) for p in looked)}; {reason}. Fix: pass "
+        f"data_dir= (csd: --data-dir DIR) or set CSD_DATA_DIR to a folder that contains {layout}.")
+
+
+def _from_hub(what: str, looked, layout: str, load):
+    """`load()` from the hub, or one clear MissingFileError at once when it cannot be reached."""
+    from datasets.exceptions import DatasetsError
+
+    reason = _hub_unreachable()
+    if reason is None:
+        try:
+            return load()
+        except (OSError, DatasetsError) as e:   # connection / HTTP errors (OSError), dataset not found
+            reason = f"the hub fallback failed: {e}"
+    raise _not_found(what, looked, layout, f"no local copy, and {reason}")
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -80,7 +125,7 @@ def load_gsm8k(split: str = "train", data_dir=None) -> list[dict]:
     the first 300 lines of a local ``test.jsonl``; otherwise the hub is tried.
     """
     if split not in _SPLITS:
-        raise ValueError(f"unknown GSM8K split {split!r}; expected one of {_SPLITS}")
+        raise CSDValueError(f"split: unknown GSM8K split {split!r}; expected one of {_SPLITS}")
     d = gsm8k_dir(data_dir)
     if d is not None:
         f = d / f"{split}.jsonl"
@@ -88,24 +133,21 @@ def load_gsm8k(split: str = "train", data_dir=None) -> list[dict]:
             return _read_jsonl(f)
         if split == "dev" and (d / "test.jsonl").is_file():
             return _read_jsonl(d / "test.jsonl")[:DEV_SIZE]
-    hub_error = None
-    try:
+    layout = "gsm8k/{train,dev,test}.jsonl (fields 'question' and 'answer')"
+    looked = [c / f"{split}.jsonl" for c in _candidate_dirs(data_dir)]
+    explicit = _explicit_dir(data_dir)
+    if explicit is not None:
+        raise _not_found(f"GSM8K split {split!r}", looked, layout,
+                         f"{explicit[0]} ({explicit[1]}) was given explicitly, so the hub is not tried")
+
+    def hub():
         import datasets as hf_datasets
 
-        ds = hf_datasets.load_dataset("openai/gsm8k", "main")
-        rows = ds["train" if split == "train" else "test"]
+        rows = hf_datasets.load_dataset("openai/gsm8k", "main")["train" if split == "train" else "test"]
         rows = [{"question": r["question"], "answer": r["answer"]} for r in rows]
         return rows[:DEV_SIZE] if split == "dev" else rows
-    except Exception as e:  # no network, no datasets package, ...
-        hub_error = e
-    looked = ", ".join(str(c) for c in _candidate_dirs(data_dir))
-    raise FileNotFoundError(
-        f"GSM8K split {split!r} not found. Looked for {split}.jsonl in: {looked}; "
-        f"the hub fallback datasets.load_dataset('openai/gsm8k', 'main') failed with: {hub_error!r}. "
-        "Provide it with the data_dir argument or the CSD_DATA_DIR environment variable pointing at a "
-        "folder that contains gsm8k/{train,dev,test}.jsonl (fields 'question' and 'answer'), "
-        "or allow access to the Hugging Face hub."
-    )
+
+    return _from_hub(f"GSM8K split {split!r}", looked, layout, hub)
 
 
 def gsm8k_final_answer(text: str) -> str | None:
@@ -147,7 +189,7 @@ def mmlu_prompt(item: dict) -> str:
     if "choices" in item:
         choices = list(item["choices"])
         if len(choices) != 4:
-            raise ValueError(f"MMLU item: expected 4 choices, got {len(choices)}")
+            raise CSDValueError(f"item: an MMLU item needs 4 choices, got {len(choices)}")
         return MMLU_TEMPLATE.format(question=item["question"], **dict(zip("ABCD", choices)))
     return MMLU_TEMPLATE.format(question=item["input"], **{c: item[c] for c in "ABCD"})
 
@@ -164,25 +206,24 @@ def _mmlu_dirs(data_dir=None) -> list[Path]:
 def load_mmlu(split: str = "test", data_dir=None) -> list[dict]:
     """MMLU items (``question``, ``subject``, ``choices``, ``answer``) of ``split``, all subjects."""
     if split not in MMLU_SPLITS:
-        raise ValueError(f"unknown MMLU split {split!r}; expected one of {MMLU_SPLITS}")
+        raise CSDValueError(f"split: unknown MMLU split {split!r}; expected one of {MMLU_SPLITS}")
     for d in _mmlu_dirs(data_dir):
         if (d / f"{split}.jsonl").is_file():
             return _read_jsonl(d / f"{split}.jsonl")
-    try:
+    layout = "mmlu/{split}.jsonl (fields 'question', 'subject', 'choices', 'answer')"
+    looked = [d / f"{split}.jsonl" for d in _mmlu_dirs(data_dir)]
+    explicit = _explicit_dir(data_dir)
+    if explicit is not None:
+        raise _not_found(f"MMLU split {split!r}", looked, layout,
+                         f"{explicit[0]} ({explicit[1]}) was given explicitly, so the hub is not tried")
+
+    def hub():
         import datasets as hf_datasets
 
         rows = hf_datasets.load_dataset("cais/mmlu", "all", split=split)
         return [{k: r[k] for k in ("question", "subject", "choices", "answer")} for r in rows]
-    except Exception as e:  # no network, no datasets package, ...
-        hub_error = e
-    looked = ", ".join(str(d / f"{split}.jsonl") for d in _mmlu_dirs(data_dir))
-    raise FileNotFoundError(
-        f"MMLU split {split!r} not found. Looked for {looked}; the hub fallback "
-        f"datasets.load_dataset('cais/mmlu', 'all', split={split!r}) failed with: {hub_error!r}. "
-        "Provide it with the data_dir argument or the CSD_DATA_DIR environment variable pointing at a "
-        "folder that contains mmlu/{split}.jsonl (fields 'question', 'subject', 'choices', 'answer'), "
-        "or allow access to the Hugging Face hub."
-    )
+
+    return _from_hub(f"MMLU split {split!r}", looked, layout, hub)
 
 
 def sampled_mmlu(n: int = SAMPLED_MMLU_SIZE, seed: int = 0, split: str = "test", data_dir=None) -> list[dict]:
@@ -195,3 +236,20 @@ def sampled_mmlu(n: int = SAMPLED_MMLU_SIZE, seed: int = 0, split: str = "test",
 
 
 __all__ += ["MMLU_TEMPLATE", "SAMPLED_MMLU_SIZE", "mmlu_prompt", "load_mmlu", "sampled_mmlu"]
+
+
+def prompt_texts(dataset: str, split: str, data_dir=None, n: int | None = None) -> list[str]:
+    """The seed's prompts for the first `n` items of `dataset` (gsm8k | mmlu | sampled_mmlu; the
+    fixed sampled_mmlu subset is drawn from MMLU's test split whatever `split` says)."""
+    if dataset == "gsm8k":
+        texts = [gsm8k_prompt(x["question"]) for x in load_gsm8k(split, data_dir)]
+    elif dataset == "mmlu":
+        texts = [mmlu_prompt(x) for x in load_mmlu(split, data_dir)]
+    elif dataset == "sampled_mmlu":
+        texts = [mmlu_prompt(x) for x in sampled_mmlu(data_dir=data_dir)]
+    else:
+        raise CSDValueError(f"dataset: expected gsm8k, mmlu or sampled_mmlu, got {dataset!r}")
+    return texts if n is None else texts[:n]
+
+
+__all__ += ["prompt_texts"]

@@ -5,16 +5,25 @@
     print(summarize(df))
 
 - Every record is appended (and flushed) to the JSONL file as soon as its sample finishes, so an
-  interrupted run (Ctrl-C, crash) loses nothing finished. A record's key is the hash of its method's
-  configuration (models' fingerprints, k-matrix, lenience, dataset, max_new_tokens, target mode) plus
-  the sample id; rerunning skips keys already in the file and repeats none. A torn last line (a crash
-  mid-write) is ignored on reading and cut off before the next append.
+  interrupted run (Ctrl-C, crash) loses nothing finished. A record's key covers everything that
+  determines it: the method's configuration (models' names, costs and full fingerprints - config,
+  generation_config, every weight -, k-matrix, lenience, sampling settings), the data source (dataset,
+  split, template), max_new_tokens, the prompt's token ids, and where it was measured (machine, device,
+  threads, library versions: `environment()`). Rerunning skips keys already in the file and repeats
+  none; records made on another machine or with other threads are never reused (their wall times and
+  measured costs belong to that machine), and `run` says how many records it reused and from which
+  file. A torn last line (a crash mid-write) is ignored on reading and cut off before the next append;
+  a complete last line without its newline is kept.
 - Wall clock: all methods run in one process on the same prompts, sample by sample (AR first), after
   untimed warm-up generations of every method, so AR and CSD see the same machine state.
 - Every greedy method's output is compared with AR's on the same sample (`equals_ar`; None when
   sampling, whose outputs are equal in distribution only).
-- Records carry tokens, calls per model, drafted / accepted per level and per draft position
-  (`Output.stats`), the run's cost and SWI under each cost table of `csdlib.cost`, and wall time.
+- Records carry tokens, calls and tokens fed per model, drafted / accepted per level and per draft
+  position (`Output.stats`, a `csdlib.Stats`), the run's cost and SWI under each cost table of
+  `csdlib.cost` (`measured` from `measured_costs_for`: measured once per results file and environment),
+  wall time, and the environment.
+- `summarize` and `plots` group records by configuration (`config_hash`), never by method name alone,
+  and compare with the AR records of the same run context (target, data, max_new_tokens, environment).
 - Sharding: give `shard=(index, count)`-style output paths via `shard_path`; `load_results` reads a
   results file together with its shards and `merge_shards` folds them into it.
 """
@@ -24,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,11 +43,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import __version__
 from . import cost as costs_mod
-from .cache import CachedTarget, fingerprint
-from .cascade import generate
+from .cache import CachedTarget, fingerprint, prompt_key
+from .cascade import generate, is_free, resolve_sampling
 from .errors import CSDValueError
-from .mag import MaG
+from .stats import Stats
 
 
 @dataclass
@@ -63,7 +74,7 @@ def standard_methods(drafters, *, k_matrix, lenience: float = 1.0, sd_k: int = 4
     all drafters (`k_matrix`, `lenience`)."""
     methods = [Method("AR")]
     for d in drafters:
-        if isinstance(d, MaG):
+        if is_free(d):
             methods.append(Method("SD(MaG)", [d], [[d.k]]))
         else:
             methods.append(Method(f"SD({d.name})", [d], [[sd_k]]))
@@ -71,13 +82,44 @@ def standard_methods(drafters, *, k_matrix, lenience: float = 1.0, sd_k: int = 4
     return methods
 
 
-def config_hash(target, method: Method, dataset: str, max_new_tokens: int) -> str:
-    config = {"method": method.name, "target": fingerprint(target),
-              "target_mode": "cached" if isinstance(target, CachedTarget) else "model",
-              "drafters": [fingerprint(d) for d in method.drafters], "k_matrix": method.k_matrix,
-              "lenience": float(method.lenience), "generate_kwargs": method.generate_kwargs,
-              "dataset": dataset, "max_new_tokens": max_new_tokens}
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+def environment(target=None) -> dict:
+    """Where measurements are made: machine, device, torch threads and library versions. Records made
+    under another environment are never reused (wall times and measured costs differ)."""
+    import transformers
+
+    device = getattr(target, "device", None) or torch.device("cpu")
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+            "device": f"{device.type}: {name}", "threads": torch.get_num_threads(),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__, "csdlib": __version__}}
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def context_of(target, source: dict, max_new_tokens: int, env: dict) -> dict:
+    """What every method of one run shares: the target, the data, max_new_tokens, the environment."""
+    return {"target": fingerprint(target), "target_name": target.name, "target_cost": float(target.cost),
+            "target_mode": "cached" if isinstance(target, CachedTarget) else "model",
+            "source": source, "max_new_tokens": max_new_tokens, "environment": env}
+
+
+def config_hash(target, method: Method, dataset, max_new_tokens: int, env: dict | None = None) -> str:
+    """Hash of everything that determines a method's records except the prompt (see the module doc).
+    `dataset`: a name or a dict describing the data source (dataset, split, template)."""
+    source = dataset if isinstance(dataset, dict) else {"dataset": dataset}
+    env = env if env is not None else environment(target)
+    kwargs = dict(method.generate_kwargs)
+    if kwargs.get("do_sample"):       # sampling settings as generate() resolves them
+        kwargs.update(resolve_sampling(target, kwargs.get("temperature"), kwargs.get("top_k"),
+                                       kwargs.get("top_p")))
+    config = {"method": method.name, "context": context_of(target, source, max_new_tokens, env),
+              "drafters": [[d.name, float(d.cost), fingerprint(d)] for d in method.drafters],
+              "k_matrix": method.k_matrix, "lenience": float(method.lenience), "generate_kwargs": kwargs}
+    return _hash(config)
 
 
 # ---------------------------------------------------------------- the JSONL file
@@ -88,9 +130,11 @@ def read_records(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    complete = path.read_text(encoding="utf-8").split("\n")[:-1]   # after the last newline: torn
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and not _is_record(lines[-1]):
+        lines = lines[:-1]                                  # after the last newline: torn (or empty)
     records = []
-    for n, line in enumerate(complete, start=1):
+    for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -100,13 +144,26 @@ def read_records(path) -> list[dict]:
     return records
 
 
+def _is_record(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def _cut_torn_tail(path: Path) -> None:
-    """Drop an unfinished last line so the next append starts on a line of its own."""
+    """Make the next append start on a line of its own: a complete last record without its newline
+    gets one; an unfinished last line (a crash mid-write) is dropped."""
     if not path.is_file() or path.stat().st_size == 0:
         return
     with open(path, "rb+") as f:
         data = f.read()
-        if not data.endswith(b"\n"):
+        if data.endswith(b"\n"):
+            return
+        tail = data[data.rfind(b"\n") + 1:]
+        if _is_record(tail.decode("utf-8", errors="replace")):
+            f.write(b"\n")
+        else:
             f.truncate(data.rfind(b"\n") + 1)
 
 
@@ -169,8 +226,8 @@ def to_frame(records: list[dict]) -> pd.DataFrame:
 def record_for(target, method: Method, out, sample_id, prompt: list[int], wall_s: float, tables: dict,
                dataset: str, max_new_tokens: int, key: str, ar_tokens=None) -> dict:
     """One sample's record from a finished `generate` Output."""
-    stats = out.stats
-    calls = stats["calls"]
+    stats: Stats = out.stats
+    calls = stats.calls
     c_target = {t: c[target.name] for t, c in tables.items()}
     spent = {t: costs_mod.run_cost(calls, c) for t, c in tables.items()}
     return {
@@ -180,11 +237,12 @@ def record_for(target, method: Method, out, sample_id, prompt: list[int], wall_s
         "models": list(calls), "k_matrix": method.k_matrix, "lenience": float(method.lenience),
         "max_new_tokens": max_new_tokens, "prompt_tokens": len(prompt),
         "new_tokens": len(out.new_tokens), "token_ids": out.new_tokens,
-        "calls": calls, "tokens_fed": stats.get("tokens_fed"), "one_token_calls": stats.get("one_token_calls"),
-        "target_calls": calls[target.name],
-        "encoder_calls": stats["encoder_calls"],
-        "levels": stats["levels"], "model_costs": tables, "c_target": c_target, "cost": spent,
-        "swi": {t: len(out.new_tokens) * c_target[t] / spent[t] if spent[t] else None for t in tables},
+        "calls": calls, "target_calls": calls[target.name], "encoder_calls": stats.encoder_calls,
+        "tokens_fed": stats.tokens_fed, "one_token_calls": stats.one_token_calls,
+        "levels": stats.to_dict()["levels"],
+        "model_costs": tables, "c_target": c_target, "cost": spent,
+        "swi": {t: costs_mod.swi(len(out.new_tokens), calls, c, target.name) if spent[t] else None
+                for t, c in tables.items()},
         "wall_s": wall_s, "tokens_per_s": len(out.new_tokens) / wall_s if wall_s > 0 else None,
         "threads": torch.get_num_threads(),
         "equals_ar": None if ar_tokens is None else out.new_tokens == ar_tokens,
@@ -193,8 +251,9 @@ def record_for(target, method: Method, out, sample_id, prompt: list[int], wall_s
 
 
 def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int = 128,
-        dataset: str = "custom", measured_costs: dict | None = None, latency: dict | None = None, warmup: int = 1,
-        progress: bool = True, on_record=None, read_from=None, tags: dict | None = None) -> pd.DataFrame:
+        dataset: str = "custom", source: dict | None = None, measured_costs: dict | None = None,
+        latency: dict | None = None, warmup: int = 1, progress: bool = True, on_record=None, read_from=None,
+        tags: dict | None = None) -> pd.DataFrame:
     """Run every method on every prompt; returns the records of these methods and prompts (including
     those found in `out` from earlier runs) as a DataFrame.
 
@@ -204,13 +263,18 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
             reference for `equals_ar`.
         prompts: `(sample_id, prompt_ids)` pairs.
         out: JSONL path; records are appended as each sample finishes; keys already there are skipped.
-        measured_costs: {model name: seconds} (`cost.measure_costs`) adds the `measured` cost table.
+        dataset: the data's name (stored in records).
+        source: what else identifies the data, e.g. ``{"split": "dev", "template": ...}`` (part of the key).
+        measured_costs: {model name: seconds} (`measured_costs_for`) adds the `measured` cost table.
         latency: a calibrated latency model ({name: {"a1", "a", "b"}}, `cost.calibrate_latency`): adds the
             `latency` cost table, and each record stores it with its predicted wall time (`predicted_s`).
         warmup: untimed generations of each method before the timed ones.
         on_record: called with each new record after it is written (e.g. to stop a run).
         read_from: where finished records are looked up (default: `out` and its shards).
         tags: extra fields stored in every new record (e.g. the process index of a sharded run).
+
+    The returned frame's ``attrs`` hold ``reused`` (records found in `read_from` / `out`), ``ran`` and
+    ``reused_from``; the same is printed as one line when `out` is given.
     """
     prompts = [(str(sid), list(ids)) for sid, ids in prompts]
     methods = sorted(methods, key=lambda m: not m.is_ar)          # AR first: the reference
@@ -218,23 +282,33 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
         raise CSDValueError("methods: at most one AR method (no drafters) per run")
     if len({m.name for m in methods}) < len(methods):
         raise CSDValueError(f"methods: names must be unique, got {[m.name for m in methods]}")
-    hashes = {m.name: config_hash(target, m, dataset, max_new_tokens) for m in methods}
+    source = {"dataset": dataset, **(source or {})}
+    env = environment(target)
+    context = _hash(context_of(target, source, max_new_tokens, env))
+    hashes = {m.name: config_hash(target, m, source, max_new_tokens, env) for m in methods}
     tables = {m.name: costs_mod.cost_tables([target, *m.drafters], measured=measured_costs, latency=latency)
               for m in methods}
+    keys = {sid: f"{sid}:{prompt_key(ids)}" for sid, ids in prompts}
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         _cut_torn_tail(out)
-    done = {r["key"]: r for r in (read_all_records(read_from or out) if (read_from or out) else [])}
-    todo = [(sid, ids, m) for sid, ids in prompts for m in methods if f"{hashes[m.name]}:{sid}" not in done]
+    source_file = read_from or out
+    done = {r["key"]: r for r in (read_all_records(source_file) if source_file else [])}
+    todo = [(sid, ids, m) for sid, ids in prompts for m in methods if f"{hashes[m.name]}:{keys[sid]}" not in done]
+    wanted = [f"{hashes[m.name]}:{keys[sid]}" for sid, _ in prompts for m in methods]
+    reused = len(wanted) - len(todo)
+    if out is not None:
+        print(f"{dataset}: {reused} of {len(wanted)} records reused from {source_file}"
+              + (f" (same configuration, prompts and environment); running {len(todo)}" if todo else ""))
     if todo and warmup:
         _warm_up(target, methods, todo[0][1], min(max_new_tokens, 16), warmup)
     records = {k: r for k, r in done.items()}
     ar = next((m for m in methods if m.is_ar), None)
     bar = tqdm(todo, desc=f"{dataset} x {len(methods)} methods", disable=not progress, unit="run")
     for sid, ids, m in bar:
-        key = f"{hashes[m.name]}:{sid}"
-        ar_rec = records.get(f"{hashes[ar.name]}:{sid}") if ar is not None else None
+        key = f"{hashes[m.name]}:{keys[sid]}"
+        ar_rec = records.get(f"{hashes[ar.name]}:{keys[sid]}") if ar is not None else None
         tic = time.perf_counter()
         output = generate(target, m.drafters, ids, k_matrix=m.k_matrix, lenience=m.lenience,
                           max_new_tokens=max_new_tokens, **m.generate_kwargs)
@@ -247,14 +321,16 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
             if len(used) == len(rec["calls"]):
                 rec["latency"] = used
                 rec["predicted_s"] = costs_mod.predict_wall_time(output.stats, used)
+        rec.update({"context_hash": context, "source": source, "environment": env, "prompt_key": keys[sid]})
         rec.update(tags or {})
         if out is not None:
             append_record(out, rec)
         records[key] = rec
         if on_record is not None:
             on_record(rec)
-    wanted = [f"{hashes[m.name]}:{sid}" for sid, _ in prompts for m in methods]
-    return to_frame([records[k] for k in wanted])
+    df = to_frame([records[k] for k in wanted])
+    df.attrs.update(reused=reused, ran=len(todo), reused_from=None if source_file is None else str(source_file))
+    return df
 
 
 def _warm_up(target, methods, prompt, max_new_tokens, times):
@@ -267,51 +343,66 @@ def _warm_up(target, methods, prompt, max_new_tokens, times):
 # ---------------------------------------------------------------- summaries
 
 
-def _merge_levels(level_lists) -> list[dict]:
-    """Sum per-level stats over samples."""
-    merged = []
-    for levels in level_lists:
-        for lv in levels:
-            while len(merged) <= lv["level"]:
-                merged.append({"level": len(merged), "model": None, "reviews": 0, "drafted": 0, "accepted": 0,
-                               "drafted_per_position": [], "accepted_per_position": []})
-            m = merged[lv["level"]]
-            m["model"] = lv["model"]
-            for k in ("reviews", "drafted", "accepted"):
-                m[k] += lv[k]
-            for k in ("drafted_per_position", "accepted_per_position"):
-                m[k].extend([0] * (len(lv[k]) - len(m[k])))
-                for i, v in enumerate(lv[k]):
-                    m[k][i] += v
-    return merged
+def level_stats(records) -> Stats:
+    """Calls and per-level stats of records (rows of a results frame, or dicts) summed."""
+    rows = records.to_dict("records") if isinstance(records, pd.DataFrame) else list(records)
+    return Stats.merge_all(Stats.from_dict({"new_tokens": r["new_tokens"], "levels": r["levels"],
+                                            "calls": _calls_of(r)}) for r in rows)
+
+
+def _calls_of(row: dict) -> dict:
+    if isinstance(row.get("calls"), dict):
+        return row["calls"]
+    return {m: int(row[f"calls.{m}"]) for m in row["models"]}
+
+
+def configurations(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(label, records) per configuration (`config_hash`), in file order. The label is the method's name,
+    with the configuration's hash appended when two configurations share a name."""
+    groups = list(df.groupby("config_hash", sort=False))
+    names = [g["method"].iloc[0] for _, g in groups]
+    return [(name if names.count(name) == 1 else f"{name} [{h[:6]}]", g)
+            for name, (h, g) in zip(names, groups)]
+
+
+def _context(df: pd.DataFrame) -> pd.Series:
+    """Which AR records a record is compared with: same target, data, max_new_tokens and environment."""
+    if "context_hash" in df:
+        return df["context_hash"].fillna("")
+    return pd.Series("", index=df.index)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per method (in run order): samples, tokens, aggregate SWI per cost table (sum of
-    tokens x c_target / sum of cost - not a mean of per-sample ratios), wall-clock speedup over AR on
-    the same samples, tokens/s, tokens per target call, acceptance per level (accepted / drafted), the
-    estimated acceptance rate alpha at the target, Leviathan et al.'s predicted SWI for single-drafter
-    SD (parameter costs), and whether every output equals AR's."""
+    """One row per configuration (in run order; see `configurations`): samples, tokens, aggregate SWI per
+    cost table (`cost.swi` of the summed calls - a ratio of totals, not a mean of per-sample ratios),
+    wall-clock speedup over the AR records of the same run context on the same samples, tokens/s,
+    tokens per target call, acceptance per level (accepted / drafted), the estimated acceptance rate
+    alpha at the target, Leviathan et al.'s predicted SWI for single-drafter SD (parameter costs), and
+    whether every output equals AR's (None when nothing was compared)."""
     if df.empty:
         return pd.DataFrame()
     tables = sorted(c.split(".", 1)[1] for c in df.columns if c.startswith("cost."))
+    df = df.assign(_context=_context(df))
     ar = df[df["models"].map(len) == 1]
-    ar_wall = ar.set_index("sample_id")["wall_s"] if not ar.empty else None
     rows = []
-    for method, g in df.groupby("method", sort=False):
-        levels = _merge_levels(g["levels"])
-        row = {"method": method, "samples": len(g), "new_tokens": int(g["new_tokens"].sum())}
+    for label, g in configurations(df):
+        total = level_stats(g)
+        levels = total.levels
+        first = g.iloc[0]
+        row = {"method": label, "samples": len(g), "new_tokens": int(g["new_tokens"].sum())}
         for t in tables:
-            if g[f"cost.{t}"].notna().all():
-                row[f"SWI {t}"] = (g["new_tokens"] * g[f"c_target.{t}"]).sum() / g[f"cost.{t}"].sum()
-        if ar_wall is not None and (g["target_mode"] == "model").all():
+            costs = first.get(f"model_costs.{t}")
+            if isinstance(costs, dict) and g[f"cost.{t}"].notna().all():
+                row[f"SWI {t}"] = costs_mod.swi(total.new_tokens, total.calls, costs, first["target"])
+        ar_wall = ar[ar["_context"] == first["_context"]].set_index("sample_id")["wall_s"]
+        if len(ar_wall) and (g["target_mode"] == "model").all():
             shared = g[g["sample_id"].isin(ar_wall.index)]
             row["wall speedup"] = ar_wall[shared["sample_id"]].sum() / shared["wall_s"].sum()
             row["tokens/s"] = g["new_tokens"].sum() / g["wall_s"].sum()
         row["tokens/target call"] = g["new_tokens"].sum() / g["target_calls"].sum()
         row["acceptance per level"] = " / ".join(
-            f"{lv['accepted'] / lv['drafted']:.2f}" if lv["drafted"] else "-" for lv in levels)
-        row["alpha (target)"] = costs_mod.acceptance_rate(levels[0]) if levels[0]["drafted"] else None
+            f"{lv.acceptance:.2f}" if lv.drafted else "-" for lv in levels)
+        row["alpha (target)"] = costs_mod.acceptance_rate(levels[0]) if levels[0].drafted else None
         row["predicted SWI"] = _predicted_sd_swi(g, levels)
         checked = g["equals_ar"].dropna()
         row["equals AR"] = bool(checked.all()) if len(checked) else None
@@ -326,7 +417,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 def _predicted_sd_swi(g: pd.DataFrame, levels) -> float | None:
     """Leviathan et al.'s expected SWI for SD with one neural drafter (parameter costs), else None."""
     first = g.iloc[0]
-    if len(first["models"]) != 2 or not levels[0]["drafted"] or "model_costs.parameters" not in g:
+    if len(first["models"]) != 2 or not levels[0].drafted or "model_costs.parameters" not in g:
         return None
     costs = first["model_costs.parameters"]
     target, drafter = first["models"]
@@ -334,3 +425,19 @@ def _predicted_sd_swi(g: pd.DataFrame, levels) -> float | None:
         return None
     k = first["k_matrix"][0][0]
     return costs_mod.expected_speedup(costs_mod.acceptance_rate(levels[0]), costs[drafter] / costs[target], k)
+
+
+def measured_costs_for(models, prompt_ids, out=None, **measure_kwargs) -> dict:
+    """`cost.measure_costs`, measured once per results file and environment: the first call stores the
+    costs next to `out` (``<stem>.costs.json``, keyed by the environment and the models' fingerprints);
+    later calls (a resumed run) reuse them, so every record of a file shares one cost basis."""
+    key = _hash({"environment": environment(models[0]), "models": [[m.name, fingerprint(m)] for m in models]})
+    path = None if out is None else Path(out).with_name(Path(out).stem + ".costs.json")
+    stored = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    if key in stored:
+        return stored[key]
+    costs = costs_mod.measure_costs(models, prompt_ids, **measure_kwargs)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**stored, key: costs}, indent=1) + "\n")
+    return costs

@@ -147,6 +147,8 @@ class MaG:
             k-matrix says (what `csdlib.compat` and the seed's config dicts use).
     """
 
+    free = True     # the cascade's protocol: no forward pass, point-mass proposals, cannot review
+
     def __init__(self, table, k: int = 10, name: str = "mag", cost: float = 0.0, seed_mode: bool = False):
         if not isinstance(table, BigramTable):
             table = BigramTable.load(table)

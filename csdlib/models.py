@@ -66,6 +66,7 @@ class HFModel:
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.vocab_size = int(text_config.vocab_size)
         gen = getattr(hf_model, "generation_config", None)
+        self.generation_config = gen     # sampling defaults (csdlib.generate resolves them as generate() does)
         eos = getattr(gen, "eos_token_id", None) if gen is not None else None
         self.eos_token_ids = _as_set(eos if eos is not None else config.eos_token_id)
         start = getattr(gen, "decoder_start_token_id", None) if gen is not None else None
@@ -135,4 +136,4 @@ def as_model(model, name: str | None = None):
         return model        # HFModel, MaG, or anything else that speaks the protocol
     if hasattr(model, "config") and hasattr(model, "forward"):
         return HFModel(model, name=name)
-    raise TypeError(f"expected a transformers model, an HFModel or a MaG, got {type(model).__name__}")
+    raise CSDValueError(f"model: expected a transformers model, an HFModel or a MaG, got {type(model).__name__}")

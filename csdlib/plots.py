@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .experiment import _merge_levels
+from .experiment import _context, configurations, level_stats
 
 
 def _save(fig, path):
@@ -31,18 +31,13 @@ def _plt():
 
 
 def speedup_bars(summary: pd.DataFrame, path=None, title: str | None = None):
-    """Bars of SWI per cost table and of wall-clock speedup, one group per method."""
+    """Bars of SWI per cost table and of wall-clock speedup, one group per method (`csd run`'s figure)."""
     plt = _plt()
-    swi_cols = [c for c in summary.columns if c.startswith("SWI ")]
-    long = summary[swi_cols].rename(columns=lambda c: c[4:]).reset_index().melt(
-        id_vars="method", var_name="cost model", value_name="SWI")
+    wide = summary[[c for c in summary.columns if c.startswith("SWI ")]].rename(columns=lambda c: c[4:])
     if "wall speedup" in summary:
-        wall = summary[["wall speedup"]].reset_index().rename(columns={"wall speedup": "SWI"})
-        wall["cost model"] = "wall clock (this machine)"
-        long = pd.concat([long, wall], ignore_index=True)
-    import seaborn as sns
+        wide["wall clock (this machine)"] = summary["wall speedup"]
     fig, ax = plt.subplots(figsize=(9, 4))
-    sns.barplot(data=long, x="method", y="SWI", hue="cost model", ax=ax)
+    wide.astype(float).plot.bar(ax=ax, rot=0)
     ax.axhline(1, color="grey", lw=0.8, ls="--")
     ax.set_ylabel("speedup over AR (x)")
     ax.set_xlabel("decoding method")
@@ -56,8 +51,8 @@ def acceptance_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per level, per position) tidy frames for every method with drafters: columns method, level,
     model, drafted, accepted, acceptance (and position, 1-based)."""
     per_level, per_pos = [], []
-    for method, g in df.groupby("method", sort=False):
-        for lv in _merge_levels(g["levels"]):
+    for method, g in configurations(df):
+        for lv in level_stats(g).levels:
             if not lv["drafted"]:
                 continue
             per_level.append({"method": method, "level": lv["level"], "model": lv["model"],
@@ -120,14 +115,20 @@ def accepted_per_target_call(df: pd.DataFrame, path=None):
 
 
 def cost_table(df: pd.DataFrame, table: str = "parameters") -> pd.DataFrame:
-    """Tidy frame: method, model, calls (summed), cost per call, calls x cost as a share of AR's total."""
+    """Tidy frame: method (one per configuration, see `experiment.configurations`), model, calls
+    (summed), cost per call, calls x cost as a share of the total of AR's records of the same run
+    context (target, data, max_new_tokens, environment) on the same samples."""
+    df = df.assign(_context=_context(df))
     ar = df[df["models"].map(len) == 1]
-    ar_total = ar[f"cost.{table}"].sum() if not ar.empty else None
     rows = []
-    for method, g in df.groupby("method", sort=False):
-        costs = g.iloc[0]["model_costs"][table] if "model_costs" in g else g.iloc[0][f"model_costs.{table}"]
-        for model in g.iloc[0]["models"]:
-            n = int(g[f"calls.{model}"].sum())
+    for method, g in configurations(df):
+        first = g.iloc[0]
+        costs = first["model_costs"][table] if "model_costs" in g else first[f"model_costs.{table}"]
+        same = ar[(ar["_context"] == first["_context"]) & ar["sample_id"].isin(g["sample_id"])]
+        ar_total = same[f"cost.{table}"].sum() if not same.empty else None
+        calls = level_stats(g).calls
+        for model in first["models"]:
+            n = int(calls[model])
             rows.append({"method": method, "model": model, "calls": n, "cost per call": costs[model],
                          "calls x cost": n * costs[model],
                          "share of AR cost": n * costs[model] / ar_total if ar_total else None})

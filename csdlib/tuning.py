@@ -24,13 +24,13 @@ mode, where MaG always proposes its own k, that k is searched instead.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from . import cost as costs_mod
 from .cascade import generate
 from .errors import CSDValueError
-from .experiment import _merge_levels
-from .mag import MaG
+from .stats import Stats
 
 
 def evaluate_cascade(target, drafters, prompts, k_matrix, lenience: float = 1.0, *,
@@ -40,12 +40,12 @@ def evaluate_cascade(target, drafters, prompts, k_matrix, lenience: float = 1.0,
 
     Returns a dict: ``swi`` ({cost table: SWI}, a ratio of totals; tables are ``parameters`` or the
     given `cost_table` under ``custom``), ``acceptance`` (accepted / drafted per level, target first,
-    None where nothing was drafted), ``levels`` (summed per-level stats), ``calls`` (summed per model),
-    ``tokens_fed`` and ``one_token_calls`` (summed per model), ``new_tokens``, ``tokens_per_target_call``,
-    ``k_matrix`` and ``lenience``; with `latency` ({name: {"a1", "a", "b"}}, `csdlib.cost`) also
-    ``predicted_s`` (predicted wall time), ``predicted_ar_s`` (AR's on the same prompts) and
-    ``predicted_speedup`` (their ratio). `on_prompt(i, partial_result)` is called after each prompt
-    (the optimizer prunes with it).
+    None where nothing was drafted), ``stats`` (the summed `csdlib.Stats`), ``levels`` (its per-level
+    stats as dicts), ``calls``, ``tokens_fed`` and ``one_token_calls`` (summed per model), ``new_tokens``,
+    ``tokens_per_target_call``, ``k_matrix`` and ``lenience``; with `latency` ({name: {"a1", "a", "b"}},
+    `csdlib.cost`) also ``predicted_s`` (predicted wall time), ``predicted_ar_s`` (AR's on the same
+    prompts) and ``predicted_speedup`` (their ratio). `on_prompt(i, partial_result)` is called after each
+    prompt (the optimizer prunes with it).
     """
     models = [target, *drafters]
     if len(prompts) == 0:
@@ -53,37 +53,30 @@ def evaluate_cascade(target, drafters, prompts, k_matrix, lenience: float = 1.0,
     tables = {"parameters": costs_mod.parameter_costs(models)}
     if cost_table is not None:
         tables["custom"] = {m.name: float(cost_table[m.name]) for m in models}
-    calls: dict[str, int] = {m.name: 0 for m in models}
-    fed, ones = dict(calls), dict(calls)
-    new_tokens, level_lists, ar_s = 0, [], 0.0
-    result = {}
+    total, ar_s, result = Stats(), 0.0, {}
     for i, ids in enumerate(prompts):
         out = generate(target, drafters, list(ids), k_matrix=k_matrix, lenience=lenience,
                        max_new_tokens=max_new_tokens)
-        new_tokens += len(out.new_tokens)
-        for totals, key in ((calls, "calls"), (fed, "tokens_fed"), (ones, "one_token_calls")):
-            for name, c in out.stats[key].items():
-                totals[name] = totals.get(name, 0) + c
-        level_lists.append(out.stats["levels"])
+        total = total.merge(out.stats)
         if latency is not None:
             ar_s += costs_mod.predict_ar_wall_time(latency[target.name], len(ids), len(out.new_tokens))
         if on_prompt is not None or i == len(prompts) - 1:
-            result = _summary(target, tables, calls, fed, ones, new_tokens, level_lists, k_matrix, lenience,
-                              latency, ar_s)
+            result = _summary(target, tables, total, k_matrix, lenience, latency, ar_s)
             if on_prompt is not None:
                 on_prompt(i, result)
     return result
 
 
-def _summary(target, tables, calls, fed, ones, new_tokens, level_lists, k_matrix, lenience, latency, ar_s):
-    levels = _merge_levels(level_lists)
-    swi = {t: costs_mod.swi(new_tokens, calls, c, target.name) for t, c in tables.items()}
+def _summary(target, tables, total: Stats, k_matrix, lenience, latency, ar_s):
+    swi = {t: costs_mod.swi(total.new_tokens, total.calls, c, target.name) for t, c in tables.items()}
+    target_calls = total.calls.get(target.name, 0)
     r = {
-        "swi": swi,
-        "acceptance": [lv["accepted"] / lv["drafted"] if lv["drafted"] else None for lv in levels],
-        "levels": levels, "calls": dict(calls), "tokens_fed": dict(fed), "one_token_calls": dict(ones),
-        "new_tokens": new_tokens,
-        "tokens_per_target_call": new_tokens / calls[target.name] if calls[target.name] else None,
+        "swi": swi, "stats": total,
+        "acceptance": [lv.acceptance for lv in total.levels],
+        "levels": total.to_dict()["levels"], "calls": dict(total.calls), "tokens_fed": dict(total.tokens_fed),
+        "one_token_calls": dict(total.one_token_calls),
+        "new_tokens": total.new_tokens,
+        "tokens_per_target_call": total.new_tokens / target_calls if target_calls else None,
         "k_matrix": [list(r) for r in k_matrix], "lenience": float(lenience),
     }
     if latency is not None:
@@ -228,7 +221,7 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
     prompts = [list(p) for p in prompts]
     if not prompts:
         raise CSDValueError("prompts: expected at least one prompt")
-    mag = drafters[-1] if isinstance(drafters[-1], MaG) else None
+    mag = drafters[-1] if getattr(drafters[-1], "free", False) else None
     models = [target, *drafters]
     if objective == "latency":
         if latency is None:
@@ -342,3 +335,42 @@ def predicted_vs_measured(target, drafters, prompts, k_matrix, lenience: float =
     df["speedup measured"] = df.loc["AR", "measured s"] / df["measured s"]
     df["speedup predicted"] = df.loc["AR", "predicted s"] / df["predicted s"]
     return df
+# ---------------------------------------------------------------- the embedded family's default cascade
+
+#: Candidate cascades for `tune` (target row: mid, small, MaG; mid row: small, MaG; small row: MaG).
+TUNE_K_MATRICES = [
+    [[a, b, c], [0, d, e], [0, 0, 2]]
+    for a, b, c in [(1, 0, 4), (1, 0, 8), (2, 0, 4), (2, 0, 8), (2, 1, 2), (2, 1, 4), (2, 1, 8), (3, 1, 4),
+                    (3, 2, 4), (1, 1, 8)]
+    for d, e in [(1, 0), (2, 0), (1, 2), (0, 4), (0, 8)]
+]
+TUNE_LENIENCE = [1.0, 3.0]
+
+
+def tune_default(path=None, data_dir=None, n_prompts: int = 8, max_new_tokens: int = 96, mag_ks=(10,)):
+    """Choose the default k-matrix / lenience / MaG k by measurement: the highest SWI (parameter-count
+    costs; MaG costs 0) over the first `n_prompts` GSM8K dev prompts, greedy. Writes ``default`` (and the
+    whole table of candidates) into ``family.json``."""
+    from tqdm.auto import tqdm
+
+    from .datasets import load_gsm8k
+    from .zoo import load
+
+    fam = load(path=path)
+    prompts = [fam.prompt_ids(ex["question"]) for ex in load_gsm8k("dev", data_dir)[:n_prompts]]
+    rows = []
+    grid = [(k, l, m) for k in TUNE_K_MATRICES for l in TUNE_LENIENCE for m in mag_ks]
+    for k_matrix, lenience, mag_k in tqdm(grid, desc="tune"):
+        fam.drafters[-1].k = mag_k
+        result = evaluate_cascade(fam.target, fam.drafters, prompts, k_matrix, lenience,
+                                  max_new_tokens=max_new_tokens)
+        rows.append({"k_matrix": k_matrix, "lenience": lenience, "mag_k": mag_k,
+                     "swi": result["swi"]["parameters"]})
+    best = max(rows, key=lambda r: r["swi"])
+    info_path = fam.path / "family.json"
+    info = json.loads(info_path.read_text())
+    info["default"] = {**best, "chosen_by": f"python -m csdlib.zoo tune (SWI, parameter costs, {n_prompts} dev "
+                                            f"prompts, {max_new_tokens} new tokens, greedy)"}
+    info["tune"] = sorted(rows, key=lambda r: -r["swi"])[:20]
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    return best, rows

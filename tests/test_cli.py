@@ -54,7 +54,8 @@ def test_sharded_across_two_processes(world, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es)" in done.stdout
     out = tmp_path / "results"
-    assert sorted(p.name for p in out.iterdir()) == ["t.csv", "t.jsonl", "t.md"]     # shards merged
+    assert sorted(p.name for p in out.iterdir()) == ["t.costs.json", "t.csv", "t.jsonl", "t.md"]   # shards merged
+    assert len(json.loads((out / "t.costs.json").read_text())) == 1       # one cost basis for both shards
     records = read_records(out / "t.jsonl")
     assert len(records) == 16 and len({r["key"] for r in records}) == 16
     by_process = {}
@@ -91,3 +92,18 @@ def test_default_family_path(world, tmp_path, monkeypatch, capsys):
         ["| AR", "| SD(mid)", "| SD(MaG)", "| CSD"]
     csd = [r for r in read_records(tmp_path / "gsm8k-dev-n2-t6.jsonl") if r["method"] == "CSD"]
     assert csd[0]["k_matrix"] == [[3, 4], [0, 4]] and csd[0]["lenience"] == 2.0
+
+
+def test_nothing_compared_is_not_reported_as_equal(world, tmp_path, capsys):
+    assert main(run_args(world, tmp_path, n=2) + ["--methods", "CSD", "--no-figure"]) == 0
+    printed = capsys.readouterr().out
+    assert "equals AR's on every sample: yes" not in printed
+    assert "outputs not compared with AR's" in printed
+    assert "| CSD | 2 | 20 |" in printed
+
+
+def test_bad_flags_are_one_clear_error(world, tmp_path, capsys):
+    assert main(run_args(world, tmp_path, n=2) + ["--methods", "CDS"]) == 2
+    assert "csd run: error: --methods: unknown ['CDS']" in capsys.readouterr().err
+    assert main(run_args(world, tmp_path, n=2) + ["--k-matrix", "[[4, 4]"]) == 2
+    assert "csd run: error: --k-matrix: expected JSON" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import torch
 import tiny
 
 import csdlib
-from csdlib.compat import (CSDraftingDecoderModel, CSDraftingEncoderDecoderModel, csd, get_mag_model,
+from csdlib.compat import (CSDraftingEncoderDecoderModel, csd, get_mag_model,
                            run_config)
 from csdlib.errors import CSDValueError
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import csdlib
-from csdlib import BigramTable, HFModel, MaG
+from csdlib import BigramTable, CSDValueError, HFModel, MaG
 
 from tiny import VOCAB, llama, t5
 
@@ -83,9 +83,9 @@ def test_bad_max_new_tokens(models, bad):
 
 def test_mag_must_be_last_and_cannot_be_target(models):
     target, small, mag = models
-    with pytest.raises(ValueError, match=r"drafters\[0\]: MaG can only be the last drafter"):
+    with pytest.raises(ValueError, match=r"drafters\[0\]: 'mag' can only be the last drafter \(a free drafter such as MaG"):
         gen(target, [mag, small], k_matrix=[[1, 1], [0, 1]])
-    with pytest.raises(ValueError, match="target: MaG cannot be the target"):
+    with pytest.raises(ValueError, match="target: 'mag' cannot be the target"):
         gen(mag, [small], k_matrix=[[1]])
 
 
@@ -108,5 +108,57 @@ def test_wrong_vocab_bigram_file(tmp_path):
 
 
 def test_not_a_model():
-    with pytest.raises(TypeError, match="expected a transformers model"):
+    with pytest.raises(CSDValueError, match="model: expected a transformers model"):
         csdlib.generate("gpt2", [], [1, 2])
+
+
+def test_every_raise_in_csdlib_is_part_of_the_error_contract():
+    """No bare ValueError / TypeError / FileNotFoundError / SystemExit, no `except Exception` (hub calls
+    are caught narrowly): bad input is a CSDValueError or MissingFileError naming the argument."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(csdlib.__file__).parent
+    bad = []
+    for path in sorted(root.glob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            if re.search(r"raise (ValueError|TypeError|FileNotFoundError|KeyError|SystemExit)\b|except Exception\b",
+                         line):
+                bad.append(f"{path.name}:{n}: {line.strip()}")
+    assert bad == []
+
+
+def test_command_line_errors_name_the_argument(tmp_path, capsys):
+    from csdlib.cli import main
+
+    assert main(["seed-config", str(tmp_path / "nope.json")]) == 2
+    assert "csd seed-config: error: config: " in capsys.readouterr().err
+    (tmp_path / "c.json").write_text("{}")
+    assert main(["seed-config", str(tmp_path / "c.json"), "--model-path", "no-equals-sign"]) == 2
+    assert "--model-path: expected NAME=DIR, got 'no-equals-sign'" in capsys.readouterr().err
+
+
+def test_recipe_and_loader_errors_name_the_argument():
+    from csdlib import recipe, zoo
+
+    with pytest.raises(CSDValueError, match="epochs / steps: give one of them"):
+        recipe.train_model({}, [[1, 2]], None)
+    with pytest.raises(CSDValueError, match="budget: unknown budget 'huge'"):
+        recipe.train_family("/nonexistent", budget="huge")
+    with pytest.raises(CSDValueError, match="name: unknown family 'gpt-5'"):
+        zoo.load("gpt-5")
+
+
+def test_the_core_imports_none_of_the_other_layers():
+    """Layering: notebooks/plots -> runs (experiment, tuning, cli, compat) -> core (cascade, models, mag,
+    stats), metrics (cost), data (datasets, zoo, recipe); the core imports only itself."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(csdlib.__file__).parent
+    core = {"cascade", "models", "mag", "stats", "errors"}
+    for name in sorted(core):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        imported = {node.module.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+        assert imported <= core, f"csdlib/{name}.py imports {sorted(imported - core)}"

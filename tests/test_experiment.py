@@ -1,6 +1,5 @@
 """The runner (csdlib.experiment) and the target-output cache (csdlib.cache) on tiny models."""
 
-import json
 import random
 
 import pytest

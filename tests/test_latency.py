@@ -30,7 +30,7 @@ def test_calibrate_model_fits_the_timings_it_measured(monkeypatch):
     clock = {"t": 0.0}
 
     class Fake:
-        vocab_size, name = 50, "fake"
+        vocab_size, name, is_encoder_decoder = 50, "fake", False
 
         def start(self, prompt):
             self.fed = list(prompt)

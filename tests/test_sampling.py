@@ -3,17 +3,17 @@
 Tiny vocabulary (12 tokens), peaked random models, 4-token continuations (long enough for every level of
 the cascade to draft and review). The joint of the first two tokens (144 outcomes) is tested against the
 target's exact distribution (chi-square goodness of fit); the joint of tokens 3-4 against samples from
-`model.generate(do_sample=True)` (chi-square two-sample test). Seeds are fixed, so the outcome is
-deterministic; the broken-acceptance test shows the statistic has teeth.
+`model.generate(do_sample=True)` with its own defaults (chi-square two-sample test): settings not given
+resolve from the target's generation_config, then transformers' defaults, in both. Seeds are fixed, so
+the outcome is deterministic; the broken-acceptance test shows the statistic has teeth.
 """
 
-import itertools
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 import csdlib
 import csdlib.cascade
@@ -24,6 +24,7 @@ from tiny import hf_greedy, llama, perturbed, t5
 V = 12
 PROMPT = [3, 5, 7, 3, 5]
 K = [[1, 1, 1], [0, 1, 1], [0, 0, 1]]
+K_NEURAL = [[1, 1], [0, 2]]      # target <- mid <- small: a neural bottom drafter, no MaG
 N_NEW = 4
 
 
@@ -52,15 +53,15 @@ def t5_family():
     return target, mid, small, table
 
 
-def cascade_counts(family, n, seed=0, **sampling):
+def cascade_counts(family, n, seed=0, mag=True, **sampling):
     target, mid, small, table = family
-    models = [HFModel(target, name="target"), HFModel(mid, name="mid"), HFModel(small, name="small"),
-              MaG(table, k=3)]
+    models = [HFModel(target, name="target"), HFModel(mid, name="mid"), HFModel(small, name="small")]
+    models += [MaG(table, k=3)] if mag else []
     gen = torch.Generator().manual_seed(seed)
-    tokens, levels = [], np.zeros((3, 2))
+    tokens, levels = [], np.zeros((len(models) - 1, 2))
     for _ in range(n):
-        out = csdlib.generate(models[0], models[1:], PROMPT, k_matrix=K, max_new_tokens=N_NEW, do_sample=True,
-                              generator=gen, **sampling)
+        out = csdlib.generate(models[0], models[1:], PROMPT, k_matrix=K if mag else K_NEURAL,
+                              max_new_tokens=N_NEW, do_sample=True, generator=gen, **sampling)
         tokens.append(out.new_tokens)
         levels += [[lv["drafted"], lv["accepted"]] for lv in out.stats["levels"]]
     return np.array(tokens), levels[:, 1] / levels[:, 0]
@@ -72,14 +73,21 @@ def joint(tokens, a, b):
     return counts
 
 
-def warpers(temperature=1.0, top_p=None):
-    return LogitsProcessorList(([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else [])
-                               + ([TopPLogitsWarper(top_p)] if top_p is not None else []))
+def warpers(model, temperature=None, top_k=None, top_p=None):
+    """What generate(do_sample=True) applies: given settings, else the model's generation_config, else
+    transformers' defaults (temperature 1, top_k 50, top_p 1)."""
+    gc = model.generation_config
+    t = temperature or gc.temperature or 1.0
+    k = top_k if top_k is not None else gc.top_k if gc.top_k is not None else 50
+    p = top_p or gc.top_p or 1.0
+    return LogitsProcessorList(([TemperatureLogitsWarper(t)] if t != 1.0 else [])
+                               + ([TopKLogitsWarper(k)] if k else [])
+                               + ([TopPLogitsWarper(p)] if p < 1.0 else []))
 
 
-def exact_joint(model, temperature=1.0, top_p=None):
+def exact_joint(model, **sampling):
     """p(x1, x2) = p(x1 | prompt) p(x2 | prompt, x1), straight from the model's logits."""
-    warp = warpers(temperature, top_p)
+    warp = warpers(model, **sampling)
     enc = model.config.is_encoder_decoder
     with torch.no_grad():
         def dist(cont):
@@ -92,12 +100,12 @@ def exact_joint(model, temperature=1.0, top_p=None):
         return np.stack([p1[a] * dist([a]) for a in range(V)])
 
 
-def hf_tokens(model, n, temperature=1.0, top_p=None, seed=0):
+def hf_tokens(model, n, seed=0, **sampling):
+    """transformers' own sampling, with its own resolution of the settings not given."""
     torch.manual_seed(seed)
     with torch.no_grad():
         out = model.generate(torch.tensor([PROMPT] * n), do_sample=True, max_new_tokens=N_NEW,
-                             min_new_tokens=N_NEW, temperature=temperature, top_p=top_p, top_k=0,
-                             eos_token_id=None, pad_token_id=0)
+                             min_new_tokens=N_NEW, eos_token_id=None, pad_token_id=0, **sampling)
     return out[:, -N_NEW:].numpy()
 
 
@@ -121,19 +129,33 @@ def two_sample_pvalue(a, b):
     return stats.chi2_contingency(table).pvalue
 
 
-# (seed, settings). Under a correct cascade p-values are uniform, so a fixed seed fails 1 time in ~50;
-# with an earlier 2-layer target, T0.7's seed 1 did (p = 0.002) while seeds 11, 12, 13, 21 gave 0.88, 0.07,
-# 0.78, 0.81 — a fluke, not a bias. With this 1-layer target: T1 p = 0.87 / 0.61, T0.7 p = 0.41 / 0.23.
-SETTINGS = [(1, dict(temperature=1.0)), (21, dict(temperature=0.7, top_p=0.9))]
+# (seed, settings, generation_config of the target, MaG at the bottom). Under a correct cascade p-values
+# are uniform, so a fixed seed fails 1 time in ~50 (with an earlier 2-layer target, T0.7's seed 1 did,
+# p = 0.002, while seeds 11, 12, 13, 21 gave 0.88, 0.07, 0.78, 0.81 - a fluke, not a bias).
+SETTINGS = [
+    (1, {}, {}, True),                                           # all defaults (top_k 50 = no filter at V=12)
+    (21, dict(temperature=0.7, top_k=6, top_p=0.9), {}, True),   # top-k and top-p through the cascade
+    (5, {}, dict(temperature=1.3, top_k=4), False),              # defaults from generation_config; neural bottom
+]
+N_SAMPLES = 14_000
 
 
-@pytest.mark.parametrize("seed, sampling", SETTINGS, ids=["T1", "T0.7-top_p0.9"])
-def test_cascade_sampling_matches_target_distribution(decoder_family, seed, sampling):
-    tokens, acceptance = cascade_counts(decoder_family, 20_000, seed=seed, **sampling)
-    p_exact = gof_pvalue(joint(tokens, 0, 1), exact_joint(decoder_family[0], **sampling))
-    reference = hf_tokens(decoder_family[0], 20_000, seed=2, **sampling)
+@pytest.mark.parametrize("seed, sampling, config, mag", SETTINGS,
+                         ids=["defaults", "T0.7-top_k6-top_p0.9", "generation_config-T1.3-top_k4-no-MaG"])
+def test_cascade_sampling_matches_target_distribution(decoder_family, seed, sampling, config, mag):
+    target = decoder_family[0]
+    saved = {k: getattr(target.generation_config, k) for k in config}
+    try:
+        for k, v in config.items():
+            setattr(target.generation_config, k, v)
+        tokens, acceptance = cascade_counts(decoder_family, N_SAMPLES, seed=seed, mag=mag, **sampling)
+        p_exact = gof_pvalue(joint(tokens, 0, 1), exact_joint(target, **sampling))
+        reference = hf_tokens(target, N_SAMPLES, seed=2, **sampling)
+    finally:
+        for k, v in saved.items():
+            setattr(target.generation_config, k, v)
     p_hf = two_sample_pvalue(joint(tokens, 2, 3), joint(reference, 2, 3))
-    print(f"{sampling}: goodness of fit p={p_exact:.3f}, vs generate() p={p_hf:.3f}, "
+    print(f"{sampling} {config}: goodness of fit p={p_exact:.3f}, vs generate() p={p_hf:.3f}, "
           f"acceptance per level {acceptance.round(2)}")
     assert p_exact > 0.01 and p_hf > 0.01
     assert all(0 < a < 0.95 for a in acceptance)   # every level drafted, accepted some, rejected some
@@ -146,9 +168,10 @@ def test_broken_acceptance_is_detected(decoder_family, monkeypatch):
 
 
 def test_encoder_decoder_sampling_matches_target_distribution(t5_family):
-    tokens, acceptance = cascade_counts(t5_family, 4_000, seed=4)
-    p_exact = gof_pvalue(joint(tokens, 0, 1), exact_joint(t5_family[0]))
-    print(f"T5: goodness of fit p={p_exact:.3f}, acceptance per level {acceptance.round(2)}")
+    sampling = dict(temperature=0.8, top_p=0.9)
+    tokens, acceptance = cascade_counts(t5_family, 4_000, seed=4, **sampling)
+    p_exact = gof_pvalue(joint(tokens, 0, 1), exact_joint(t5_family[0], **sampling))
+    print(f"T5 {sampling}: goodness of fit p={p_exact:.3f}, acceptance per level {acceptance.round(2)}")
     assert p_exact > 0.01
     assert all(0 < a < 0.95 for a in acceptance)
 
@@ -179,8 +202,8 @@ def test_stats_under_sampling(decoder_family):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(do_sample=True, lenience=2), "lenience: must be 1 with do_sample=True"),
     (dict(do_sample=True, temperature=0), "temperature: expected a number > 0"),
-    (dict(do_sample=True, top_p=1.5), r"top_p: expected None or a number in \(0, 1\]"),
-    (dict(do_sample=True, top_k=0), "top_k: expected None or an int >= 1"),
+    (dict(do_sample=True, top_p=1.5), r"top_p: expected a number in \(0, 1\]"),
+    (dict(do_sample=True, top_k=-1), r"top_k: expected an int >= 0 \(0: no top-k filter\)"),
     (dict(temperature=0.5), "only used with do_sample=True"),
 ])
 def test_bad_sampling_arguments(decoder_family, kwargs, message):

@@ -89,3 +89,17 @@ def test_plots_from_run(setup, tmp_path):
     plots.speedup_bars(summarize(df), tmp_path / "s.png")
     r = evaluate_cascade(target, drafters, prompts[:1], K, max_new_tokens=8)
     plots.tuning_plot(r, [r, r])
+
+
+def test_stats_merge_sums_calls_tokens_and_positions():
+    from csdlib import LevelStats, Stats
+
+    a = Stats(3, {"t": 2, "d": 5}, {"t": 9, "d": 5}, {"t": 0, "d": 0},
+              [LevelStats(0, "t", 2, 4, 1, [2, 2], [1])])
+    b = Stats(4, {"t": 3, "d": 1, "mag": 2}, {"t": 4, "d": 1, "mag": 0}, {},
+              [LevelStats(0, "t", 3, 3, 3, [1, 1, 1], [1, 1, 1]), LevelStats(1, "d", 1, 2, 0, [1, 1], [])])
+    m = Stats.merge_all([a, b.to_dict()])
+    assert m.new_tokens == 7 and m.calls == {"t": 5, "d": 6, "mag": 2} and m.tokens_fed == {"t": 13, "d": 6, "mag": 0}
+    assert m.levels[0] == LevelStats(0, "t", 5, 7, 4, [3, 3, 1], [2, 1, 1])
+    assert m.levels[1] == LevelStats(1, "d", 1, 2, 0, [1, 1], []) and m.levels[1].acceptance == 0.0
+    assert Stats.from_dict(m.to_dict()) == m

@@ -163,6 +163,29 @@ def test_committed_family_cascade_reproduces_target_greedy_on_dev_prompts(monkey
         assert out.stats["calls"]["target"] < len(out.new_tokens)      # the cascade saved target calls
 
 
+# Made-up questions (no GSM8K text in the repository; this test needs no $CSD_DATA_DIR).
+QUESTIONS = [QUESTION, "A shop sells 5 apples for 2 dollars. How much do 20 apples cost",
+             "Lisa runs 3 miles every day for 2 weeks. How many miles does she run"]
+
+
+def test_committed_family_cascade_reproduces_target_greedy(monkeypatch):
+    """A fresh clone, offline, no dataset: the committed family's cascade equals the target's own greedy."""
+    from csdlib import generate, zoo
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fam = zoo.load()
+    saved = 0
+    for question in QUESTIONS:
+        prompt = fam.prompt_ids(question)
+        ref = fam.target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=64,
+                                        pad_token_id=fam.tokenizer.pad_token_id)
+        out = generate(fam.target, fam.drafters, prompt, k_matrix=fam.k_matrix, lenience=fam.lenience,
+                       max_new_tokens=64)
+        assert out.sequences.tolist() == ref.tolist()
+        saved += len(out.new_tokens) - out.stats.calls["target"]
+    assert saved > 0                                                     # the cascade saved target calls
+
+
 def test_unknown_family_name():
     from csdlib import zoo
 

@@ -48,7 +48,7 @@ def hf_greedy(model, prompt, max_new_tokens, eos=None):
     """The reference: transformers' own greedy decoding."""
     kwargs = dict(do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=0)
     if eos is not None:
-        kwargs.update(eos_token_id=eos, pad_token_id=eos)
+        kwargs.update(eos_token_id=eos, pad_token_id=eos[0] if isinstance(eos, list) else eos)
     with torch.no_grad():
         return model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                               **kwargs)
