@@ -22,8 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
+# torch, transformers, pandas and numpy are imported inside the functions that use them, so that
+# `csd --help` answers at once (tests/test_cli.py checks that it imports none of them).
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +39,8 @@ class Family:
 
 
 def _dtype(name: str | None):
+    import torch
+
     return None if name is None else getattr(torch, name)
 
 
@@ -47,7 +49,7 @@ def load_family(args, device) -> Family:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoConfig, AutoTokenizer
 
     from .mag import BigramTable, MaG
-    from .models import HFModel
+    from .models import HFModel, quiet_loading
 
     if args.target is None:
         from . import zoo
@@ -65,7 +67,8 @@ def load_family(args, device) -> Family:
     def hf(path, **kw):
         auto = AutoModelForSeq2SeqLM if AutoConfig.from_pretrained(path).is_encoder_decoder else AutoModelForCausalLM
         kw = {k: v for k, v in kw.items() if v is not None}
-        model = auto.from_pretrained(path, dtype=_dtype(args.dtype), **kw).eval()
+        with quiet_loading():
+            model = auto.from_pretrained(path, dtype=_dtype(args.dtype), **kw).eval()
         return model if "device_map" in kw else model.to(device)
 
     target = HFModel(hf(args.target, device_map=args.device_map), name=Path(args.target).name)
@@ -85,20 +88,24 @@ def dataset_texts(dataset: str, split: str, data_dir, n: int) -> list[str]:
     return [ds.mmlu_prompt(x) for x in items[:n]]
 
 
-def markdown(summary) -> str:
-    """A summary DataFrame as a GitHub markdown table (floats with 2 decimals)."""
-    cols = ["method", *summary.columns]
-    def fmt(v):
-        if v is None or (isinstance(v, float) and v != v):
-            return "-"
+def table(summary, tablefmt: str = "simple") -> str:
+    """A summary DataFrame as an aligned text table, numbers rounded to 2 decimals: `simple` for the
+    terminal (headers broken over two lines to keep it narrow), `github` for a markdown file."""
+    import numpy as np
+    from tabulate import tabulate
+
+    def cell(v):
         if isinstance(v, (bool, np.bool_)):
             return "yes" if v else "no"
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
+        if v is None or (isinstance(v, float) and v != v):
+            return None
+        return v
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for method, row in summary.iterrows():
-        lines.append("| " + " | ".join([str(method)] + [fmt(row[c]) for c in summary.columns]) + " |")
-    return "\n".join(lines)
+    headers = ["method", *summary.columns]
+    if tablefmt == "simple":
+        headers = [h.replace(" ", "\n", 1) for h in headers]
+    rows = [[method, *map(cell, row)] for method, row in zip(summary.index, summary.itertuples(index=False))]
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, floatfmt=".2f", missingval="-")
 
 
 def plot(summary, path: Path, title: str) -> None:
@@ -125,6 +132,7 @@ def plot(summary, path: Path, title: str) -> None:
 
 
 def cmd_run(args) -> int:
+    import torch
     from accelerate import PartialState
 
     from .cost import measure_costs
@@ -158,15 +166,14 @@ def cmd_run(args) -> int:
     df = load_results(out)
     df = df[df["config_hash"].isin(hashes) & df["sample_id"].isin([str(i) for i, _ in prompts])]
     summary = summarize(df)
-    table = markdown(summary)
     machine = f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, {device}"
     print(f"\n{len(prompts)} {args.dataset} {args.split} prompts, max_new_tokens={args.max_new_tokens}, "
           f"{state.num_processes} process(es); {machine}\n")
-    print(table)
+    print(table(summary))
     ok = bool(summary["equals AR"].dropna().all())
     print(f"\nevery method's output equals AR's on every sample: {'yes' if ok else 'NO'}")
-    summary.to_csv(out.with_suffix(".csv"))
-    out.with_suffix(".md").write_text(table + "\n")
+    summary.round(3).to_csv(out.with_suffix(".csv"))
+    out.with_suffix(".md").write_text(table(summary, "github") + "\n")
     if not args.no_figure:
         figure = Path(args.figures_dir) / f"{name}.png"
         plot(summary, figure, f"{name} ({len(prompts)} prompts)")
@@ -176,6 +183,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_seed_config(args) -> int:
+    import torch
+
     from .compat import run_config
     from .experiment import summarize
 
@@ -184,7 +193,7 @@ def cmd_seed_config(args) -> int:
     paths = dict(p.split("=", 1) for p in args.model_path)
     df = run_config(config, model_paths=paths, bigram_path=args.bigram, data_dir=args.data_dir,
                     n_samples=args.n_samples, out=args.out, max_new_tokens=args.max_new_tokens)
-    print(markdown(summarize(df)))
+    print(table(summarize(df)))
     return 0
 
 

@@ -648,13 +648,14 @@ def load_family(path=None, dtype=torch.float32):
     """``(tokenizer, {"target": model, "mid": model, "small": model})`` from a trained family folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .models import quiet_loading
+
     path = Path(path) if path is not None else DEFAULT_FAMILY_DIR
     tok = AutoTokenizer.from_pretrained(path / "tokenizer")
     models = {}
-    for name in MODEL_NAMES:
-        m = AutoModelForCausalLM.from_pretrained(path / name, dtype=dtype)
-        m.eval()
-        models[name] = m
+    with quiet_loading():
+        for name in MODEL_NAMES:
+            models[name] = AutoModelForCausalLM.from_pretrained(path / name, dtype=dtype).eval()
     return tok, models
 
 
