@@ -148,3 +148,26 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     NotebookClient(nb, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     print(f"{path.name}: {time.perf_counter() - tic:.0f} s")
+
+
+def test_jupyter_config_strips_notebooks_before_save():
+    """tools/jupyter_server_config.py (README: `jupyter lab --config ...`) sets a pre-save hook that turns
+    an executed notebook into the committed one."""
+    from traitlets.config import Config
+
+    config = Config()
+    source = (ROOT / "tools" / "jupyter_server_config.py").read_text()
+    exec(compile(source, "jupyter_server_config.py", "exec"), {"get_config": lambda: config,
+                                                               "__file__": str(ROOT / "tools" / "x.py")})
+    hook = config.ContentsManager.pre_save_hook
+    committed = stored(ROOT / "notebooks" / "00_quickstart.ipynb")
+    nb = json.loads(committed)
+    nb["cells"][1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["hi\n"]}]
+    nb["cells"][1]["execution_count"] = 1
+    nb["metadata"]["language_info"]["version"] = "3.11.7"
+    model = {"type": "notebook", "content": nb}
+    hook(model=model, path="notebooks/00_quickstart.ipynb", contents_manager=None)
+    assert strip_notebook.dumps(model["content"]) == committed
+    text = {"type": "file", "content": "print(1)\n"}
+    hook(model=text, path="x.py", contents_manager=None)
+    assert text["content"] == "print(1)\n"
