@@ -1,17 +1,36 @@
-"""csdlib: Cascade Speculative Drafting for Hugging Face models (lossless; greedy and sampling)."""
+"""csdlib: Cascade Speculative Drafting for Hugging Face models (lossless; greedy and sampling).
 
+The names below are imported on first use (PEP 562), so that `import csdlib.cli` and `csd --help` do not
+pay for torch and transformers.
+"""
+
+import importlib
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "CachedTarget": "cache", "build_target_cache": "cache",
+    "Output": "cascade", "generate": "cascade",
+    "run_config": "compat",
+    "expected_speedup": "cost", "swi": "cost", "swi_total": "cost",
+    "CSDValueError": "errors", "MissingFileError": "errors",
+    "Method": "experiment", "load_results": "experiment", "run": "experiment",
+    "standard_methods": "experiment", "summarize": "experiment",
+    "BigramTable": "mag", "MaG": "mag",
+    "HFModel": "models",
+    "Stats": "stats", "LevelStats": "stats",
+}
+
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
 
-from .cache import CachedTarget, build_target_cache
-from .cascade import Output, generate
-from .compat import run_config
-from .cost import expected_speedup, swi, swi_total
-from .errors import CSDValueError, MissingFileError
-from .experiment import Method, load_results, run, standard_methods, summarize
-from .mag import BigramTable, MaG
-from .models import HFModel
-from .stats import LevelStats, Stats
 
-__all__ = ["generate", "Output", "HFModel", "BigramTable", "MaG", "CSDValueError", "MissingFileError",
-           "run_config", "Method", "run", "standard_methods", "summarize", "load_results",
-           "CachedTarget", "build_target_cache", "swi", "swi_total", "expected_speedup", "Stats", "LevelStats"]
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value          # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'csdlib' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

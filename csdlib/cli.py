@@ -24,8 +24,8 @@ import platform
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
+# torch, transformers, pandas and numpy are imported inside the functions that use them, so that
+# `csd --help` answers at once (tests/test_cli.py checks that it imports none of them).
 
 from .errors import CSDValueError, MissingFileError
 
@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _dtype(name: str | None):
+    import torch
+
     if name is None:
         return None
     if not isinstance(getattr(torch, name, None), torch.dtype):
@@ -84,23 +86,28 @@ def dataset_source(dataset: str, split: str) -> dict:
     return {"split": split, "template": template}
 
 
-def markdown(summary) -> str:
-    """A summary DataFrame as a GitHub markdown table (floats with 2 decimals)."""
-    cols = ["method", *summary.columns]
-    def fmt(v):
-        if v is None or (isinstance(v, float) and v != v):
-            return "-"
+def table(summary, tablefmt: str = "simple") -> str:
+    """A summary DataFrame as an aligned text table, numbers rounded to 2 decimals: `simple` for the
+    terminal (headers broken over two lines to keep it narrow), `github` for a markdown file."""
+    import numpy as np
+    from tabulate import tabulate
+
+    def cell(v):
         if isinstance(v, (bool, np.bool_)):
             return "yes" if v else "no"
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
+        if v is None or (isinstance(v, float) and v != v):
+            return None
+        return v
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for method, row in summary.iterrows():
-        lines.append("| " + " | ".join([str(method)] + [fmt(row[c]) for c in summary.columns]) + " |")
-    return "\n".join(lines)
+    headers = ["method", *summary.columns]
+    if tablefmt == "simple":
+        headers = [h.replace(" ", "\n", 1) for h in headers]
+    rows = [[method, *map(cell, row)] for method, row in zip(summary.index, summary.itertuples(index=False))]
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, floatfmt=".2f", missingval="-")
 
 
 def cmd_run(args) -> int:
+    import torch
     from accelerate import PartialState
 
     from .cost import stored_latency
@@ -148,19 +155,18 @@ def cmd_run(args) -> int:
     df = load_results(out)
     df = df[df["config_hash"].isin(hashes) & df["sample_id"].isin([str(i) for i, _ in prompts])]
     summary = summarize(df)
-    table = markdown(summary)
     machine = f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, {device}"
     print(f"\n{len(prompts)} {args.dataset} {args.split} prompts, max_new_tokens={args.max_new_tokens}, "
           f"{state.num_processes} process(es); {machine}\n")
-    print(table)
+    print(table(summary))
     checked = summary["equals AR"].dropna()
     ok = bool(checked.all())
     if len(checked):
         print(f"\nevery method's output equals AR's on every sample: {'yes' if ok else 'NO'}")
     else:
         print("\noutputs not compared with AR's (no AR method among --methods, or sampling)")
-    summary.to_csv(out.with_suffix(".csv"))
-    out.with_suffix(".md").write_text(table + "\n")
+    summary.round(3).to_csv(out.with_suffix(".csv"))
+    out.with_suffix(".md").write_text(table(summary, "github") + "\n")
     if not args.no_figure:
         figure = Path(args.figures_dir) / f"{name}.png"
         import matplotlib
@@ -209,6 +215,8 @@ def cmd_calibrate(args) -> int:
 
 def cmd_tune(args) -> int:
     import time
+
+    import torch
 
     from .cache import build_target_cache
     from .cost import calibrate_latency, default_latency_path, machine_id
@@ -269,6 +277,8 @@ def cmd_tune(args) -> int:
 
 
 def cmd_seed_config(args) -> int:
+    import torch
+
     from .compat import run_config
     from .experiment import summarize
 
@@ -282,7 +292,7 @@ def cmd_seed_config(args) -> int:
     paths = dict(p.split("=", 1) for p in args.model_path)
     df = run_config(config, model_paths=paths, bigram_path=args.bigram, data_dir=args.data_dir,
                     n_samples=args.n_samples, out=args.out, max_new_tokens=args.max_new_tokens)
-    print(markdown(summarize(df)))
+    print(table(summarize(df)))
     return 0
 
 

@@ -26,7 +26,7 @@ from .cascade import generate
 from .errors import CSDValueError
 from .experiment import Method, run
 from .mag import BigramTable, MaG
-from .models import HFModel, as_model
+from .models import HFModel, as_model, quiet_loading
 
 SEED_CONFIG_KEYS = ("draft_names", "target_name", "is_decoder_only", "use_mag", "k_matrix", "lenience",
                     "dataset", "counter_version", "sample")
@@ -128,7 +128,8 @@ def load_hf_model(name: str, is_decoder_only: bool, model_paths=None, **kwargs):
     auto = AutoModelForCausalLM if is_decoder_only else AutoModelForSeq2SeqLM
     source = str((model_paths or {}).get(name, name))
     try:
-        return auto.from_pretrained(source, **kwargs).eval()
+        with quiet_loading():
+            return auto.from_pretrained(source, **kwargs).eval()
     except OSError as e:
         raise CSDValueError(f"model {name!r}: could not load {source!r} with {auto.__name__} ({e}); map the "
                             "name to a local directory with model_paths={name: path}") from None

@@ -19,6 +19,7 @@ rejections and can never be stale.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -137,3 +138,18 @@ def as_model(model, name: str | None = None):
     if hasattr(model, "config") and hasattr(model, "forward"):
         return HFModel(model, name=name)
     raise CSDValueError(f"model: expected a transformers model, an HFModel or a MaG, got {type(model).__name__}")
+
+
+@contextmanager
+def quiet_loading():
+    """No transformers progress bars (the "Loading weights" bar of `from_pretrained`) inside the block;
+    transformers' own setting (`transformers.utils.logging.disable_progress_bar`) is restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

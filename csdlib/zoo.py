@@ -37,13 +37,14 @@ def load_family(path=None, dtype=torch.float32):
     """``(tokenizer, {"target": model, "mid": model, "small": model})`` from a trained family folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .models import quiet_loading
+
     path = Path(path) if path is not None else DEFAULT_FAMILY_DIR
     tok = AutoTokenizer.from_pretrained(path / "tokenizer")
     models = {}
-    for name in MODEL_NAMES:
-        m = AutoModelForCausalLM.from_pretrained(path / name, dtype=dtype)
-        m.eval()
-        models[name] = m
+    with quiet_loading():
+        for name in MODEL_NAMES:
+            models[name] = AutoModelForCausalLM.from_pretrained(path / name, dtype=dtype).eval()
     return tok, models
 
 
@@ -83,7 +84,7 @@ def load(name: str = "gsm8k-tiny", path=None, mag_k: int | None = None, dtype=to
     from transformers import AutoModelForCausalLM
 
     from .mag import BigramTable, MaG
-    from .models import HFModel
+    from .models import HFModel, quiet_loading
 
     if name not in FAMILY_DIRS and path is None:
         raise CSDValueError(f"name: unknown family {name!r}; the embedded ones are {list(FAMILY_DIRS)} "
@@ -93,7 +94,8 @@ def load(name: str = "gsm8k-tiny", path=None, mag_k: int | None = None, dtype=to
     if "shares" in info:  # gsm8k-base: its own target on top of another family's models
         tiny_path = (path / info["shares"]).resolve()
         tok, models = load_family(tiny_path, dtype=dtype)
-        base = AutoModelForCausalLM.from_pretrained(path / "target", dtype=dtype).eval()
+        with quiet_loading():
+            base = AutoModelForCausalLM.from_pretrained(path / "target", dtype=dtype).eval()
         hf = {"target": base, "tiny": models["target"], "mid": models["mid"], "small": models["small"]}
         bigram = tiny_path / BIGRAM_FILE
         fallback = [[1, 1, 0, 2], [0, 1, 0, 2], [0, 0, 1, 2], [0, 0, 0, 2]]
@@ -116,7 +118,7 @@ def from_paths(target, drafters, *, bigram=None, mag_k: int = 10, tokenizer=None
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     from .mag import BigramTable, MaG
-    from .models import HFModel
+    from .models import HFModel, quiet_loading
 
     def hf(path, **kw):
         try:
@@ -125,7 +127,8 @@ def from_paths(target, drafters, *, bigram=None, mag_k: int = 10, tokenizer=None
             raise CSDValueError(f"model: cannot load {str(path)!r} ({e})") from None
         auto = AutoModelForSeq2SeqLM if enc_dec else AutoModelForCausalLM
         kw = {k: v for k, v in kw.items() if v is not None}
-        model = auto.from_pretrained(path, dtype=dtype, **kw).eval()
+        with quiet_loading():
+            model = auto.from_pretrained(path, dtype=dtype, **kw).eval()
         return model if "device_map" in kw or device is None else model.to(device)
 
     tm = HFModel(hf(target, device_map=device_map), name=Path(target).name)

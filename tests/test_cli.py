@@ -31,13 +31,18 @@ def test_csd_run(world, tmp_path, capsys):
     assert main(run_args(world, tmp_path) + ["--device-map", "auto"]) == 0     # accelerate places the target
     printed = capsys.readouterr().out
     methods = ["AR", "SD(JackFram__llama-160m)", "SD(MaG)", "CSD"]
-    for m in methods:
-        assert f"\n| {m} | 3 | 30 |" in printed
+    rows = {line.split()[0]: line.split() for line in printed.splitlines() if line.split()[:1] in [[m] for m in methods]}
+    assert {m: rows[m][1:3] for m in methods} == {m: ["3", "30"] for m in methods}     # samples, new tokens
     assert "every method's output equals AR's on every sample: yes" in printed
     records = read_records(tmp_path / "results" / "t.jsonl")
     assert sorted((r["method"], r["sample_id"]) for r in records) == sorted((m, s) for m in methods for s in "012")
     assert all(r["equals_ar"] for r in records)
-    assert (tmp_path / "results" / "t.md").read_text().startswith("| method | samples | new_tokens | SWI measured")
+    md = (tmp_path / "results" / "t.md").read_text().splitlines()
+    assert [c.strip() for c in md[0].split("|")[1:5]] == ["method", "samples", "new_tokens", "SWI measured"]
+    assert len({len(line) for line in md}) == 1                                  # aligned columns
+    csv = (tmp_path / "results" / "t.csv").read_text().splitlines()
+    numbers = [x for line in csv[1:] for x in line.split(",")[1:] if x.replace(".", "").isdigit()]
+    assert numbers and all(len(x.partition(".")[2]) <= 3 for x in numbers)       # rounded to 3 decimals
     assert (tmp_path / "figures" / "t.png").stat().st_size > 0
     # resumed: a rerun with one more prompt runs only that prompt
     assert main(run_args(world, tmp_path, n=4)) == 0
@@ -88,8 +93,10 @@ def test_default_family_path(world, tmp_path, monkeypatch, capsys):
             "--results-dir", str(tmp_path)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert [line.split(" | ")[0] for line in printed.splitlines() if line.startswith("| ")][1:] == \
-        ["| AR", "| SD(mid)", "| SD(MaG)", "| CSD"]
+    lines = printed.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("method "))
+    assert [line.split()[0] for line in lines[top + 3:top + 7]] == ["AR", "SD(mid)", "SD(MaG)", "CSD"]
+    assert lines[top + 7] == ""
     csd = [r for r in read_records(tmp_path / "gsm8k-dev-n2-t6.jsonl") if r["method"] == "CSD"]
     assert csd[0]["k_matrix"] == [[3, 4], [0, 4]] and csd[0]["lenience"] == 2.0
 
@@ -99,7 +106,7 @@ def test_nothing_compared_is_not_reported_as_equal(world, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "equals AR's on every sample: yes" not in printed
     assert "outputs not compared with AR's" in printed
-    assert "| CSD | 2 | 20 |" in printed
+    assert any(line.split()[:3] == ["CSD", "2", "20"] for line in printed.splitlines())
 
 
 def test_bad_flags_are_one_clear_error(world, tmp_path, capsys):
@@ -107,3 +114,46 @@ def test_bad_flags_are_one_clear_error(world, tmp_path, capsys):
     assert "csd run: error: --methods: unknown ['CDS']" in capsys.readouterr().err
     assert main(run_args(world, tmp_path, n=2) + ["--k-matrix", "[[4, 4]"]) == 2
     assert "csd run: error: --k-matrix: expected JSON" in capsys.readouterr().err
+def test_terminal_table_is_aligned_and_rounded():
+    import pandas as pd
+
+    from csdlib.cli import table
+
+    summary = pd.DataFrame({"samples": [2, 2], "SWI parameters": [1.0, 2.0565919282361795],
+                            "acceptance per level": ["-", "0.16 / 0.65"], "alpha (target)": [None, 0.6646981],
+                            "equals AR": [True, False]}, index=pd.Index(["AR", "CSD"], name="method"))
+    lines = table(summary).splitlines()
+    assert lines[0].split() == ["method", "samples", "SWI", "acceptance", "alpha", "equals"]    # two-line headers
+    assert lines[1].split() == ["parameters", "per", "level", "(target)", "AR"]
+    assert lines[3].split() == ["AR", "2", "1.00", "-", "-", "yes"]
+    assert lines[4].split() == ["CSD", "2", "2.06", "0.16", "/", "0.65", "0.66", "no"]
+    assert set(lines[2]) == {"-", " "}                                           # the rule under the headers
+    assert lines[3].index("1.00") == lines[4].index("2.06")                     # numbers right-aligned
+    assert lines[3].index("yes") == lines[4].index("no")                        # text left-aligned
+
+
+def test_help_imports_no_heavy_library():
+    """`csd --help` answers without importing torch, transformers, pandas or numpy (it took 3.4 s)."""
+    code = ("import runpy, sys\n"
+            "sys.argv = ['csd', 'run', '--help']\n"
+            "try:\n    runpy.run_module('csdlib.cli', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'pandas', 'numpy'}))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--n-samples" in done.stdout
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_loading_shows_no_progress_bar(capfd):
+    """transformers' "Loading weights" bar is off while csdlib loads models, and its setting is restored."""
+    from transformers.utils import logging as hf_logging
+
+    from csdlib import zoo
+
+    hf_logging.enable_progress_bar()
+    zoo.load()
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()

@@ -3,7 +3,10 @@ top to bottom without error (nbclient, kernel `python3` from this venv's ipykern
 paths (results, figures, caches) redirected to a temporary folder so a test run leaves the repository
 as it was."""
 
+import json
 import pathlib
+import subprocess
+import sys
 import time
 
 import nbformat
@@ -12,6 +15,9 @@ import pytest
 from csdlib.datasets import gsm8k_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import strip_notebook  # noqa: E402  (tools/strip_notebook.py, the git clean filter)
+
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
@@ -35,10 +41,67 @@ def test_there_are_notebooks():
     assert [p.name[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04"]
 
 
+def stored(path: pathlib.Path) -> str:
+    """The notebook as git stores it (the index: what the next commit holds, after the clean filter
+    `tools/strip_notebook.py`), so that a user's executed working copy does not fail this test; outside
+    a git checkout, the file itself."""
+    done = subprocess.run(["git", "show", f":{path.relative_to(ROOT)}"], cwd=ROOT, capture_output=True)
+    return done.stdout.decode() if done.returncode == 0 else path.read_text()
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_clean(path):
-    assert notebook_problems(nbformat.read(path, as_version=4)) == [], \
-        f"{path.name}: strip it (e.g. `jupyter nbconvert --clear-output --inplace {path.relative_to(ROOT)}`)"
+    text = stored(path)
+    assert notebook_problems(nbformat.reads(text, as_version=4)) == [], \
+        f"{path.name}: strip it (`python3 tools/strip_notebook.py < {path.relative_to(ROOT)}`, or set up the " \
+        "git filter, README 'Notebooks')"
+    assert strip_notebook.dumps(strip_notebook.strip(json.loads(text))) == text, \
+        f"{path.name} is not in the filter's layout: running it would show up in `git status`"
+
+
+def test_filter_restores_the_committed_notebook():
+    """What JupyterLab saves after Run All (outputs, counts, its metadata) is stripped back to the same bytes."""
+    path = ROOT / "notebooks" / "03_acceptance_per_level.ipynb"
+    committed = stored(path)
+    nb = json.loads(committed)
+    for i, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
+        cell["execution_count"] = i + 1
+        cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["hello\n"]},
+                           {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBOR..."}}]
+        cell["metadata"]["scrolled"] = True
+    nb["metadata"]["kernelspec"]["display_name"] = "Python 3 (ipykernel)"
+    nb["metadata"]["language_info"].update(version="3.11.7", pygments_lexer="ipython3", file_extension=".py")
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    executed = json.dumps(nb, indent=1)
+    assert executed != committed
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "strip_notebook.py")], input=executed,
+                          capture_output=True, text=True, check=True)
+    assert done.stdout == committed
+
+
+def test_figures_are_the_same_bytes_on_rerun(tmp_path):
+    """Notebook 03's figures from the same records are byte-identical (seaborn's stripplot jitter is seeded),
+    so rerunning the notebook does not rewrite the committed figures; numpy's global generator is left as
+    it was."""
+    import matplotlib
+    import numpy as np
+    from csdlib import experiment, plots
+
+    matplotlib.use("Agg")
+    df = experiment.load_results(ROOT / "data" / "results" / "notebook-gsm8k-dev-n10-t128.jsonl")
+    np.random.seed(123)
+    expected_next = np.random.random()
+    np.random.seed(123)
+    for name in ("a", "b"):
+        plots.accepted_per_target_call(df, tmp_path / f"{name}.png")
+        _plt_close()
+    assert np.random.random() == expected_next
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def _plt_close():
+    import matplotlib.pyplot as plt
+    plt.close("all")
 
 
 def test_checker_catches_outputs():
@@ -85,3 +148,26 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     NotebookClient(nb, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     print(f"{path.name}: {time.perf_counter() - tic:.0f} s")
+
+
+def test_jupyter_config_strips_notebooks_before_save():
+    """tools/jupyter_server_config.py (README: `jupyter lab --config ...`) sets a pre-save hook that turns
+    an executed notebook into the committed one."""
+    from traitlets.config import Config
+
+    config = Config()
+    source = (ROOT / "tools" / "jupyter_server_config.py").read_text()
+    exec(compile(source, "jupyter_server_config.py", "exec"), {"get_config": lambda: config,
+                                                               "__file__": str(ROOT / "tools" / "x.py")})
+    hook = config.ContentsManager.pre_save_hook
+    committed = stored(ROOT / "notebooks" / "00_quickstart.ipynb")
+    nb = json.loads(committed)
+    nb["cells"][1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["hi\n"]}]
+    nb["cells"][1]["execution_count"] = 1
+    nb["metadata"]["language_info"]["version"] = "3.11.7"
+    model = {"type": "notebook", "content": nb}
+    hook(model=model, path="notebooks/00_quickstart.ipynb", contents_manager=None)
+    assert strip_notebook.dumps(model["content"]) == committed
+    text = {"type": "file", "content": "print(1)\n"}
+    hook(model=text, path="x.py", contents_manager=None)
+    assert text["content"] == "print(1)\n"
