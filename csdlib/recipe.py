@@ -126,7 +126,11 @@ MAX_POSITION_EMBEDDINGS = 512
 
 #: gsm8k-base: one larger target (same tokenizer, same recipe) on top of gsm8k-tiny's three models,
 #: which become its drafters. Size chosen by measured training throughput (2 threads, batch 16 x 384):
-#: d512/8 layers (29.4 M parameters) trains at about 650 tokens/s, 3 epochs in about 1 h 45 min.
+#: d512/8 layers (29.4 M parameters) trains at about 650 tokens/s alone (3 epochs: about 1 h 45 min; 2-3x
+#: longer while other work shares the two cores). First full run (2026-11-28, 7,826 s on a shared machine,
+#: its schedule shortened to 2 epochs at step 128 and set back to 3 at step 580): validation loss 3.254 /
+#: 2.790 / 2.590 after epochs 1 / 2 / 3, train loss 2.15 -- it overfits and stays above gsm8k-tiny's
+#: target (2.425), so it was not committed. Next: more epochs at a lower peak lr, or a smaller target.
 BASE_ARCH = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8)
 BASE_BUDGETS = {
     "full": dict(models={"target": dict(arch=BASE_ARCH, epochs=3, lr=7e-4)}),

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .datasets import gsm8k_prompt
-from .errors import CSDValueError
+from .errors import CSDValueError, MissingFileError
 from .recipe import (BASE_BUDGETS, BIGRAM_FILE, BUDGETS, DEFAULT_BASE_DIR, DEFAULT_FAMILY_DIR, FAMILY,  # noqa: F401
                      MODEL_NAMES, build_bigram_table, build_model, count_parameters, tokenize_examples,
                      train_base, train_family, train_model, train_tokenizer)
@@ -90,6 +90,10 @@ def load(name: str = "gsm8k-tiny", path=None, mag_k: int | None = None, dtype=to
         raise CSDValueError(f"name: unknown family {name!r}; the embedded ones are {list(FAMILY_DIRS)} "
                             f"(or give path=)")
     path = Path(path) if path is not None else FAMILY_DIRS[name]
+    if not (path / "family.json").is_file():
+        hint = (f"; train it with `python -m csdlib.zoo train --family {name}`" if name in FAMILY_DIRS and path
+                == FAMILY_DIRS[name] else "")
+        raise MissingFileError(f"name: family {name!r} has no {path / 'family.json'} (not trained yet){hint}")
     info = json.loads((path / "family.json").read_text())
     if "shares" in info:  # gsm8k-base: its own target on top of another family's models
         tiny_path = (path / info["shares"]).resolve()

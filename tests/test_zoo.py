@@ -219,3 +219,11 @@ def test_base_training_resumes_exactly_where_it_stopped(toy_family, tmp_path):
     assert not (tmp_path / "b" / "target" / "checkpoint.pt").exists()
     info = json.loads((tmp_path / "b" / "family.json").read_text())
     assert info["name"] == "gsm8k-base" and (tmp_path / "b" / info["shares"] / "tokenizer").is_dir()
+
+
+def test_untrained_family_is_a_clear_error(tmp_path):
+    from csdlib import zoo
+    from csdlib.errors import MissingFileError
+
+    with pytest.raises(MissingFileError, match="name: family 'mine' has no .*family.json"):
+        zoo.load("mine", path=tmp_path)
