@@ -268,7 +268,9 @@ def shut_down_kernels(url: str):
 def slider_output(driver) -> tuple[str, str]:
     """(printed text, plot image src) of the interact output under the sliders."""
     return tuple(js(driver, """
-        const out = [...PANEL.querySelectorAll('.widget-output')].pop();
+        // the interact's own output (not the optimize button's report below it)
+        const out = PANEL.querySelector('.widget-interact .widget-output')
+                    || [...PANEL.querySelectorAll('.widget-output')].shift();
         const img = out && out.querySelector('img');
         return [out ? out.innerText : '', img ? img.src : ''];"""))
 
@@ -286,7 +288,11 @@ def test_notebooks_in_jupyterlab(lab, browser):
             print(f"\nscreenshots in {shots}")
             raise
 
-    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    # JupyterLab's debugger sidebar probes each kernel; when the test shuts a kernel down while a probe
+    # is pending, JupyterLab logs "Could not restore the debugger state" (its own race, not ours)
+    benign = ("Could not restore the debugger state",)
+    severe = [e for e in browser.get_log("browser")
+              if e["level"] == "SEVERE" and not any(b in e["message"] for b in benign)]
     print(f"\nbrowser test: seconds per notebook (open + Run All) {timings}, {seen}; screenshots in {shots}")
     assert severe == [], severe
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True)
