@@ -296,7 +296,8 @@ def test_notebooks_in_jupyterlab(lab, browser):
     print(f"\nbrowser test: seconds per notebook (open + Run All) {timings}, {seen}; screenshots in {shots}")
     assert severe == [], severe
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True)
-    assert status.stdout == "", f"running the notebooks left the repository dirty:\n{status.stdout}"
+    diff = subprocess.run(["git", "diff"], cwd=repo, capture_output=True, text=True).stdout[:3000]
+    assert status.stdout == "", f"running the notebooks left the repository dirty:\n{status.stdout}\n{diff}"
 
 
 def check_notebook(browser, url, repo, name, shots, timings, seen):

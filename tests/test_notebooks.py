@@ -88,7 +88,7 @@ def test_figures_are_the_same_bytes_on_rerun(tmp_path):
     from csdlib import experiment, plots
 
     matplotlib.use("Agg")
-    df = experiment.load_results(ROOT / "data" / "results" / "notebook-gsm8k-dev-n10-t128.jsonl")
+    df = experiment.load_results(ROOT / "data" / "results" / "reference" / "gsm8k-dev-n100-t128.jsonl")
     np.random.seed(123)
     expected_next = np.random.random()
     np.random.seed(123)
