@@ -100,8 +100,13 @@ def _not_found(what: str, looked, layout: str, reason: str) -> MissingFileError:
         f"data_dir= (csd: --data-dir DIR) or set CSD_DATA_DIR to a folder that contains {layout}.")
 
 
-def _from_hub(what: str, looked, layout: str, load):
-    """`load()` from the hub, or one clear MissingFileError at once when it cannot be reached."""
+def _from_hub(what: str, looked, layout: str, load, data_dir=None):
+    """`load()` from the hub, or one clear MissingFileError at once when it cannot be reached (or when the
+    data folder was given explicitly: then the hub is not tried)."""
+    explicit = _explicit_dir(data_dir)
+    if explicit is not None:
+        raise _not_found(what, looked, layout,
+                         f"{explicit[0]} ({explicit[1]}) was given explicitly, so the hub is not tried")
     from datasets.exceptions import DatasetsError
 
     reason = _hub_unreachable()
@@ -135,10 +140,6 @@ def load_gsm8k(split: str = "train", data_dir=None) -> list[dict]:
             return _read_jsonl(d / "test.jsonl")[:DEV_SIZE]
     layout = "gsm8k/{train,dev,test}.jsonl (fields 'question' and 'answer')"
     looked = [c / f"{split}.jsonl" for c in _candidate_dirs(data_dir)]
-    explicit = _explicit_dir(data_dir)
-    if explicit is not None:
-        raise _not_found(f"GSM8K split {split!r}", looked, layout,
-                         f"{explicit[0]} ({explicit[1]}) was given explicitly, so the hub is not tried")
 
     def hub():
         import datasets as hf_datasets
@@ -147,7 +148,7 @@ def load_gsm8k(split: str = "train", data_dir=None) -> list[dict]:
         rows = [{"question": r["question"], "answer": r["answer"]} for r in rows]
         return rows[:DEV_SIZE] if split == "dev" else rows
 
-    return _from_hub(f"GSM8K split {split!r}", looked, layout, hub)
+    return _from_hub(f"GSM8K split {split!r}", looked, layout, hub, data_dir)
 
 
 def gsm8k_final_answer(text: str) -> str | None:
@@ -212,10 +213,6 @@ def load_mmlu(split: str = "test", data_dir=None) -> list[dict]:
             return _read_jsonl(d / f"{split}.jsonl")
     layout = "mmlu/{split}.jsonl (fields 'question', 'subject', 'choices', 'answer')"
     looked = [d / f"{split}.jsonl" for d in _mmlu_dirs(data_dir)]
-    explicit = _explicit_dir(data_dir)
-    if explicit is not None:
-        raise _not_found(f"MMLU split {split!r}", looked, layout,
-                         f"{explicit[0]} ({explicit[1]}) was given explicitly, so the hub is not tried")
 
     def hub():
         import datasets as hf_datasets
@@ -223,7 +220,7 @@ def load_mmlu(split: str = "test", data_dir=None) -> list[dict]:
         rows = hf_datasets.load_dataset("cais/mmlu", "all", split=split)
         return [{k: r[k] for k in ("question", "subject", "choices", "answer")} for r in rows]
 
-    return _from_hub(f"MMLU split {split!r}", looked, layout, hub)
+    return _from_hub(f"MMLU split {split!r}", looked, layout, hub, data_dir)
 
 
 def sampled_mmlu(n: int = SAMPLED_MMLU_SIZE, seed: int = 0, split: str = "test", data_dir=None) -> list[dict]:
