@@ -5,6 +5,7 @@ pay for torch and transformers.
 """
 
 import importlib
+import importlib.util
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -29,6 +30,8 @@ def __getattr__(name):
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value          # later look-ups skip this function
         return value
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:   # a submodule, e.g. csdlib.datasets
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'csdlib' has no attribute {name!r}")
 
 
