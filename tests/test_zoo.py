@@ -195,8 +195,9 @@ def test_unknown_family_name():
 
 @needs_gsm8k
 def test_base_training_resumes_exactly_where_it_stopped(toy_family, tmp_path):
-    """gsm8k-base's code path at toy budget: interrupted after 3 steps, run again, it resumes from the
-    checkpoint (not from scratch) and ends with the same weights as an uninterrupted run."""
+    """gsm8k-base's code path at toy budget (two stages, the second a warm restart from the first):
+    interrupted after 3 steps of each stage, run again, it resumes from the checkpoint (not from scratch)
+    and ends with the same weights as an uninterrupted run."""
     from safetensors.torch import load_file
 
     from csdlib import zoo
@@ -206,16 +207,23 @@ def test_base_training_resumes_exactly_where_it_stopped(toy_family, tmp_path):
     stopped = zoo.train_base(tmp_path / "b", GSM8K, budget="toy", tiny_dir=tiny, progress=False,
                              stop_after_steps=3)
     assert not stopped["complete"] and stopped["steps"] == 3
-    assert (tmp_path / "b" / ".target.partial" / "checkpoint.pt").is_file()
+    assert (tmp_path / "b" / ".target.stage1.partial" / "checkpoint.pt").is_file()
+    stopped = zoo.train_base(tmp_path / "b", GSM8K, budget="toy", tiny_dir=tiny, progress=False,
+                             stop_after_steps=3)                  # finishes stage 1, stops in stage 2
+    assert not stopped["complete"] and stopped["init_from"] == ".target.stage1.partial"
+    assert (tmp_path / "b" / ".target.stage2.partial" / "checkpoint.pt").is_file()
     resumed = zoo.train_base(tmp_path / "b", GSM8K, budget="toy", tiny_dir=tiny, progress=False)
-    assert resumed["complete"] and resumed["steps"] == straight["steps"] == 8
+    assert resumed["complete"] and [s["steps"] for s in resumed["stages"]] == [4, 4]
     assert resumed["val_loss"] == straight["val_loss"]
     a = load_file(tmp_path / "a" / "target" / "model.safetensors")
     b = load_file(tmp_path / "b" / "target" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert next(iter(a.values())).dtype == torch.bfloat16          # stored in bf16
+    # the warm restart really started from stage 1: stage 2's first loss is stage 1's level, not ln(vocab)
     log = [json.loads(l) for l in (tmp_path / "b" / "target" / "loss_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log if "loss" in r] == [2, 4, 6, 8]  # no duplicated lines after resume
+    assert [(r["stage"], r["step"]) for r in log if "loss" in r] == [(1, 2), (1, 4), (2, 2), (2, 4)]
+    first = [r["loss"] for r in log if "loss" in r]
+    assert first[2] < first[0] - 0.1
     assert not (tmp_path / "b" / "target" / "checkpoint.pt").exists()
     info = json.loads((tmp_path / "b" / "family.json").read_text())
     assert info["name"] == "gsm8k-base" and (tmp_path / "b" / info["shares"] / "tokenizer").is_dir()
