@@ -62,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed runs of every method first")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--latency-file", default=None, help="default: data/latency/<machine>.json")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="measure the latency model again at the start of this run (and store it) instead of "
+                        "reusing the stored one: these machines drift by about 10%% between runs")
     p.add_argument("--out", required=True, help="folder for speed.md, speed.csv, speed.json")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -126,7 +129,8 @@ def main(argv=None) -> int:
     models = [target, *drafters]
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
 
-    latency = calibrate_latency(models, threads=args.threads, path=args.latency_file)
+    latency = calibrate_latency(models, threads=args.threads, path=args.latency_file, force=args.recalibrate,
+                                note="benchmarks/speed.py --recalibrate" if args.recalibrate else "")
     log(f"latency model ({args.threads} threads): " + ", ".join(
         f"{n}: a1 {v['a1'] * 1e3:.2f} ms, a {v['a'] * 1e3:.2f} ms + {v['b'] * 1e3:.3f} ms/token"
         for n, v in latency.items() if n != getattr(mag, "name", None)))

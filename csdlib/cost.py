@@ -193,6 +193,9 @@ def _check_alpha(alpha) -> None:
 # (`calibrate_latency`, or the command `csd calibrate`), stored as JSON and
 # reused. A run's wall time is then predicted from its stats alone (`predict_wall_time`):
 #     sum over models of a1 * one_token_calls + a * (calls - one_token_calls) + b * (tokens_fed - one_token_calls)
+# MaG runs no forward, but each of its calls is Python and numpy work (suffix matching over the sequence,
+# about 0.05 ms): it is calibrated too (`calibrate_free`), as a constant a1 = a per call (b = 0), so a
+# cascade that calls MaG many times is not predicted as if those calls were free.
 
 LATENCY_FORMAT = "csdlib.latency"
 LATENCY_NS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
@@ -302,6 +305,34 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
             "prefill_s": prefill}
 
 
+def calibrate_free(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 30, warmup: int = 5,
+                   seed: int = 0) -> dict:
+    """Time one call of a free drafter (MaG: `propose`) after a `context`-token sequence, asked for n
+    tokens, for each n in `ns` (interleaved in random order); the median over all calls is its cost per
+    call: {"a1": t, "a": t, "b": 0.0, "ns", "median_s", "context"}."""
+    import random
+
+    rng = random.Random(seed)
+    vocab = model.vocab_size
+    prompt = [rng.randrange(vocab) for _ in range(context)]
+    seq = prompt + [rng.randrange(vocab) for _ in range(max(ns))]   # a continuation that repeats nothing
+    model.start(prompt)
+    order = [n for _ in range(warmup + repeats) for n in ns]
+    rng.shuffle(order)
+    times: dict[int, list[float]] = {n: [] for n in ns}
+    seen = dict.fromkeys(ns, 0)
+    for n in order:
+        tic = time.perf_counter()
+        model.propose(seq, n)
+        dt = time.perf_counter() - tic
+        seen[n] += 1
+        if seen[n] > warmup:
+            times[n].append(dt)
+    t = statistics.median([x for n in ns for x in times[n]])
+    return {"a1": t, "a": t, "b": 0.0, "ns": list(ns), "median_s": [statistics.median(times[n]) for n in ns],
+            "context": context}
+
+
 def load_latency(path=None) -> dict:
     """The stored calibrations: {key: entry} (empty when the file does not exist)."""
     import json
@@ -333,9 +364,10 @@ def _save_latency(entries: dict, path) -> None:
 
 def calibrate_latency(models, *, path=None, threads: int | None = None, force: bool = False,
                       note: str = "", **kwargs) -> dict[str, dict]:
-    """{model name: {"a1", "a", "b"}} for `models` (MaG: zeros), read from the latency file when a calibration
+    """{model name: {"a1", "a", "b"}} for `models`, read from the latency file when a calibration
     for the same model fingerprint, device and thread count is there, else measured
-    (`calibrate_model`) and stored. `force` re-measures. `threads` (default: torch's current setting)
+    (`calibrate_model`; a free drafter such as MaG: `calibrate_free`) and stored. A model that neither
+    reviews nor proposes (none of csdlib's) gets zeros. `force` re-measures. `threads` (default: torch's current setting)
     is set for the measurement. kwargs go to `calibrate_model`."""
     import os
     from datetime import datetime, timezone
@@ -351,12 +383,14 @@ def calibrate_latency(models, *, path=None, threads: int | None = None, force: b
     try:
         torch.set_num_threads(threads)
         for m in models:
-            if is_mag(m) or not hasattr(m, "logits"):
+            free = is_mag(m) or not hasattr(m, "logits")
+            if free and not hasattr(m, "propose"):
                 out[m.name] = dict(ZERO_LATENCY)
                 continue
             key = latency_key(m, threads)
             if force or key not in entries:
-                fit = calibrate_model(m, **kwargs)
+                fit = (calibrate_free(m, **{k: v for k, v in kwargs.items() if k in ("context", "ns", "seed")})
+                       if free else calibrate_model(m, **kwargs))
                 load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
                 entries[key] = {**fit, "name": m.name, "device": _device_of(m), "threads": threads,
                                 "loadavg_1min": load, "note": note,
@@ -375,7 +409,7 @@ def stored_latency(models, *, path=None, threads: int | None = None) -> dict[str
     entries = load_latency(path)
     out = {}
     for m in models:
-        if is_mag(m) or not hasattr(m, "logits"):
+        if (is_mag(m) or not hasattr(m, "logits")) and not hasattr(m, "propose"):
             out[m.name] = dict(ZERO_LATENCY)
             continue
         entry = entries.get(latency_key(m, threads))

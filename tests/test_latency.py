@@ -92,14 +92,16 @@ def test_calibration_is_stored_keyed_and_reused(models, tmp_path, monkeypatch):
     path = tmp_path / "lat.json"
     lat = cost.calibrate_latency([target, mid, mag], path=path, threads=1, repeats=2, warmup=0,
                                  ns=(1, 2, 3), context=8)
-    assert set(lat) == {"target", "mid", "mag"} and lat["mag"] == cost.ZERO_LATENCY
-    assert lat["target"]["a1"] > 0
+    assert set(lat) == {"target", "mid", "mag"} and lat["target"]["a1"] > 0
+    # MaG runs no forward but its calls take time: one constant per call, much less than a forward
+    assert 0 < lat["mag"]["a1"] == lat["mag"]["a"] < lat["mid"]["a1"] and lat["mag"]["b"] == 0
     data = json.loads(path.read_text())
     assert data["format"] == "csdlib.latency" and data["machine"] == cost.machine_id()
     keys = sorted(data["entries"])
-    assert keys == sorted([cost.latency_key(target, 1), cost.latency_key(mid, 1)])
+    assert keys == sorted([cost.latency_key(target, 1), cost.latency_key(mid, 1), cost.latency_key(mag, 1)])
     assert all(k.endswith("|cpu|1threads") for k in keys)
     monkeypatch.setattr(cost, "calibrate_model", lambda *a, **k: pytest.fail("re-measured a stored model"))
+    monkeypatch.setattr(cost, "calibrate_free", lambda *a, **k: pytest.fail("re-measured a stored MaG"))
     assert cost.calibrate_latency([target, mid, mag], path=path, threads=1) == lat
     assert cost.stored_latency([target, mid, mag], path=path, threads=1) == lat
     assert cost.stored_latency([target, mid], path=path, threads=2) is None          # other thread count
