@@ -49,7 +49,7 @@ def load_family(args, device):
 
     k_matrix = _json_arg("--k-matrix", args.k_matrix)
     if args.target is None:
-        fam = zoo.load()
+        fam = zoo.load(getattr(args, "family", None))
         for m in [fam.target, *fam.drafters]:
             if hasattr(m, "model"):
                 m.model.to(device)
@@ -241,7 +241,7 @@ def cmd_tune(args) -> int:
     latency = None
     if args.objective == "latency":
         latency = calibrate_latency([target, *drafters], threads=threads, path=args.latency_file)
-    cache = Path(args.cache or ROOT / "tmp" / f"target-cache-{args.family if args.target is None else 'custom'}.jsonl")
+    cache = Path(args.cache or ROOT / "tmp" / f"target-cache-{fam.name if args.target is None else 'custom'}.jsonl")
     tic = time.perf_counter()
     cached = build_target_cache(target, prompts, args.max_new_tokens, cache)
     print(f"target cache: {cache} ({len(prompts)} prompts, {time.perf_counter() - tic:.1f} s)")
@@ -299,7 +299,9 @@ def cmd_seed_config(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="csd", description="Cascade Speculative Drafting experiments")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="AR vs SD vs CSD on a dataset (default: the embedded gsm8k-tiny family)")
+    r = sub.add_parser("run", help="AR vs SD vs CSD on a dataset (default: an embedded family)")
+    r.add_argument("--family", default=None, help="embedded family: gsm8k-tiny or gsm8k-base "
+                                                 "(default: csdlib.zoo.DEFAULT_FAMILY)")
     r.add_argument("--n-samples", type=int, default=100, help="prompts (first n of the split; default 100)")
     r.add_argument("--max-new-tokens", type=int, default=128)
     r.add_argument("--dataset", choices=["gsm8k", "mmlu", "sampled_mmlu"], default="gsm8k")
@@ -338,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_seed_config)
 
     c = sub.add_parser("calibrate", help="measure each model's forward latency (a1, a + b*n) on this machine")
-    c.add_argument("--family", default="gsm8k-tiny", help="embedded family name (default gsm8k-tiny)")
+    c.add_argument("--family", default=None, help="embedded family name (default: csdlib.zoo.DEFAULT_FAMILY)")
     c.add_argument("--family-path", default=None, help="a family folder instead of an embedded name")
     c.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     c.add_argument("--force", action="store_true", help="re-measure even if a calibration is stored")
@@ -349,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_calibrate)
 
     t = sub.add_parser("tune", help="choose the k-matrix, lenience and MaG's draft size (Optuna, target cache)")
-    t.add_argument("--family", default="gsm8k-tiny", help="embedded family to tune (default gsm8k-tiny)")
+    t.add_argument("--family", default=None, help="embedded family to tune (default: csdlib.zoo.DEFAULT_FAMILY)")
     t.add_argument("--family-path", default=None, help="a family folder instead of an embedded name")
     t.add_argument("--objective", default="latency",
                    help="latency (predicted wall-clock speedup) or a cost table name, e.g. parameters")

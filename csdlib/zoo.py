@@ -31,6 +31,8 @@ from .recipe import (BASE_BUDGETS, BIGRAM_FILE, BUDGETS, DEFAULT_BASE_DIR, DEFAU
                      train_base, train_family, train_model, train_tokenizer)
 
 FAMILY_DIRS = {"gsm8k-tiny": DEFAULT_FAMILY_DIR, "gsm8k-base": DEFAULT_BASE_DIR}
+#: what ``load()``, ``csd run`` / ``calibrate`` / ``tune`` and the notebooks use when no family is named
+DEFAULT_FAMILY = "gsm8k-tiny"
 
 
 def load_family(path=None, dtype=torch.float32):
@@ -72,8 +74,8 @@ class Family:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def load(name: str = "gsm8k-tiny", path=None, mag_k: int | None = None, dtype=torch.float32) -> Family:
-    """An embedded family, offline: ``.tokenizer``, ``.target`` and ``.drafters`` (`csdlib` models,
+def load(name: str | None = None, path=None, mag_k: int | None = None, dtype=torch.float32) -> Family:
+    """An embedded family (default: ``DEFAULT_FAMILY``), offline: ``.tokenizer``, ``.target`` and ``.drafters`` (`csdlib` models,
     largest first, MaG last) and the default ``.k_matrix`` / ``.lenience`` chosen by measurement (stored
     in ``family.json``).
 
@@ -86,6 +88,7 @@ def load(name: str = "gsm8k-tiny", path=None, mag_k: int | None = None, dtype=to
     from .mag import BigramTable, MaG
     from .models import HFModel, quiet_loading
 
+    name = DEFAULT_FAMILY if name is None and path is None else name
     if name not in FAMILY_DIRS and path is None:
         raise CSDValueError(f"name: unknown family {name!r}; the embedded ones are {list(FAMILY_DIRS)} "
                             f"(or give path=)")

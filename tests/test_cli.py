@@ -88,10 +88,15 @@ def test_default_family_path(world, tmp_path, monkeypatch, capsys):
         drafters=[HFModel(AutoModelForCausalLM.from_pretrained(paths["JackFram/llama-160m"]), name="mid"),
                   get_mag_model(bigram)],
         k_matrix=[[3, 4], [0, 4]], lenience=2.0)
-    monkeypatch.setattr(zoo, "load", lambda *a, **k: family, raising=False)
+    asked = []
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: asked.append(a) or family, raising=False)
     args = ["run", "--data-dir", str(data), "--n-samples", "2", "--max-new-tokens", "6", "--quiet", "--no-figure",
             "--results-dir", str(tmp_path)]
+    assert main(args + ["--family", "gsm8k-base", "--methods", "AR"]) == 0
+    assert asked == [("gsm8k-base",)]                       # --family names the embedded family
+    capsys.readouterr()
     assert main(args) == 0
+    assert asked[-1] == (None,)                             # none named: zoo.DEFAULT_FAMILY
     printed = capsys.readouterr().out
     lines = printed.splitlines()
     top = next(i for i, line in enumerate(lines) if line.startswith("method "))
