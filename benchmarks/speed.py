@@ -207,7 +207,7 @@ def main(argv=None) -> int:
         if r["stats"]:
             calls = [s["calls"] for s in r["stats"]]
             row["SWI parameters"] = swi_total([s["new_tokens"] for s in r["stats"]], calls, params, target.name)
-            total = {k: {} for k in ("calls", "tokens_fed", "one_token_calls")}
+            total = {k: {} for k in ("calls", "tokens_fed", "one_token_calls", "switch_calls")}
             for s in r["stats"]:
                 for k in total:
                     for m, v in s[k].items():

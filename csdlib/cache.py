@@ -26,7 +26,7 @@ import torch
 
 from .errors import CSDValueError, MissingFileError
 from .mag import MaG
-from .models import HFModel, _common_prefix
+from .models import HFModel, _common_prefix, note_forward
 
 __all__ = ["fingerprint", "prompt_key", "build_target_cache", "CachedTarget"]
 
@@ -118,7 +118,7 @@ class CachedTarget:
         self.decoder_start_token_id = t["decoder_start_token_id"]
         self.max_positions = t["max_positions"]
         self.entries = entries
-        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = 0
+        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = self.switch_calls = 0
         self.forward_seconds = 0.0
         self.generation_config = None
         self.device = torch.device("cpu")
@@ -168,7 +168,7 @@ class CachedTarget:
             raise CSDValueError(f"prompt_ids: the target cache of {self.name!r} holds no output for this prompt "
                                 f"({len(prompt_ids)} tokens, key {key}); add it with build_target_cache")
         self._tokens = self.entries[key]
-        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = 0
+        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = self.switch_calls = 0
         self._fed = []
         seq = [self.decoder_start_token_id] if self.is_encoder_decoder else list(prompt_ids)
         self.encoder_calls = int(self.is_encoder_decoder)
@@ -189,5 +189,6 @@ class CachedTarget:
         keep = min(_common_prefix(self._fed, seq), len(seq) - n)   # exactly as HFModel.logits feeds
         self.tokens_fed += len(seq) - keep
         self.one_token_calls += int(len(seq) - keep == 1)
+        self.switch_calls += note_forward(self)           # as the real target's forward would
         self._fed = list(seq)
         return out

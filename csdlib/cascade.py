@@ -44,7 +44,7 @@ from transformers import (GenerationConfig, LogitsProcessorList, TemperatureLogi
                           TopPLogitsWarper)
 
 from .errors import CSDValueError
-from .models import as_model
+from .models import _LAST_FORWARD, as_model
 from .stats import Stats
 
 
@@ -206,6 +206,7 @@ class Cascade:
         self.names = _unique_names(self.models)
 
     def generate(self, prompt: list[int], max_new_tokens: int, eos: set[int]) -> Output:
+        _LAST_FORWARD[0] = None                        # a generation's first forward counts as a switch
         seq = self.models[0].start(prompt)
         for m in self.models[1:]:
             m.start(prompt)
@@ -231,6 +232,7 @@ class Cascade:
             stats.tokens_fed[name] = getattr(m, "tokens_fed", 0)
             stats.encoder_calls[name] = getattr(m, "encoder_calls", 0)
             stats.one_token_calls[name] = getattr(m, "one_token_calls", 0)
+            stats.switch_calls[name] = getattr(m, "switch_calls", 0)
         for level, start, drafted, accepted in self.reviews:
             if start < end:
                 room = end - start

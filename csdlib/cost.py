@@ -193,13 +193,21 @@ def _check_alpha(alpha) -> None:
 # (`calibrate_latency`, or the command `csd calibrate`), stored as JSON and
 # reused. A run's wall time is then predicted from its stats alone (`predict_wall_time`):
 #     sum over models of a1 * one_token_calls + a * (calls - one_token_calls) + b * (tokens_fed - one_token_calls)
+#                        + switch * switch_calls
+# A forward that comes right after another model's forward is slower: the other model's weights pushed
+# this one's out of the CPU caches. Measured for gsm8k-tiny on 2 threads: mid's one-token forward
+# 1.64 ms after its own, 1.92 ms (+17 %) after the target's; small 0.90 -> 1.15 ms (+28 %); the target,
+# too large for the caches anyway, -2 %. So the cascade counts, per model, the forwards that followed
+# another model's (`switch_calls`), and the calibration measures that penalty (`switch`: one-token
+# forwards right after a forward of the family's largest other model, minus a1). Without it the
+# latency model under-predicted SD with a neural drafter by 12.5 % (`benchmarks/speed.py`, 50 prompts).
 # MaG runs no forward, but each of its calls is Python and numpy work (suffix matching over the sequence,
 # about 0.05 ms): it is calibrated too (`calibrate_free`), as a constant a1 = a per call (b = 0), so a
 # cascade that calls MaG many times is not predicted as if those calls were free.
 
 LATENCY_FORMAT = "csdlib.latency"
 LATENCY_NS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
-ZERO_LATENCY = {"a1": 0.0, "a": 0.0, "b": 0.0}     # MaG: no forward pass
+ZERO_LATENCY = {"a1": 0.0, "a": 0.0, "b": 0.0, "switch": 0.0}     # the fields of a calibration
 
 
 def fit_latency(ns, seconds) -> tuple[float, float]:
@@ -258,13 +266,15 @@ def latency_key(model, threads: int | None = None) -> str:
 
 
 def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 15, warmup: int = 3,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, other=None) -> dict:
     """Time forwards of `model` (an `HFModel`) feeding n tokens with a KV cache holding `context` tokens,
     for each n in `ns` (interleaved in random order, so a change of machine load hits every n alike);
     a1 = the median for n = 1, (a, b) = the least-squares line through the medians for n >= 2. Each
     timed call is one greedy review by the cascade's own code (`Cascade.review_greedy`: n - 1 drafted
     tokens, one forward feeding n, softmax, argmax, acceptance), so the cascade's per-call overhead is
-    included. Returns {"a1", "a", "b", "ns", "median_s", "context", "prefill_s"} (seconds)."""
+    included. With `other` (another HFModel), also `switch`: the median extra time of a one-token
+    review right after a one-token forward of `other` (0 without `other`). Returns {"a1", "a", "b",
+    "switch", "ns", "median_s", "context", "prefill_s"} (seconds)."""
     import random
 
     import torch
@@ -301,8 +311,21 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
                 times[n].append(dt)
     medians = [statistics.median(times[n]) for n in ns]
     a, b = fit_latency(ns[1:], medians[1:])
-    return {"a1": medians[0], "a": a, "b": b, "ns": ns, "median_s": medians, "context": context,
-            "prefill_s": prefill}
+    switch, cold = 0.0, None
+    if other is not None:                                # the same review, right after `other`'s forward
+        oseq = other.start([rng.randrange(other.vocab_size) for _ in range(context)])
+        other.logits(oseq, 1)
+        cold = []
+        with torch.no_grad():
+            for r in range(warmup + repeats):
+                other.logits(oseq[:-1] + [r % other.vocab_size], 1)
+                tic = time.perf_counter()
+                cascade.review_greedy(0, seq0, [None] * start, start)
+                if r >= warmup:
+                    cold.append(time.perf_counter() - tic)
+        switch = max(0.0, statistics.median(cold) - medians[0])
+    return {"a1": medians[0], "a": a, "b": b, "switch": switch, "ns": ns, "median_s": medians,
+            "context": context, "prefill_s": prefill, "other": getattr(other, "name", None)}
 
 
 def calibrate_free(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 30, warmup: int = 5,
@@ -329,8 +352,8 @@ def calibrate_free(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 30
         if seen[n] > warmup:
             times[n].append(dt)
     t = statistics.median([x for n in ns for x in times[n]])
-    return {"a1": t, "a": t, "b": 0.0, "ns": list(ns), "median_s": [statistics.median(times[n]) for n in ns],
-            "context": context}
+    return {"a1": t, "a": t, "b": 0.0, "switch": 0.0, "ns": list(ns),
+            "median_s": [statistics.median(times[n]) for n in ns], "context": context}
 
 
 def load_latency(path=None) -> dict:
@@ -388,9 +411,12 @@ def calibrate_latency(models, *, path=None, threads: int | None = None, force: b
                 out[m.name] = dict(ZERO_LATENCY)
                 continue
             key = latency_key(m, threads)
-            if force or key not in entries:
+            if force or not set(ZERO_LATENCY) <= set(entries.get(key, {})):   # absent, or from an older format
+                others = [o for o in models if o is not m and hasattr(o, "logits") and not is_mag(o)
+                          and hasattr(o, "start")]
+                other = max(others, key=lambda o: o.cost) if others else None
                 fit = (calibrate_free(m, **{k: v for k, v in kwargs.items() if k in ("context", "ns", "seed")})
-                       if free else calibrate_model(m, **kwargs))
+                       if free else calibrate_model(m, other=other, **kwargs))
                 load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
                 entries[key] = {**fit, "name": m.name, "device": _device_of(m), "threads": threads,
                                 "loadavg_1min": load, "note": note,
@@ -413,7 +439,7 @@ def stored_latency(models, *, path=None, threads: int | None = None) -> dict[str
             out[m.name] = dict(ZERO_LATENCY)
             continue
         entry = entries.get(latency_key(m, threads))
-        if entry is None:
+        if entry is None or not set(ZERO_LATENCY) <= set(entry):
             return None
         out[m.name] = {k: entry[k] for k in ZERO_LATENCY}
     return out
@@ -430,11 +456,12 @@ def forward_seconds(latency: dict, n: int) -> float:
 
 def predict_wall_time(stats, latency: dict) -> float:
     """Predicted seconds of a run (or a sum of runs) from its stats: per model,
-    a1 * one_token_calls + a * (other calls) + b * (tokens those fed). `stats`: `Output.stats`, a
-    results record or `evaluate_cascade`'s result (anything with `calls`, `tokens_fed` and
-    `one_token_calls` per model); `latency`: {name: {"a1", "a", "b"}}."""
+    a1 * one_token_calls + a * (other calls) + b * (tokens those fed) + switch * switch_calls. `stats`:
+    `Output.stats`, a results record or `evaluate_cascade`'s result (anything with `calls`, `tokens_fed`,
+    `one_token_calls` and `switch_calls` per model); `latency`: {name: {"a1", "a", "b", "switch"}}."""
     calls, fed = _field(stats, "calls"), _field(stats, "tokens_fed")
     ones = _field(stats, "one_token_calls")
+    switches = (stats.get("switch_calls") if isinstance(stats, dict) else getattr(stats, "switch_calls", None)) or {}
     missing = [name for name in calls if name not in latency]
     if missing:
         raise CSDValueError(f"latency: no calibration for model(s) {missing}; known: {sorted(latency)}")
@@ -442,6 +469,7 @@ def predict_wall_time(stats, latency: dict) -> float:
     for m, c in calls.items():
         lat, c1 = latency[m], ones.get(m, 0)
         total += lat["a1"] * c1 + lat["a"] * (c - c1) + lat["b"] * (fed.get(m, 0) - c1)
+        total += lat.get("switch", 0.0) * switches.get(m, 0)
     return float(total)
 
 

@@ -239,6 +239,7 @@ def record_for(target, method: Method, out, sample_id, prompt: list[int], wall_s
         "new_tokens": len(out.new_tokens), "token_ids": out.new_tokens,
         "calls": calls, "target_calls": calls[target.name], "encoder_calls": stats.encoder_calls,
         "tokens_fed": stats.tokens_fed, "one_token_calls": stats.one_token_calls,
+        "switch_calls": stats.switch_calls,
         "levels": stats.to_dict()["levels"],
         "model_costs": tables, "c_target": c_target, "cost": spent,
         "swi": {t: costs_mod.swi(len(out.new_tokens), calls, c, target.name) if spent[t] else None

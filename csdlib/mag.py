@@ -159,7 +159,7 @@ class MaG:
         self.table, self.k, self.name, self.cost = table, int(k), name, float(cost)
         self.seed_mode = seed_mode
         self.calls = 0
-        self.tokens_fed = self.one_token_calls = 0   # MaG runs no forward pass (read by the cascade's stats)
+        self.tokens_fed = self.one_token_calls = self.switch_calls = 0   # MaG runs no forward pass (read by the cascade's stats)
         self._prompt: list[int] = []
 
     @property

@@ -41,6 +41,18 @@ def _as_set(value) -> set[int]:
     return {int(value)}
 
 
+#: the model (HFModel or a replayed target) whose forward ran last in this process: a forward of another
+#: model finds its own weights evicted from the CPU caches and is measurably slower (`cost.py`)
+_LAST_FORWARD: list = [None]
+
+
+def note_forward(model) -> int:
+    """Record that `model` runs a forward now; 1 if the previous forward was another model's, else 0."""
+    switched = int(_LAST_FORWARD[0] is not model)
+    _LAST_FORWARD[0] = model
+    return switched
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -81,6 +93,7 @@ class HFModel:
         self.calls = 0            # decoder forward passes since start()
         self.tokens_fed = 0       # tokens fed to those forwards since start() (prefill included)
         self.one_token_calls = 0  # those of the forwards that fed exactly one token (cheaper: see cost.py)
+        self.switch_calls = 0     # those of the forwards that came right after another model's (slower: cost.py)
         self.encoder_calls = 0    # encoder forward passes since start() (one per prompt)
         self.forward_seconds = 0.0  # wall time inside the model's forward passes since start()
         self._cache = None
@@ -96,7 +109,7 @@ class HFModel:
         return f"HFModel({self.name!r}, {kind}, vocab={self.vocab_size}, cost={self.cost:g})"
 
     def start(self, prompt_ids: list[int]) -> list[int]:
-        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = 0
+        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = self.switch_calls = 0
         self.forward_seconds = 0.0
         self._cache, self._cached = None, []
         if not self.is_encoder_decoder:
@@ -113,6 +126,7 @@ class HFModel:
         if keep < len(self._cached):
             self._cache.crop(keep - len(self._cached))
         new = torch.tensor([seq[keep:]], device=self.device)
+        self.switch_calls += note_forward(self)
         tic = time.perf_counter()
         with torch.no_grad():
             if self.is_encoder_decoder:

@@ -5,8 +5,9 @@
     total = Stats.merge_all(o.stats for o in outputs)        # sums over samples
 
 `calls` counts every forward pass of each model (review or propose; MaG's proposals count as calls
-too, at cost 0); `tokens_fed` the tokens those forwards fed and `one_token_calls` how many of them fed
-exactly one token (the latency model, `csdlib.cost`, needs all three). `levels` has one entry per reviewing level (every model but the last; the target alone for
+too, at cost 0); `tokens_fed` the tokens those forwards fed, `one_token_calls` how many of them fed
+exactly one token and `switch_calls` how many came right after another model's forward (the latency
+model, `csdlib.cost`, needs all four). `levels` has one entry per reviewing level (every model but the last; the target alone for
 AR), with drafted / accepted counts in total and per draft position (position 0 = the first token
 after the accepted prefix). Only positions up to the output's EOS count.
 
@@ -66,13 +67,15 @@ class Stats:
     encoder_calls: dict[str, int] = field(default_factory=dict)
     levels: list[LevelStats] = field(default_factory=list)
     one_token_calls: dict[str, int] = field(default_factory=dict)
+    switch_calls: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, names: list[str]) -> "Stats":
         """Zero counters for models `names` (target first)."""
         reviewers = names[:max(1, len(names) - 1)]
         return cls(0, dict.fromkeys(names, 0), dict.fromkeys(names, 0), dict.fromkeys(names, 0),
-                   [LevelStats(i, n) for i, n in enumerate(reviewers)], dict.fromkeys(names, 0))
+                   [LevelStats(i, n) for i, n in enumerate(reviewers)], dict.fromkeys(names, 0),
+                   dict.fromkeys(names, 0))
 
     def merge(self, other: "Stats") -> "Stats":
         """Sum of two Stats (models and levels matched by name and index)."""
@@ -86,7 +89,8 @@ class Stats:
             levels.append(theirs if mine is None else mine if theirs is None else mine.merge(theirs))
         return Stats(self.new_tokens + other.new_tokens, add(self.calls, other.calls),
                      add(self.tokens_fed, other.tokens_fed), add(self.encoder_calls, other.encoder_calls),
-                     levels, add(self.one_token_calls, other.one_token_calls))
+                     levels, add(self.one_token_calls, other.one_token_calls),
+                     add(self.switch_calls, other.switch_calls))
 
     @classmethod
     def merge_all(cls, stats) -> "Stats":
@@ -102,7 +106,7 @@ class Stats:
     def from_dict(cls, d: dict) -> "Stats":
         return cls(int(d.get("new_tokens", 0)), dict(d.get("calls", {})), dict(d.get("tokens_fed", {})),
                    dict(d.get("encoder_calls", {})), [LevelStats(**lv) for lv in d.get("levels", [])],
-                   dict(d.get("one_token_calls", {})))
+                   dict(d.get("one_token_calls", {})), dict(d.get("switch_calls", {})))
 
     def __getitem__(self, key: str):      # dict-style reads (`out.stats["calls"]`) for older code
         return getattr(self, key)

@@ -75,6 +75,7 @@ def _summary(target, tables, total: Stats, k_matrix, lenience, latency, ar_s):
         "acceptance": [lv.acceptance for lv in total.levels],
         "levels": total.to_dict()["levels"], "calls": dict(total.calls), "tokens_fed": dict(total.tokens_fed),
         "one_token_calls": dict(total.one_token_calls),
+        "switch_calls": dict(total.switch_calls),
         "new_tokens": total.new_tokens,
         "tokens_per_target_call": total.new_tokens / target_calls if target_calls else None,
         "k_matrix": [list(r) for r in k_matrix], "lenience": float(lenience),

@@ -63,22 +63,33 @@ def test_tokens_fed_ar_and_cached_target_replays_them_exactly(models, tmp_path):
     ar = generate(target, [], prompt, max_new_tokens=10)
     assert ar.stats["tokens_fed"] == {"target": len(prompt) + 9}        # prefill, then one per call
     assert ar.stats["one_token_calls"] == {"target": 9} and ar.stats["calls"] == {"target": 10}
+    assert ar.stats.switch_calls == {"target": 1}                         # only its first forward is cold
+    sd = generate(target, [mid], prompt, k_matrix=[[3]], max_new_tokens=20).stats
+    # every review follows the drafter (but the last, when no room is left to draft); the drafter's
+    # first draft token of a round follows the target, the others follow the drafter itself
+    assert sd.calls["target"] - 1 <= sd.switch_calls["target"] <= sd.calls["target"]
+    assert sd.calls["target"] - 2 <= sd.switch_calls["mid"] <= sd.calls["target"] - 1 < sd.calls["mid"]
     prompts = [prompt, [7, 7, 8, 7, 7, 8, 7]]
     cached = build_target_cache(target, prompts, 24, tmp_path / "c.jsonl")
     for k in ([[3, 2], [0, 2]], [[1, 4], [0, 1]], [[5, 0], [0, 0]]):
         real = evaluate_cascade(target, [mid, mag], prompts, k, 2.0, max_new_tokens=24)
         fast = evaluate_cascade(cached, [mid, mag], prompts, k, 2.0, max_new_tokens=24)
         assert fast["tokens_fed"] == real["tokens_fed"] and fast["one_token_calls"] == real["one_token_calls"]
+        assert fast["switch_calls"] == real["switch_calls"]
         assert real["tokens_fed"]["target"] > real["calls"]["target"] > real["one_token_calls"]["target"]
         assert real["tokens_fed"]["mag"] == 0
 
 
 def test_predict_wall_time_and_ar():
-    lat = {"t": {"a1": 4.0, "a": 5.0, "b": 0.5}, "d": {"a1": 1.0, "a": 1.2, "b": 0.1}, "mag": cost.ZERO_LATENCY}
+    lat = {"t": {"a1": 4.0, "a": 5.0, "b": 0.5}, "d": {"a1": 1.0, "a": 1.2, "b": 0.1, "switch": 0.25},
+           "mag": cost.ZERO_LATENCY}
     stats = {"calls": {"t": 3, "d": 10, "mag": 4}, "tokens_fed": {"t": 20, "d": 30, "mag": 0},
              "one_token_calls": {"t": 0, "d": 8, "mag": 0}}
     # t: 3 multi-token calls feeding 20; d: 8 one-token calls + 2 calls feeding 22
     assert cost.predict_wall_time(stats, lat) == pytest.approx(3 * 5 + 0.5 * 20 + 8 * 1 + 2 * 1.2 + 0.1 * 22)
+    # 3 of d's calls came right after another model's forward: each pays d's switch penalty
+    stats["switch_calls"] = {"t": 3, "d": 3}
+    assert cost.predict_wall_time(stats, lat) == pytest.approx(3 * 5 + 0.5 * 20 + 8 * 1 + 2 * 1.2 + 0.1 * 22 + 0.75)
     assert cost.predict_ar_wall_time(lat["t"], 10, 5) == pytest.approx(5 + 0.5 * 10 + 4 * 4.0)
     assert cost.predict_ar_wall_time(lat["t"], 10, 0) == 0
     assert cost.forward_seconds(lat["t"], 1) == 4.0 and cost.forward_seconds(lat["t"], 6) == 8.0
@@ -97,6 +108,10 @@ def test_calibration_is_stored_keyed_and_reused(models, tmp_path, monkeypatch):
     assert 0 < lat["mag"]["a1"] == lat["mag"]["a"] < lat["mid"]["a1"] and lat["mag"]["b"] == 0
     data = json.loads(path.read_text())
     assert data["format"] == "csdlib.latency" and data["machine"] == cost.machine_id()
+    # the switch penalty is measured against the family's largest other neural model
+    assert {e["name"]: e.get("other") for e in data["entries"].values()} == {"target": "mid", "mid": "target",
+                                                                             "mag": None}
+    assert all(e["switch"] >= 0 for e in data["entries"].values())
     keys = sorted(data["entries"])
     assert keys == sorted([cost.latency_key(target, 1), cost.latency_key(mid, 1), cost.latency_key(mag, 1)])
     assert all(k.endswith("|cpu|1threads") for k in keys)
