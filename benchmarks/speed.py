@@ -52,7 +52,7 @@ def parse_args(argv=None):
     import os
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--family", default="gsm8k-tiny", help="gsm8k-tiny or gsm8k-base")
+    p.add_argument("--family", default="gsm8k-tiny", help="gsm8k-tiny, gsm8k-base or a family folder")
     p.add_argument("--prompts", type=int, default=50, help="GSM8K dev prompts measured (the first N)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fam = zoo.load(args.family)
+    fam = zoo.load(path=args.family) if Path(args.family).is_dir() else zoo.load(args.family)
     target, drafters = fam.target, list(fam.drafters)
     hf_target = target.model
     eos = sorted(target.eos_token_ids)
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         for n, v in latency.items() if n != getattr(mag, "name", None)))
 
     # choose SD's k per drafter on the tuning prompts, against the target-output cache
-    cache_path = Path("tmp") / f"speed-target-cache-{args.family}-t{args.max_new_tokens}.jsonl"
+    cache_path = Path("tmp") / f"speed-target-cache-{fam.name}-t{args.max_new_tokens}.jsonl"
     cached = build_target_cache(target, tune, args.max_new_tokens, cache_path)
     ks = [int(k) for k in args.ks.split(",")]
     chosen = {}
