@@ -265,7 +265,8 @@ def cmd_tune(args) -> int:
     default = {**tuned.as_default(), "threads": threads, "chosen_by": chosen_by}
     if latency is not None:
         default["latency"] = latency
-        default["latency_file"] = str(args.latency_file or default_latency_path())
+        lat_path = Path(args.latency_file or default_latency_path()).resolve()
+        default["latency_file"] = str(lat_path.relative_to(ROOT)) if lat_path.is_relative_to(ROOT) else str(lat_path)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(default, indent=2) + "\n")

@@ -168,12 +168,21 @@ QUESTIONS = [QUESTION, "A shop sells 5 apples for 2 dollars. How much do 20 appl
              "Lisa runs 3 miles every day for 2 weeks. How many miles does she run"]
 
 
-def test_committed_family_cascade_reproduces_target_greedy(monkeypatch):
-    """A fresh clone, offline, no dataset: the committed family's cascade equals the target's own greedy."""
+@pytest.mark.parametrize("name", ["gsm8k-tiny", "gsm8k-base"])
+def test_committed_family_cascade_reproduces_target_greedy(name, monkeypatch):
+    """A fresh clone, offline, no dataset: each committed family's default cascade equals the target's own
+    greedy output (gsm8k-base: a 4-level cascade over gsm8k-tiny's shared models, the target in bf16
+    on disk and fp32 once loaded)."""
     from csdlib import generate, zoo
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    fam = zoo.load()
+    if not (zoo.FAMILY_DIRS[name] / "family.json").is_file():
+        pytest.skip(f"{name} is not committed yet (python -m csdlib.zoo train --family {name})")
+    fam = zoo.load(name)
+    assert fam.target.model.dtype == torch.float32
+    if name == "gsm8k-base":
+        assert [d.name for d in fam.drafters] == ["tiny", "mid", "small", "mag"] and len(fam.k_matrix) == 4
+        assert fam.target.cost > 5 * fam.drafters[0].cost
     saved = 0
     for question in QUESTIONS:
         prompt = fam.prompt_ids(question)
@@ -235,3 +244,24 @@ def test_untrained_family_is_a_clear_error(tmp_path):
 
     with pytest.raises(MissingFileError, match="name: family 'mine' has no .*family.json"):
         zoo.load("mine", path=tmp_path)
+
+
+def test_dropout_hooks_train_only_and_leave_a_plain_llama():
+    """add_dropout: outputs vary between two training-mode forwards, not in eval mode (equal to the model
+    without hooks), and removing the handles gives back the plain model."""
+    from csdlib.recipe import add_dropout, build_model
+
+    model = build_model(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                             vocab_size=50), seed=0)
+    x = torch.tensor([[1, 5, 7, 9, 3]])
+    with torch.no_grad():
+        plain = model.eval()(input_ids=x).logits
+        handles = add_dropout(model, 0.5)
+        assert len(handles) == 1 + 2 * 2                          # embeddings + attention and MLP per layer
+        assert torch.equal(model.eval()(input_ids=x).logits, plain)
+        model.train()
+        a, b = model(input_ids=x).logits, model(input_ids=x).logits
+        assert not torch.allclose(a, b) and not torch.allclose(a, plain)
+        for h in handles:
+            h.remove()
+        assert torch.equal(model(input_ids=x).logits, model(input_ids=x).logits)
