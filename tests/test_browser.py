@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from csdlib import zoo
 from csdlib.datasets import gsm8k_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -330,7 +331,8 @@ def check_notebook(browser, url, repo, name, shots, timings, seen):
             wait_for(browser, lambda d: slider_output(d)[0] != text0 and js(d, IDLE) == "idle", 30,
                      "the keyboard move to be evaluated")
             text1, img1 = slider_output(browser)
-            assert "k_matrix=[[3," in text1 and img1 != img0, text1
+            k00 = json.loads((zoo.FAMILY_DIRS[zoo.DEFAULT_FAMILY] / "family.json").read_text())["default"]["k_matrix"][0][0]
+            assert f"k_matrix=[[{k00 + 1}," in text1 and img1 != img0, (k00, text1)   # one step up from the default
             # mouse: drag the lenience slider to the left
             ActionChains(browser).drag_and_drop_by_offset(sliders[-1], -60, 0).perform()
             wait_for(browser, lambda d: slider_output(d)[0] != text1 and js(d, IDLE) == "idle", 30,
