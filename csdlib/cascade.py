@@ -93,7 +93,8 @@ class Output:
 def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1.0,
              max_new_tokens: int = 128, eos_token_id=None, do_sample: bool = False,
              temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-             seed: int | None = None, generator: torch.Generator | None = None) -> Output:
+             seed: int | None = None, generator: torch.Generator | None = None,
+             confidence: float | None = None) -> Output:
     """CS Drafting: exactly `target`'s own output (greedy), or its own distribution (sampling).
 
     Args:
@@ -110,6 +111,10 @@ def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1
             from the target's `generation_config`, else transformers' default (temperature 1,
             top_k 50, top_p 1); `top_k=0` turns top-k off. Applied to every model of the cascade.
         seed / generator: source of randomness for sampling (same seed, same output).
+        confidence: dynamic draft length (greedy only): a level stops drafting, and reviews what it
+            has, as soon as a neural drafter's newest token had probability below `confidence` under
+            that drafter (as transformers' `assistant_confidence_threshold` does for one drafter).
+            None (default): every level drafts what its k-matrix row asks for. Still lossless.
 
     Returns:
         `Output` with `sequences`, `new_tokens` and `stats` (a `csdlib.Stats`: calls and tokens fed per
@@ -126,7 +131,7 @@ def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1
         if temperature is not None or top_k is not None or top_p is not None:
             raise CSDValueError("temperature / top_k / top_p: only used with do_sample=True")
         sampler = None
-    cascade = Cascade([target, *drafters], k_matrix, lenience, sampler)
+    cascade = Cascade([target, *drafters], k_matrix, lenience, sampler, confidence)
     prompt = _check_prompt(prompt_ids)
     max_new_tokens = _check_max_new_tokens(max_new_tokens, prompt, cascade.models)
     eos = target.eos_token_ids if eos_token_id is None else _eos_set(eos_token_id)
@@ -194,10 +199,15 @@ def _accept_prob(p_x: torch.Tensor, q_x: torch.Tensor) -> torch.Tensor:
 
 
 class Cascade:
-    def __init__(self, models, k_matrix, lenience: float = 1.0, sampler: Sampler | None = None):
+    def __init__(self, models, k_matrix, lenience: float = 1.0, sampler: Sampler | None = None,
+                 confidence: float | None = None):
         self.models = _check_models(models)
         self.k = _check_k_matrix(k_matrix, len(models) - 1)
         self.lenience = _check_lenience(lenience)
+        self.confidence = _check_confidence(confidence)
+        if sampler is not None and self.confidence is not None:
+            raise CSDValueError("confidence: dynamic draft length is implemented for greedy decoding only; "
+                                "leave it None with do_sample=True")
         if sampler is not None and self.lenience > 1:
             raise CSDValueError(f"lenience: must be 1 with do_sample=True (got {lenience}); lenient "
                                 "acceptance at an inner level changes the distribution its tokens are "
@@ -250,10 +260,15 @@ class Cascade:
         start, row = len(seq), self.k[i]
         for j in range(i + 1, len(self.models)):       # horizontal cascade
             goal = min(start + sum(row[i:j]), cap - 1)   # leave room for the review's own token
-            while len(seq) < goal:                     # vertical cascade: j reviews those below it
+            while len(seq) < goal and not self.unsure(q, start):   # vertical cascade: j reviews those below it
                 seq, q = self.step(j, seq, q, need=goal - len(seq), cap=cap - 1)
         review = self.review_sampling if self.sampler else self.review_greedy
         return review(i, seq, q, start)
+
+    def unsure(self, q: list, start: int) -> bool:
+        """Dynamic draft length: the newest draft token (after `start`) had probability below
+        `confidence` under the neural drafter that produced it (MaG's tokens have q = 1)."""
+        return self.confidence is not None and len(q) > start and q[-1] < self.confidence
 
     def propose(self, model, seq: list[int], n: int):
         """The bottom drafter's own tokens, and q for each (greedy: q(x); sampling: the distribution).
@@ -273,6 +288,8 @@ class Cascade:
                 qs.append(p)
             tokens.append(token)
             seq.append(token)
+            if self.unsure(qs, 0):                     # dynamic draft length: stop when unsure
+                break
         return tokens, qs
 
     def review_greedy(self, i: int, seq: list[int], q: list, start: int):
@@ -373,6 +390,14 @@ def _check_k_matrix(k_matrix, n: int) -> list[list[int]]:
             if j < i and v != 0:
                 raise CSDValueError(f"k_matrix[{i}][{j}]: expected 0 below the diagonal (upper-triangular), got {v!r}")
     return [[int(v) for v in r] for r in rows]
+
+
+def _check_confidence(confidence) -> float | None:
+    if confidence is None:
+        return None
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise CSDValueError(f"confidence: expected None or a number in (0, 1), got {confidence!r}")
+    return float(confidence)
 
 
 def _check_lenience(lenience) -> float:

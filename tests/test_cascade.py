@@ -57,9 +57,10 @@ def check_case(seed: int, target, pool, table):
     if eos_at is not None:                     # make a token of the target's output the EOS
         eos = ref_new[int(eos_at * len(ref_new))]
         ref = hf_greedy(target, prompt, max_new, eos=eos)
+    confidence = random.Random(-seed).choice([None, None, 0.3, 0.7, 0.95])   # dynamic draft length or not
     out = csdlib.generate(HFModel(target, name="target"), drafters, prompt, k_matrix=k_matrix,
-                          lenience=lenience, max_new_tokens=max_new, eos_token_id=eos)
-    case = f"seed={seed} drafters={[d.name for d in drafters]} K={k_matrix} l={lenience} eos={eos}"
+                          lenience=lenience, max_new_tokens=max_new, eos_token_id=eos, confidence=confidence)
+    case = f"seed={seed} drafters={[d.name for d in drafters]} K={k_matrix} l={lenience} eos={eos} c={confidence}"
     assert out.sequences.tolist() == ref.tolist(), case
     assert out.new_tokens == out.sequences[0].tolist()[len(out.sequences[0]) - len(out.new_tokens):]
     assert out.stats["new_tokens"] == len(out.new_tokens)
@@ -154,3 +155,39 @@ def test_raw_hf_models_and_tensor_prompts_are_accepted():
     prompt = torch.tensor([[9, 8, 7]])
     out = csdlib.generate(target, [perturbed(target, 0.02, 4)], prompt, k_matrix=[[2]], max_new_tokens=12)
     assert out.sequences.tolist() == hf_greedy(target, [9, 8, 7], 12).tolist()
+
+
+def test_dynamic_draft_length_drafts_less_and_stays_exact(llama_family):
+    """confidence: a level stops drafting after a neural drafter's token below the threshold; the output
+    is unchanged, drafts are shorter, and a threshold of ~0 changes nothing at all."""
+    target, pool, table = llama_family
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    ref = hf_greedy(target, prompt, 40)[0].tolist()
+
+    def run(confidence):
+        t = HFModel(target, name="target")
+        ds = [HFModel(pool[2], name="mid"), HFModel(pool[3], name="small"), MaG(table, k=4)]
+        out = csdlib.generate(t, ds, prompt, k_matrix=[[4, 2, 2], [0, 3, 2], [0, 0, 2]], max_new_tokens=40,
+                              confidence=confidence)
+        assert out.sequences[0].tolist() == ref
+        return out.stats
+
+    full, tiny_c, dynamic = run(None), run(1e-9), run(0.9)
+    assert tiny_c == full                                      # nothing is below a threshold of 1e-9
+    drafted = lambda s: s.levels[0].drafted / s.levels[0].reviews    # noqa: E731
+    assert drafted(dynamic) < drafted(full)
+    assert dynamic.calls["small"] < full.calls["small"]
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.2, "0.5", True])
+def test_confidence_must_be_a_probability(bad):
+    target = HFModel(llama(0), name="target")
+    with pytest.raises(ValueError, match="confidence: expected None or a number in"):
+        csdlib.generate(target, [HFModel(llama(1), name="d")], [1, 2, 3], k_matrix=[[2]], confidence=bad)
+
+
+def test_confidence_is_greedy_only():
+    target = HFModel(llama(0), name="target")
+    with pytest.raises(ValueError, match="confidence: dynamic draft length is implemented for greedy"):
+        csdlib.generate(target, [HFModel(llama(1), name="d")], [1, 2, 3], k_matrix=[[2]], confidence=0.5,
+                        do_sample=True, seed=0)

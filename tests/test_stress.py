@@ -82,9 +82,11 @@ def test_random_greedy_cascades_equal_generate(kind):
             eos = sorted({new[rng.randrange(len(new))], rng.randrange(VOCAB)})
         if eos is not None:
             ref = hf_greedy(target, prompt, max_new, eos=eos)[0].tolist()
+        confidence = rng.choice([None, None, 0.2, 0.5, 0.9])      # dynamic draft length or not
         out = csdlib.generate(target, drafters, prompt, k_matrix=k_matrix, lenience=lenience,
-                              max_new_tokens=max_new, eos_token_id=eos)
+                              max_new_tokens=max_new, eos_token_id=eos, confidence=confidence)
         where = (f"stress seed {SEED} ({kind}, case {case}; replay: CSD_STRESS_SEED={SEED} pytest -m stress): "
+                 f"confidence={confidence} "
                  f"drafters={[d.name for d in drafters]} mag_k={[d.k for d in drafters if isinstance(d, MaG)]} "
                  f"K={k_matrix} lenience={lenience} prompt={prompt} max_new_tokens={max_new} eos={eos}")
         assert out.sequences[0].tolist() == ref, where
