@@ -415,8 +415,7 @@ def calibrate_latency(models, *, path=None, threads: int | None = None, force: b
                 continue
             key = latency_key(m, threads)
             if force or not set(ZERO_LATENCY) <= set(entries.get(key, {})):   # absent, or from an older format
-                others = [o for o in models if o is not m and hasattr(o, "logits") and not is_mag(o)
-                          and hasattr(o, "start")]
+                others = [o for o in models if o is not m and hasattr(o, "logits") and not is_mag(o)]
                 other = max(others, key=lambda o: o.cost) if others else None
                 fit = (calibrate_free(m, **{k: v for k, v in kwargs.items() if k in ("context", "ns", "seed")})
                        if free else calibrate_model(m, other=other, **kwargs))
@@ -448,8 +447,11 @@ def stored_latency(models, *, path=None, threads: int | None = None) -> dict[str
     return out
 
 
-def _field(stats, name):
-    return stats[name] if isinstance(stats, dict) else getattr(stats, name)
+def _field(stats, name, default=KeyError):
+    """stats[name] or stats.name; `default` when absent (if given)."""
+    if default is KeyError:
+        return stats[name] if isinstance(stats, dict) else getattr(stats, name)
+    return stats.get(name, default) if isinstance(stats, dict) else getattr(stats, name, default)
 
 
 def forward_seconds(latency: dict, n: int) -> float:
@@ -464,7 +466,7 @@ def predict_wall_time(stats, latency: dict) -> float:
     `one_token_calls` and `switch_calls` per model); `latency`: {name: {"a1", "a", "b", "switch"}}."""
     calls, fed = _field(stats, "calls"), _field(stats, "tokens_fed")
     ones = _field(stats, "one_token_calls")
-    switches = (stats.get("switch_calls") if isinstance(stats, dict) else getattr(stats, "switch_calls", None)) or {}
+    switches = _field(stats, "switch_calls", None) or {}      # absent in records from before it existed
     missing = [name for name in calls if name not in latency]
     if missing:
         raise CSDValueError(f"latency: no calibration for model(s) {missing}; known: {sorted(latency)}")
