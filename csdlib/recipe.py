@@ -141,7 +141,7 @@ BASE_BUDGETS = {
     ])}),
     "toy": dict(models={"target": dict(
         arch=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2),
-        stages=[dict(steps=4, lr=3e-3, dropout=0.1), dict(steps=4, lr=1e-3, batch=4, warmup=1)])}),
+        stages=[dict(steps=4, lr=3e-3, dropout=0.1), dict(steps=4, lr=1e-3, batch=4, warmup=1, distill=0.5)])}),
 }
 DEFAULT_BASE_DIR = DEFAULT_FAMILY_DIR.parent / "gsm8k-base"
 
@@ -272,6 +272,17 @@ def _collate(seqs, ids, pad_id: int):
     return x, mask, labels
 
 
+def _kl_to_teacher(teacher, logits, x, mask):
+    """Mean over the predicted tokens (those with a next token, as the cross-entropy has them) of
+    KL(teacher || model) of the next-token distributions."""
+    with torch.no_grad():
+        t_logp = torch.log_softmax(teacher(input_ids=x, attention_mask=mask).logits[:, :-1].float(), -1)
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    kl = (t_logp.exp() * (t_logp - logp)).sum(-1)          # per position, nats
+    keep = mask[:, 1:].bool()                              # the next token is a real one
+    return kl[keep].mean()
+
+
 @torch.no_grad()
 def evaluate_loss(model, seqs, batch: int = 16, seq_len: int = 384, pad_id: int = 2) -> float:
     """Token-weighted mean cross-entropy (nats/token) of ``model`` on ``seqs``."""
@@ -320,6 +331,8 @@ def train_model(
     save_dtype: torch.dtype | None = None,
     init_from=None,
     dropout: float = 0.0,
+    teacher=None,
+    distill: float = 0.0,
 ):
     """Train a ``LlamaForCausalLM`` built from ``config_dict`` and save it to ``out_dir``.
 
@@ -336,11 +349,18 @@ def train_model(
     None). ``init_from`` (a saved model folder) starts from those weights instead of a fresh
     initialisation (a warm restart: a new schedule on a trained model). Returns ``(model, summary_dict)``;
     ``summary["complete"]`` is False when stopped early. ``dropout`` > 0 adds dropout while training
-    (``add_dropout``).
+    (``add_dropout``). ``distill`` > 0 mixes in knowledge distillation from ``teacher`` (a causal LM with
+    the same vocabulary, kept frozen): loss = (1 - distill) * cross-entropy + distill * KL(teacher ||
+    model), per token, over the same tokens (Hinton et al., 2015, at temperature 1).
     """
     from tqdm.auto import tqdm
 
     pad_id = int(config_dict.get("pad_token_id", 2))
+    if not 0.0 <= distill <= 1.0 or (distill > 0) != (teacher is not None):
+        raise CSDValueError(f"distill: a weight in [0, 1] with a teacher model, or 0 without one; got "
+                            f"{distill} and {'a' if teacher is not None else 'no'} teacher")
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
     rng = random.Random(seed)
     train = [s[:seq_len] for s in tokenized_train]
     n_batches = math.ceil(len(train) / batch)
@@ -424,7 +444,10 @@ def train_model(
             for g in opt.param_groups:
                 g["lr"] = lr_at(st["step"])
             x, mask, labels = _collate(train, ids, pad_id)
-            loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
+            out = model(input_ids=x, attention_mask=mask, labels=labels)
+            loss = out.loss
+            if teacher is not None:
+                loss = (1 - distill) * loss + distill * _kl_to_teacher(teacher, out.logits, x, mask)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -493,6 +516,7 @@ def train_model(
         "saved_dtype": str(save_dtype or torch.float32).replace("torch.", ""),
         "init_from": None if init_from is None else Path(init_from).name,
         "dropout": dropout,
+        "distill": distill,
         "complete": not stopped_early,
     }
     if not stopped_early:
@@ -625,6 +649,12 @@ def train_family(out_dir, data_dir=None, budget: str = "full", seed: int = 0, pr
     return summaries
 
 
+def _teacher(tiny_dir: Path):
+    """gsm8k-tiny's target, in fp32: the teacher of a distillation stage."""
+    from transformers import LlamaForCausalLM
+    return LlamaForCausalLM.from_pretrained(tiny_dir / "target", dtype=torch.float32)
+
+
 def train_base(out_dir=None, data_dir=None, budget: str = "full", seed: int = 0, progress: bool = True,
                tiny_dir=None, checkpoint_every_s: float = 600.0, stop_after_steps: int | None = None) -> dict:
     """Train gsm8k-base's target into ``out_dir/target`` with gsm8k-tiny's tokenizer and data.
@@ -636,7 +666,8 @@ def train_base(out_dir=None, data_dir=None, budget: str = "full", seed: int = 0,
     command again resumes the stage in progress and skips the finished ones. The last stage's weights
     are saved in bf16 (loaded as fp32) to ``out_dir/target``. The family shares gsm8k-tiny's tokenizer,
     drafters and bigram table (``family.json`` names the folder). ``stop_after_steps`` stops the stage
-    in progress at that step, as if interrupted (tests).
+    in progress at that step, as if interrupted (tests). A stage with ``distill`` > 0 distils from
+    gsm8k-tiny's target as well as learning from the data (``train_model``'s ``teacher``/``distill``).
     """
     if budget not in BASE_BUDGETS:
         raise CSDValueError(f"budget: unknown budget {budget!r}; expected one of {list(BASE_BUDGETS)}")
@@ -673,6 +704,7 @@ def train_base(out_dir=None, data_dir=None, budget: str = "full", seed: int = 0,
             warmup=stage.get("warmup", b["warmup"]), log_every=b["log_every"], progress=progress,
             checkpoint_every_s=checkpoint_every_s, stop_after_steps=stop_after_steps,
             save_dtype=torch.bfloat16 if last else None, init_from=prev, dropout=stage.get("dropout", 0.0),
+            teacher=_teacher(tiny_dir) if stage.get("distill") else None, distill=stage.get("distill", 0.0),
         )
         if not summ["complete"]:
             return summ

@@ -265,3 +265,37 @@ def test_dropout_hooks_train_only_and_leave_a_plain_llama():
         for h in handles:
             h.remove()
         assert torch.equal(model(input_ids=x).logits, model(input_ids=x).logits)
+
+
+def test_distillation_loss_is_kl_to_the_teacher_and_pulls_toward_it():
+    """train_model(distill=w, teacher=T): the loss is (1 - w) * CE + w * KL(T || model). A teacher equal to
+    the student gives KL 0 (and pure distillation then stays there); another
+    teacher is approached: KL to it falls with distillation and not without. Bad weights are an error."""
+    import copy
+
+    from csdlib.errors import CSDValueError
+    from csdlib.recipe import _collate, _kl_to_teacher, build_model, train_model
+
+    cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+               vocab_size=50, pad_token_id=2)
+    rng = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, 50, (int(n),), generator=rng).tolist() for n in torch.randint(5, 20, (32,), generator=rng)]
+    student0 = build_model(cfg, seed=0)
+    x, mask, _ = _collate(seqs, list(range(8)), 2)
+    with torch.no_grad():
+        assert _kl_to_teacher(student0, student0.eval()(input_ids=x, attention_mask=mask).logits, x, mask) == 0
+    kw = dict(steps=6, lr=3e-3, batch=8, warmup=1, progress=False, checkpoint_every_s=None)
+    _, same = train_model(cfg, seqs, seqs, teacher=copy.deepcopy(student0), distill=1.0, weight_decay=0.0, **kw)
+    assert same["final_train_loss"] < 1e-3 and same["distill"] == 1.0       # it stays at its own teacher
+
+    teacher = build_model(cfg, seed=1)
+    def kl(m):
+        with torch.no_grad():
+            return float(_kl_to_teacher(teacher, m.eval()(input_ids=x, attention_mask=mask).logits, x, mask))
+    distilled, _ = train_model(cfg, seqs, seqs, teacher=teacher, distill=1.0, **kw)
+    plain, _ = train_model(cfg, seqs, seqs, **kw)
+    assert kl(distilled) < 0.5 * kl(student0) and kl(plain) > kl(distilled)
+    with pytest.raises(CSDValueError, match="distill: a weight in"):
+        train_model(cfg, seqs, seqs, distill=0.5, **kw)                      # no teacher
+    with pytest.raises(CSDValueError, match="distill: a weight in"):
+        train_model(cfg, seqs, seqs, teacher=teacher, distill=1.5, **kw)
