@@ -153,7 +153,7 @@ def search(n_drafters: int, score, *, n_trials: int = 60, k_max: int = 8, mag_co
     (0..k_max; the last column, MaG's, 0..mag_column_max) and lenience (None: fixed at 1), with Optuna's
     seeded TPE sampler. `extra_int` {name: (low, high)} adds integer parameters (passed in `extra`).
     `report(step, value)` lets `score` report partial values so that poor trials are pruned. `start`:
-    parameters tried first (e.g. the current default). Returns the study."""
+    parameters tried first (e.g. the current default), a dict or a list of them. Returns the study."""
     import optuna
 
     if not progress:
@@ -183,16 +183,16 @@ def search(n_drafters: int, score, *, n_trials: int = 60, k_max: int = 8, mag_co
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, n_trials))
     pruner = optuna.pruners.MedianPruner(n_startup_trials=8, n_warmup_steps=1) if prune else optuna.pruners.NopPruner()
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    if start:
-        study.enqueue_trial(start, skip_if_exists=True)
+    for params in ([start] if isinstance(start, dict) else start or []):
+        study.enqueue_trial(params, skip_if_exists=True)
     study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=progress)
     return study
 
 
 def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials: int = 60, k_max: int = 8,
              mag_k_max: int | None = None, lenience_range: tuple | None = (1.0, 6.0), max_new_tokens: int = 64,
-             latency: dict | None = None, start: tuple | None = None, seed: int = 0, prune: bool = True,
-             timeout: float | None = None, progress: bool = False) -> Tuned:
+             latency: dict | None = None, start: tuple | None = None, sd_starts=(2, 4), seed: int = 0,
+             prune: bool = True, timeout: float | None = None, progress: bool = False) -> Tuned:
     """Search the k-matrix, lenience and MaG's draft size that maximise `objective` on `prompts`.
 
     Args:
@@ -207,6 +207,9 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
             column (default: MaG's k).
         lenience_range: (low, high) searched in steps of 0.5 at inner levels; None keeps 1.
         start: (k_matrix, lenience) tried first, e.g. the current default (the result is never worse).
+        sd_starts: draft lengths at which each drafter alone (speculative decoding) is tried next, so
+            that the result is never worse than those on `prompts` either: a 4-level cascade has 10
+            entries, and a budget of a few dozen trials may not find a one-entry matrix by chance.
         seed: the sampler's seed. n_trials / timeout: the budget.
 
     Returns a `Tuned`: `k_matrix`, `lenience`, `mag_k` (the MaG k to use), `value`, the best setting's
@@ -258,15 +261,18 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
         r = evaluate(k, lenience, extra, on_prompt=lambda i, part: report(i, value_of(part)))
         return value_of(r)
 
-    start_params = None
-    if start is not None:
-        k0, l0 = start
-        start_params = {f"k{i}_{j}": min(int(k0[i][j]), mag_max if j == n - 1 else k_max)
-                        for i in range(n) for j in range(i, n)}
+    def params_of(k0, l0):
+        p = {f"k{i}_{j}": min(int(k0[i][j]), mag_max if j == n - 1 else k_max) for i in range(n) for j in range(i, n)}
         if lenience_range is not None:
-            start_params["lenience"] = min(max(float(l0), lenience_range[0]), lenience_range[1])
+            p["lenience"] = min(max(float(l0), lenience_range[0]), lenience_range[1])
         if seed_mode_mag:
-            start_params["mag_k"] = min(old_k, mag_max)
+            p["mag_k"] = min(old_k, mag_max)
+        return p
+
+    start_params = [params_of(*start)] if start is not None else []
+    for d in range(n):                         # each drafter alone: speculative decoding at these k
+        for k in sd_starts:
+            start_params.append(params_of([[k if (i, j) == (0, d) else 0 for j in range(n)] for i in range(n)], 1.0))
     try:
         study = search(n, score, n_trials=n_trials, k_max=k_max, mag_column_max=mag_max if mag else None,
                        lenience_range=lenience_range, extra_int=extra_int, seed=seed, start=start_params,

@@ -111,3 +111,18 @@ def test_effective_k_matrix_zeroes_rows_of_levels_that_never_review():
     assert effective_k_matrix([[2, 0, 0], [0, 0, 1], [0, 0, 4]]) == [[2, 0, 0], [0, 0, 1], [0, 0, 0]]
     assert effective_k_matrix([[1, 1], [0, 3]]) == [[1, 1], [0, 3]]
     assert effective_k_matrix([[0, 1], [0, 3]]) == [[0, 1], [0, 0]]
+
+
+def test_optimize_tries_each_single_drafter_first(setup):
+    """After the start, each drafter alone at the `sd_starts` draft lengths is tried, so the tuned cascade
+    is never predicted slower than those SD settings on the tuning prompts."""
+    cached, drafters, prompts = setup
+    lat = {"target": {"a1": 1.0, "a": 1.0, "b": 0.01}, "mid": {"a1": 0.2, "a": 0.2, "b": 0.01},
+           "small": {"a1": 0.05, "a": 0.05, "b": 0.01}, "mag": ZERO_LATENCY}
+    tuned = optimize(cached, drafters, prompts, "latency", latency=lat, n_trials=6, k_max=4, max_new_tokens=24,
+                     sd_starts=(2, 4), prune=False)
+    sds = [[[k if (i, j) == (0, d) else 0 for j in range(3)] for i in range(3)] for d in range(3) for k in (2, 4)]
+    assert [k_matrix_from_params(t.params, 3) for t in tuned.study.trials] == sds
+    best = max(evaluate_cascade(cached, drafters, prompts, k, 1.0, max_new_tokens=24, latency=lat)["predicted_speedup"]
+               for k in sds)
+    assert tuned.value == pytest.approx(best)
