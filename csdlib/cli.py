@@ -248,7 +248,8 @@ def cmd_tune(args) -> int:
     tuned = optimize(cached, drafters, prompts, args.objective, n_trials=args.n_trials, k_max=args.k_max,
                      mag_k_max=args.mag_k_max, max_new_tokens=args.max_new_tokens, latency=latency, start=start,
                      seed=args.seed, timeout=args.timeout, progress=not args.quiet)
-    print(f"{len(tuned.study.trials)} trials in {tuned.seconds:.1f} s ({threads} thread(s), {machine_id()})")
+    n_run = sum(t.state.is_finished() for t in tuned.study.trials)      # not the queued starts left over
+    print(f"{n_run} trials in {tuned.seconds:.1f} s ({threads} thread(s), {machine_id()})")
     if start is not None:
         before = evaluate_cascade(cached, drafters, prompts, *start, max_new_tokens=args.max_new_tokens,
                                   latency=latency)

@@ -273,6 +273,7 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
     for d in range(n):                         # each drafter alone: speculative decoding at these k
         for k in sd_starts:
             start_params.append(params_of([[k if (i, j) == (0, d) else 0 for j in range(n)] for i in range(n)], 1.0))
+    start_params = start_params[:n_trials]     # never queue more than the budget runs
     try:
         study = search(n, score, n_trials=n_trials, k_max=k_max, mag_column_max=mag_max if mag else None,
                        lenience_range=lenience_range, extra_int=extra_int, seed=seed, start=start_params,
