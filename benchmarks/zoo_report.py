@@ -5,7 +5,8 @@
 Measures, for the target and each neural drafter (gsm8k-tiny: target / mid / small; gsm8k-base:
 target / tiny / mid / small):
 
-- parameter counts (tied embeddings counted once) and train / validation loss (from ``training.json``);
+- parameter counts (tied embeddings counted once), train / validation loss (from ``training.json``) and
+  the validation loss of the model as loaded (``val_loss_loaded``: a bf16 checkpoint runs in fp32);
 - median latency of a one-token forward with KV cache (prompt prefilled, then greedy decode steps),
   and of a 6-token forward (verifying 5 drafts + 1), with 1 and 2 torch threads;
 - on the 300 GSM8K dev prompts (seed template): the fraction of the target's greedy completions
@@ -121,6 +122,21 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def measure_val_loss(report: dict, models: dict, tok, data_dir=None):
+    """Validation loss of each model as loaded (a bf16 checkpoint is fp32 in memory) on the recipe's 149
+    held-out training examples, into ``report`` (``val_loss_loaded``; ``val_loss`` is what training measured
+    before saving)."""
+    from csdlib.recipe import BUDGETS, _split, evaluate_loss
+    from csdlib.zoo import tokenize_examples
+
+    b = BUDGETS["full"]
+    _, val_ex = _split(load_gsm8k("train", data_dir), b["val_fraction"], 0)
+    val = tokenize_examples(tok, val_ex)
+    for name, m in models.items():
+        report["models"][name]["val_loss_loaded"] = round(evaluate_loss(m, val, 16, b["seq_len"], tok.pad_token_id), 5)
+        print(f"[val] {name}: {report['models'][name]['val_loss_loaded']} (as loaded)", flush=True)
+
+
 def measure_latency(report: dict, models: dict, prompt_ids: list[int]):
     """Median 1-token and 6-token forward latencies (KV cache) with 1 and 2 threads, into ``report``."""
     import os
@@ -155,12 +171,20 @@ def main(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--show", type=int, default=0, help="print this many target completions (not saved)")
+    p.add_argument("--val-loss-only", action="store_true",
+                   help="only measure the loaded models' validation loss and update it in an existing report")
     p.add_argument("--latency-only", action="store_true",
                    help="only re-measure the latencies and update them in an existing report")
     a = p.parse_args(argv)
 
     tok, models, mag, fam = load_models(a.family)
     out = Path(a.out) if a.out else fam / "report.json"
+    if a.val_loss_only:
+        report = json.loads(out.read_text())
+        measure_val_loss(report, models, tok, a.data_dir)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"updated validation losses in {out}")
+        return
     if a.latency_only:
         report = json.loads(out.read_text())
         report["machine"]["cpu"] = _cpu_name()
@@ -192,6 +216,7 @@ def main(argv=None):
             "train_time_s": tr.get("train_time_s"),
             "train_tok_per_s": tr.get("tok_per_s"),
         }
+    measure_val_loss(report, models, tok, a.data_dir)
     tp = report["models"]["target"]["parameters"]
     report["param_ratios"] = {n: round(tp / report["models"][n]["parameters"], 2) for n in models if n != "target"}
 
