@@ -53,7 +53,7 @@ def load_family(path=None, dtype=torch.float32):
 @dataclass
 class Family:
     """A loaded model family: tokenizer, target and drafters (csdlib models, largest first, MaG last) and
-    its default cascade (k-matrix, lenience)."""
+    its default cascade (k-matrix, lenience); `bigram_path`: MaG's table (gsm8k-base shares gsm8k-tiny's)."""
     name: str
     path: Path | None
     tokenizer: object
@@ -61,6 +61,7 @@ class Family:
     drafters: list
     k_matrix: list
     lenience: float
+    bigram_path: Path | None = None
 
     def __repr__(self) -> str:
         names = ", ".join(d.name for d in self.drafters)
@@ -115,7 +116,8 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype=tor
     mag = MaG(BigramTable.load(bigram, vocab_size=vocab), k=mag_k or default["mag_k"])
     target = HFModel(hf.pop("target"), name="target")
     drafters = [*(HFModel(m, name=n) for n, m in hf.items()), mag]
-    return Family(info.get("name", name), path, tok, target, drafters, default["k_matrix"], default["lenience"])
+    return Family(info.get("name", name), path, tok, target, drafters, default["k_matrix"], default["lenience"],
+                  bigram)
 
 
 def from_paths(target, drafters, *, bigram=None, mag_k: int = 10, tokenizer=None, k_matrix, lenience=1.0,
@@ -143,7 +145,7 @@ def from_paths(target, drafters, *, bigram=None, mag_k: int = 10, tokenizer=None
     if bigram:
         ds.append(MaG(BigramTable.load(bigram, vocab_size=tm.vocab_size), k=mag_k))
     tok = AutoTokenizer.from_pretrained(tokenizer or target)
-    return Family(name, None, tok, tm, ds, k_matrix, lenience)
+    return Family(name, None, tok, tm, ds, k_matrix, lenience, Path(bigram) if bigram is not None else None)
 
 
 def main(argv=None):

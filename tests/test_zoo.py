@@ -180,6 +180,7 @@ def test_committed_family_cascade_reproduces_target_greedy(name, monkeypatch):
         pytest.skip(f"{name} is not committed yet (python -m csdlib.zoo train --family {name})")
     fam = zoo.load(name)
     assert fam.target.model.dtype == torch.float32
+    assert fam.bigram_path.resolve() == (zoo.FAMILY_DIRS["gsm8k-tiny"] / "bigram.json").resolve()  # shared
     if name == "gsm8k-base":
         assert [d.name for d in fam.drafters] == ["tiny", "mid", "small", "mag"] and len(fam.k_matrix) == 4
         assert fam.target.cost > 5 * fam.drafters[0].cost
