@@ -280,10 +280,12 @@ def _collate(seqs, ids, pad_id: int):
 def _kl_to_teacher(teacher, logits, x, mask):
     """Mean over the predicted tokens (those with a next token, as the cross-entropy has them) of
     KL(teacher || model) of the next-token distributions."""
+    import torch.nn.functional as F
+
     with torch.no_grad():
         t_logp = torch.log_softmax(teacher(input_ids=x, attention_mask=mask).logits[:, :-1].float(), -1)
     logp = torch.log_softmax(logits[:, :-1].float(), -1)
-    kl = (t_logp.exp() * (t_logp - logp)).sum(-1)          # per position, nats
+    kl = F.kl_div(logp, t_logp, reduction="none", log_target=True).sum(-1)   # per position, nats
     keep = mask[:, 1:].bool()                              # the next token is a real one
     return kl[keep].mean()
 

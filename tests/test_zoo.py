@@ -270,8 +270,8 @@ def test_dropout_hooks_train_only_and_leave_a_plain_llama():
 
 def test_distillation_loss_is_kl_to_the_teacher_and_pulls_toward_it():
     """train_model(distill=w, teacher=T): the loss is (1 - w) * CE + w * KL(T || model). A teacher equal to
-    the student gives KL 0 (and pure distillation then stays there); another
-    teacher is approached: KL to it falls with distillation and not without. Bad weights are an error."""
+    the student gives KL 0 (and pure distillation then stays there); another teacher is approached: KL to
+    it falls with distillation and not without. Bad weights are an error."""
     import copy
 
     from csdlib.errors import CSDValueError
