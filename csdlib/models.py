@@ -18,6 +18,7 @@ rejections and can never be stale.
 
 from __future__ import annotations
 
+import inspect
 import time
 from contextlib import contextmanager
 
@@ -98,6 +99,8 @@ class HFModel:
         self.forward_seconds = 0.0  # wall time inside the model's forward passes since start()
         self._cache = None
         self._cached: list[int] = []   # the tokens whose keys/values are in the cache
+        # transformers >= 5.2x calls the KV cache `cache`, earlier 5.x releases `past_key_values`
+        self._cache_arg = "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
         self._encoder_outputs = None
 
     @property
@@ -131,9 +134,9 @@ class HFModel:
         with torch.no_grad():
             if self.is_encoder_decoder:
                 out = self.model(encoder_outputs=self._encoder_outputs, decoder_input_ids=new,
-                                 cache=self._cache, use_cache=True)
+                                 use_cache=True, **{self._cache_arg: self._cache})
             else:
-                out = self.model(input_ids=new, cache=self._cache, use_cache=True, logits_to_keep=n)
+                out = self.model(input_ids=new, use_cache=True, logits_to_keep=n, **{self._cache_arg: self._cache})
         logits = out.logits[0, -n:].float()   # float32 like HF's generate: ties break the same way
         if logits.is_cuda:
             torch.cuda.synchronize(logits.device)   # the caller reads the logits next anyway
@@ -141,7 +144,7 @@ class HFModel:
         self.calls += 1
         self.tokens_fed += new.shape[1]
         self.one_token_calls += int(new.shape[1] == 1)
-        self._cache, self._cached = out.cache, list(seq)
+        self._cache, self._cached = getattr(out, self._cache_arg), list(seq)
         return logits
 
 

@@ -75,7 +75,8 @@ class Family:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def load(name: str | None = None, path=None, mag_k: int | None = None, dtype=torch.float32) -> Family:
+def load(name: str | None = None, path=None, mag_k: int | None = None, dtype=torch.float32,
+         float32_logits: bool | None = None, device=None) -> Family:
     """An embedded family (default: ``DEFAULT_FAMILY``), offline: ``.tokenizer``, ``.target`` and ``.drafters`` (`csdlib` models,
     largest first, MaG last) and the default ``.k_matrix`` / ``.lenience`` chosen by measurement (stored
     in ``family.json``).
@@ -83,7 +84,16 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype=tor
     - ``gsm8k-tiny``: target (4.5 M) drafted for by mid (0.95 M), small (0.32 M) and MaG;
     - ``gsm8k-base``: a 29 M target drafted for by gsm8k-tiny's target (named ``tiny``), mid, small and
       MaG (a 4-level cascade); it shares gsm8k-tiny's tokenizer, weights and bigram table.
+
+    ``dtype``: every model's (``torch.bfloat16``, ``"bfloat16"``, ...); ``float32_logits``: the target's
+    output layer in float32 (`csdlib.precision`; default: on for a half-precision dtype); ``device``:
+    ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``...
     """
+    from .precision import default_float32_logits
+    from .precision import float32_logits as with_float32_logits
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    float32_logits = default_float32_logits(dtype) if float32_logits is None else float32_logits
     from transformers import AutoModelForCausalLM
 
     from .mag import BigramTable, MaG
@@ -114,10 +124,21 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype=tor
     default = info.get("default", {"k_matrix": fallback, "lenience": 1.0, "mag_k": 10})
     vocab = hf["target"].config.vocab_size
     mag = MaG(BigramTable.load(bigram, vocab_size=vocab), k=mag_k or default["mag_k"])
+    if float32_logits:
+        with_float32_logits(hf["target"])
+    if device is not None:
+        hf = {n: m.to(resolve_device(device)) for n, m in hf.items()}
     target = HFModel(hf.pop("target"), name="target")
     drafters = [*(HFModel(m, name=n) for n, m in hf.items()), mag]
     return Family(info.get("name", name), path, tok, target, drafters, default["k_matrix"], default["lenience"],
                   bigram)
+
+
+def resolve_device(device=None) -> torch.device:
+    """``"auto"`` or None: CUDA when present, else the CPU; anything else as ``torch.device`` reads it."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def from_paths(target, drafters, *, bigram=None, mag_k: int = 10, tokenizer=None, k_matrix, lenience=1.0,
