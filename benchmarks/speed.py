@@ -2,6 +2,8 @@
 
     python benchmarks/speed.py --family gsm8k-tiny --prompts 50 --max-new-tokens 128 --threads 2 \
         --out data/results/speed-gsm8k-tiny
+    python benchmarks/speed.py --family gsm8k-base --dtypes float32,bfloat16 --prompts 50 --threads 2 \
+        --out tmp/speed-gsm8k-base
 
 Methods, interleaved prompt by prompt (the order rotates from prompt to prompt) after a warm-up, on the
 first `--prompts` GSM8K dev prompts:
@@ -16,12 +18,17 @@ first `--prompts` GSM8K dev prompts:
   schedule and a constant k (the drafter's best k above, confidence threshold off);
 - `HF prompt lookup`: `prompt_lookup_num_tokens=--lookup`.
 
-Every output is checked against HF greedy's. The table: tokens/s, speedup over HF greedy, ratio to the
+Every output is audited against HF greedy's (`csdlib.precision.audit`): `identical`, `tie` (first
+divergence at a tie of the target's own logits, within two units in the last place of its dtype; the
+margin is listed) or `WRONG` (a bug: the script exits with status 1). `--dtypes float32,bfloat16` runs
+the whole comparison once per dtype in the same process (a half-precision target computes its logits in
+float32 unless `--float32-logits off`); the CPU's bf16 units (AMX-BF16, AVX512-BF16 or neither) and the
+GPU are recorded. `--device auto` runs on CUDA when present (timings CUDA-synchronised). The table: tokens/s, speedup over HF greedy, ratio to the
 best csdlib SD, ratio to the best HF speculative method, SWI with parameter costs, measured and
 predicted wall time (the calibrated latency model, `csd calibrate`) and their error, and the "limit":
 the predicted time of the target's calls alone at the measured acceptance (what the method would take
 if drafting were free), with how far the measured time is from it. Written as markdown, CSV and JSON
-under `--out` (with the machine, thread count and command).
+under `--out` (with the machine, its ISA, dtype, thread count and command).
 """
 
 from __future__ import annotations
@@ -36,10 +43,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from csdlib import MaG, generate, zoo  # noqa: E402
+from csdlib import MaG, Stats, generate, zoo  # noqa: E402
+from csdlib.precision import audit, counts, describe, hardware, has_float32_logits  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
 from csdlib.cost import calibrate_latency, machine_id, parameter_costs, predict_wall_time, swi_total  # noqa: E402
 from csdlib.datasets import load_gsm8k  # noqa: E402
@@ -65,6 +74,14 @@ def parse_args(argv=None):
     p.add_argument("--recalibrate", action="store_true",
                    help="measure the latency model again at the start of this run (and store it) instead of "
                         "reusing the stored one: these machines drift by about 10%% between runs")
+    p.add_argument("--dtypes", default="float32",
+                   help="comma-separated dtypes, each measured in turn in this process (e.g. float32,bfloat16)")
+    p.add_argument("--float32-logits", choices=["auto", "on", "off"], default="auto",
+                   help="the target's output layer in float32 (auto: on for a half-precision dtype)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop starting new prompts after this many seconds of measurement (a time-boxed run); "
+                        "the table says how many prompts were measured")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when present)")
     p.add_argument("--out", required=True, help="folder for speed.md, speed.csv, speed.json")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -110,49 +127,30 @@ def best_k(cached, drafter, prompts, ks, latency, max_new_tokens):
     return max(scores, key=scores.get), scores
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fam = zoo.load(path=args.family) if Path(args.family).is_dir() else zoo.load(args.family)
+def sync(device) -> None:
+    """Wait for the GPU's queued work before reading a clock (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_family(args, dtype, device):
+    f32 = {"auto": None, "on": True, "off": False}[args.float32_logits]
+    where = {"path": args.family} if Path(args.family).is_dir() else {"name": args.family}
+    return zoo.load(**where, dtype=dtype, float32_logits=f32, device=device)
+
+
+def build_methods(fam, args, chosen, eos):
+    """name -> (kind, run(prompt) -> (new tokens, Stats or None)), every method on the same target."""
     target, drafters = fam.target, list(fam.drafters)
-    hf_target = target.model
-    eos = sorted(target.eos_token_ids)
-    neural = [d for d in drafters if not isinstance(d, MaG)]
-    mag = next((d for d in drafters if isinstance(d, MaG)), None)
-    dev = load_gsm8k("dev", args.data_dir)
-    measure = [fam.prompt_ids(x["question"]) for x in dev[:args.prompts]]
-    tune = [fam.prompt_ids(x["question"]) for x in dev[TUNE_OFFSET:TUNE_OFFSET + args.tune_prompts]]
-    if set(map(tuple, measure)) & set(map(tuple, tune)):
-        raise SystemExit("--prompts overlaps the tuning prompts (dev items 250...); use at most 250 prompts")
-    models = [target, *drafters]
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    hf_target, mag = target.model, next((d for d in drafters if isinstance(d, MaG)), None)
 
-    latency = calibrate_latency(models, threads=args.threads, path=args.latency_file, force=args.recalibrate,
-                                note="benchmarks/speed.py --recalibrate" if args.recalibrate else "")
-    log(f"latency model ({args.threads} threads): " + ", ".join(
-        f"{n}: a1 {v['a1'] * 1e3:.2f} ms, a {v['a'] * 1e3:.2f} ms + {v['b'] * 1e3:.3f} ms/token"
-        for n, v in latency.items() if n != getattr(mag, "name", None)))
-
-    # choose SD's k per drafter on the tuning prompts, against the target-output cache
-    cache_path = Path("tmp") / f"speed-target-cache-{fam.name}-t{args.max_new_tokens}.jsonl"
-    cached = build_target_cache(target, tune, args.max_new_tokens, cache_path)
-    ks = [int(k) for k in args.ks.split(",")]
-    chosen = {}
-    for d in drafters:
-        chosen[d.name], scores = best_k(cached, d, tune, ks, latency, args.max_new_tokens)
-        log(f"SD({d.name}): best k = {chosen[d.name]} (predicted speedup by k: "
-            + ", ".join(f"{k}: {v:.2f}" for k, v in scores.items()) + ")")
-
-    # methods: name -> (kind, run(prompt) -> (tokens, stats or None))
-    def csd_method(ds, k, lenience=1.0):
+    def csd(ds, k, lenience=1.0):
         def run(prompt):
             o = generate(target, ds, prompt, k_matrix=k, lenience=lenience, max_new_tokens=args.max_new_tokens)
             return o.new_tokens, o.stats
         return run
 
-    def hf_method(**kwargs):
+    def hf(**kwargs):
         def run(prompt):
             return cut_at_eos(hf_generate(hf_target, prompt, args.max_new_tokens, eos, **kwargs), eos), None
         return run
@@ -160,108 +158,183 @@ def main(argv=None) -> int:
     def assisted(d, **settings):
         def run(prompt):
             with assistant_settings(d.model, **settings):
-                return hf_method(assistant_model=d.model)(prompt)
+                return hf(assistant_model=d.model)(prompt)
         return run
 
-    methods = {"HF greedy": ("hf", hf_method()), "AR": ("csdlib", csd_method([], None))}
+    methods = {"HF greedy": ("hf", hf()), "AR": ("csdlib", csd([], None))}
     for d in drafters:
         label = "MaG" if d is mag else d.name
-        methods[f"SD({label}) k={chosen[d.name]}"] = ("csdlib SD", csd_method([d], [[chosen[d.name]]]))
-    methods["CSD"] = ("csdlib CSD", csd_method(drafters, fam.k_matrix, fam.lenience))
-    for d in neural:
+        methods[f"SD({label}) k={chosen[d.name]}"] = ("csdlib SD", csd([d], [[chosen[d.name]]]))
+    methods["CSD"] = ("csdlib CSD", csd(drafters, fam.k_matrix, fam.lenience))
+    for d in drafters:
+        if d is mag:
+            continue
         methods[f"HF assisted({d.name}) default"] = ("hf peer", assisted(d))
         methods[f"HF assisted({d.name}) k={chosen[d.name]}"] = ("hf peer", assisted(
             d, num_assistant_tokens=chosen[d.name], num_assistant_tokens_schedule="constant",
             assistant_confidence_threshold=0.0))
-    methods[f"HF prompt lookup({args.lookup})"] = ("hf peer", hf_method(prompt_lookup_num_tokens=args.lookup))
+    methods[f"HF prompt lookup({args.lookup})"] = ("hf peer", hf(prompt_lookup_num_tokens=args.lookup))
+    return methods
 
+
+def run_interleaved(methods, prompts, target, device, warmup, log, max_seconds=None):
+    """Every method on every prompt, the order rotating from prompt to prompt; each output audited
+    against HF greedy's. Returns {name: {"wall_s", "tokens", "stats", "verdicts"}}."""
     names = list(methods)
-    for _ in range(args.warmup):
+    for _ in range(warmup):
         for name in names:
-            methods[name][1](measure[0][:])
-    rows = {name: {"wall_s": 0.0, "tokens": 0, "equal": True, "stats": []} for name in names}
-    for i, prompt in enumerate(measure):
-        order = names[i % len(names):] + names[:i % len(names)]          # rotate the order
+            methods[name][1](prompts[0][:])
+    rows = {name: {"wall_s": 0.0, "tokens": 0, "stats": [], "verdicts": []} for name in names}
+    start = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            log(f"--max-seconds {max_seconds:g}: stopping after {i} of {len(prompts)} prompts")
+            break
         outputs = {}
-        for name in order:
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            sync(device)
             tic = time.perf_counter()
             tokens, stats = methods[name][1](prompt)
-            wall = time.perf_counter() - tic
-            outputs[name] = tokens
-            rows[name]["wall_s"] += wall
+            sync(device)
+            rows[name]["wall_s"] += time.perf_counter() - tic
             rows[name]["tokens"] += len(tokens)
+            outputs[name] = tokens
             if stats is not None:
                 rows[name]["stats"].append(stats)
         for name in names:
-            rows[name]["equal"] &= outputs[name] == outputs["HF greedy"]
-        log(f"prompt {i + 1}/{len(measure)}: " + ", ".join(f"{n} {rows[n]['wall_s']:.1f}s" for n in names[:4]) + " ...")
+            v = audit(target, prompt, outputs["HF greedy"], outputs[name])
+            rows[name]["verdicts"].append({"prompt": i, **v.to_dict()})
+        log(f"prompt {i + 1}/{len(prompts)}: " + ", ".join(f"{n} {rows[n]['wall_s']:.1f}s" for n in names[:4]) + " ...")
+    return rows
 
-    base = rows["HF greedy"]
-    params = parameter_costs(models)
-    table = []
-    for name in names:
-        r, kind = rows[name], methods[name][0]
-        row = {"method": name, "kind": kind, "prompts": len(measure), "new tokens": r["tokens"],
-               "wall s": r["wall_s"], "tokens/s": r["tokens"] / r["wall_s"],
-               "x HF greedy": base["wall_s"] / r["wall_s"], "equals HF greedy": r["equal"]}
+
+def table(rows, methods, target, models, latency) -> pd.DataFrame:
+    base, params = rows["HF greedy"], parameter_costs(models)
+    out = []
+    for name, r in rows.items():
+        row = {"method": name, "kind": methods[name][0], "prompts": len(r["verdicts"]), "new tokens": r["tokens"],
+               "wall s": r["wall_s"], "tokens/s": r["tokens"] / r["wall_s"], "x HF greedy": base["wall_s"] / r["wall_s"],
+               **counts(r["verdicts"])}
         if r["stats"]:
-            calls = [s["calls"] for s in r["stats"]]
-            row["SWI parameters"] = swi_total([s["new_tokens"] for s in r["stats"]], calls, params, target.name)
-            total = {k: {} for k in ("calls", "tokens_fed", "one_token_calls", "switch_calls")}
-            for s in r["stats"]:
-                for k in total:
-                    for m, v in s[k].items():
-                        total[k][m] = total[k].get(m, 0) + v
+            total = Stats.merge_all(r["stats"])
+            row["SWI parameters"] = swi_total([s.new_tokens for s in r["stats"]], [s.calls for s in r["stats"]],
+                                              params, target.name)
             row["predicted s"] = predict_wall_time(total, latency)
             row["prediction error"] = row["predicted s"] / r["wall_s"] - 1
-            t = latency[target.name]
-            c, f, o = (total[k][target.name] for k in ("calls", "tokens_fed", "one_token_calls"))
-            row["limit s"] = t["a1"] * o + t["a"] * (c - o) + t["b"] * (f - o)
+            row["limit s"] = predict_wall_time(target_only(total, target.name), latency)
             row["x limit"] = r["wall_s"] / row["limit s"]
-            row["tokens/target call"] = r["tokens"] / c
-        table.append(row)
-    df = pd.DataFrame(table).set_index("method")
-    sd = df[df["kind"] == "csdlib SD"]
-    peers = df[df["kind"] == "hf peer"]
+            row["tokens/target call"] = r["tokens"] / total.calls[target.name]
+        out.append(row)
+    df = pd.DataFrame(out).set_index("method")
+    sd, peers = df[df["kind"] == "csdlib SD"], df[df["kind"] == "hf peer"]
     df["x best SD"] = sd["wall s"].min() / df["wall s"] if len(sd) else None
     df["x best HF peer"] = peers["wall s"].min() / df["wall s"] if len(peers) else None
+    return df
 
-    machine = {"machine": machine_id(), "platform": platform.platform(), "threads": args.threads,
-               "torch": torch.__version__, "python": platform.python_version()}
-    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    cols = ["tokens/s", "x HF greedy", "x best SD", "x best HF peer", "SWI parameters", "wall s", "predicted s",
-            "prediction error", "limit s", "x limit", "tokens/target call", "equals HF greedy"]
-    md = [f"{args.family}, {len(measure)} GSM8K dev prompts, max_new_tokens={args.max_new_tokens}, "
-          f"{args.threads} thread(s), {machine['machine']}, torch {machine['torch']}; `{command}`", "",
-          "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+
+def target_only(stats: Stats, target: str) -> Stats:
+    """The target's calls alone: what a method would cost if drafting were free."""
+    def only(d):
+        return {target: d.get(target, 0)}
+    return Stats(stats.new_tokens, only(stats.calls), only(stats.tokens_fed), only(stats.encoder_calls), [],
+                 only(stats.one_token_calls), {})      # no switches: its weights would stay in the caches
+
+
+def measure(args, dtype, device, log) -> dict:
+    """The whole comparison for one dtype: latency model, SD's k, then every method on every prompt."""
+    fam = load_family(args, dtype, device)
+    target, drafters = fam.target, list(fam.drafters)
+    models, eos = [target, *drafters], sorted(target.eos_token_ids)
+    dev = load_gsm8k("dev", args.data_dir)
+    prompts = [fam.prompt_ids(x["question"]) for x in dev[:args.prompts]]
+    tune = [fam.prompt_ids(x["question"]) for x in dev[TUNE_OFFSET:TUNE_OFFSET + args.tune_prompts]]
+    if set(map(tuple, prompts)) & set(map(tuple, tune)):
+        raise SystemExit("--prompts overlaps the tuning prompts (dev items 250...); use at most 250 prompts")
+    latency = calibrate_latency(models, threads=args.threads, path=args.latency_file, force=args.recalibrate,
+                                note="benchmarks/speed.py --recalibrate" if args.recalibrate else "")
+    log(f"{dtype}: latency model ({args.threads} threads, {device}): " + ", ".join(
+        f"{n}: a1 {v['a1'] * 1e3:.2f} ms, a {v['a'] * 1e3:.2f} ms + {v['b'] * 1e3:.3f} ms/token"
+        for n, v in latency.items() if v.get("a1")))
+    # choose SD's k per drafter on the tuning prompts, against a target-output cache of this dtype
+    cache_path = Path("tmp") / f"speed-target-cache-{fam.name}-{dtype}-{device.type}-t{args.max_new_tokens}.jsonl"
+    cached = build_target_cache(target, tune, args.max_new_tokens, cache_path)
+    ks, chosen = [int(k) for k in args.ks.split(",")], {}
+    for d in drafters:
+        chosen[d.name], scores = best_k(cached, d, tune, ks, latency, args.max_new_tokens)
+        log(f"SD({d.name}): best k = {chosen[d.name]} (predicted speedup by k: "
+            + ", ".join(f"{k}: {v:.2f}" for k, v in scores.items()) + ")")
+    methods = build_methods(fam, args, chosen, eos)
+    rows = run_interleaved(methods, prompts, target, device, args.warmup, log, args.max_seconds)
+    df = table(rows, methods, target, models, latency)
+    ties = [{"method": n, **v} for n, r in rows.items() for v in r["verdicts"] if v["verdict"] != "identical"]
+    return {"dtype": dtype, "df": df, "prompts": len(rows["HF greedy"]["verdicts"]), "ties": ties, "sd_k": chosen, "k_matrix": fam.k_matrix,
+            "lenience": fam.lenience, "latency": latency, "tune": (TUNE_OFFSET, TUNE_OFFSET + len(tune) - 1),
+            "float32_logits": has_float32_logits(target)}
+
+
+COLUMNS = ["tokens/s", "x HF greedy", "x best SD", "x best HF peer", "SWI parameters", "predicted s",
+           "prediction error", "x limit", "tokens/target call", "identical", "tie", "WRONG"]
+
+
+def markdown(run: dict) -> list[str]:
+    df = run["df"]
+    md = [f"**{run['dtype']}**" + (" (target logits in float32)" if run["float32_logits"] else "")
+          + f", {run['prompts']} prompts", "",
+          "| method | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for name, row in df.iterrows():
         cells = []
-        for c in cols:
+        for c in COLUMNS:
             v = row.get(c)
             if v is None or (isinstance(v, float) and v != v):
                 cells.append("-")
-            elif isinstance(v, (bool,)) or c == "equals HF greedy":
-                cells.append("yes" if v else "NO")
+            elif c in ("identical", "tie", "WRONG"):
+                cells.append(f"{int(v)}")
             elif c == "prediction error":
                 cells.append(f"{v:+.1%}")
             else:
                 cells.append(f"{v:.2f}")
         md.append(f"| {name} | " + " | ".join(cells) + " |")
-    md.append("")
-    md.append(f"SD's k per drafter (chosen by predicted speedup on dev items {TUNE_OFFSET}.."
-              f"{TUNE_OFFSET + len(tune) - 1}): {chosen}; CSD: k_matrix={fam.k_matrix}, lenience={fam.lenience}; "
-              f"limit = predicted time of the target's calls alone.")
-    text = "\n".join(md) + "\n"
+    md += ["", f"SD's k per drafter (chosen by predicted speedup on dev items {run['tune'][0]}..{run['tune'][1]}): "
+           f"{run['sd_k']}; CSD: k_matrix={run['k_matrix']}, lenience={run['lenience']}; limit = predicted time of "
+           "the target's calls alone. Audit against HF greedy, all methods: "
+           + describe({k: int(df[k].sum()) for k in ("identical", "tie", "WRONG")}) + "."]
+    for t in run["ties"]:
+        md.append(f"- {t['method']}, prompt {t['prompt']}: {t['verdict']} at new token {t['position']}, "
+                  f"margin {t['margin']:.4g} (tolerance {t['tolerance']:.4g})" if t["margin"] is not None else
+                  f"- {t['method']}, prompt {t['prompt']}: {t['verdict']} at new token {t['position']} (length)")
+    return md + [""]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = zoo.resolve_device(args.device)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    runs = [measure(args, dtype.strip(), device, log) for dtype in args.dtypes.split(",")]
+
+    machine = {"machine": machine_id(), **hardware(device), "device": str(device), "platform": platform.platform(),
+               "threads": args.threads, "torch": torch.__version__, "transformers": transformers.__version__,
+               "python": platform.python_version()}
+    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    head = (f"{args.family}, GSM8K dev prompts (the first {args.prompts} at most), max_new_tokens={args.max_new_tokens}, "
+            f"{args.threads} thread(s), {device}" + (f" ({machine['gpu']})" if machine["gpu"] else "")
+            + f", CPU {machine['cpu']} (bf16 units: {machine['cpu_isa']}), torch {machine['torch']}, "
+            f"transformers {machine['transformers']}; `{command}`")
+    text = "\n".join([head, ""] + [line for r in runs for line in markdown(r)])
     print(text)
     (out_dir / "speed.md").write_text(text)
-    df.to_csv(out_dir / "speed.csv")
+    pd.concat([r["df"].assign(dtype=r["dtype"]) for r in runs]).to_csv(out_dir / "speed.csv")
     (out_dir / "speed.json").write_text(json.dumps({
-        "family": args.family, "prompts": len(measure), "max_new_tokens": args.max_new_tokens, **machine,
-        "command": command, "sd_k": chosen, "k_matrix": fam.k_matrix, "lenience": fam.lenience,
-        "latency": latency, "rows": json.loads(df.reset_index().to_json(orient="records"))}, indent=1) + "\n")
-    all_equal = bool(df["equals HF greedy"].all())
-    print(f"every output equals HF greedy's: {'yes' if all_equal else 'NO'}; written to {out_dir}/speed.{{md,csv,json}}")
-    return 0 if all_equal else 1
+        "family": args.family, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens, **machine,
+        "command": command, "runs": [{**{k: v for k, v in r.items() if k != "df"},
+                                      "rows": json.loads(r["df"].reset_index().to_json(orient="records"))}
+                                     for r in runs]}, indent=1, default=str) + "\n")
+    wrong = sum(int(r["df"]["WRONG"].sum()) for r in runs)
+    print(f"audit: {describe({k: sum(int(r['df'][k].sum()) for r in runs) for k in ('identical', 'tie', 'WRONG')})}"
+          f"; written to {out_dir}/speed.{{md,csv,json}}")
+    return 1 if wrong else 0
 
 
 if __name__ == "__main__":

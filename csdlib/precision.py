@@ -159,3 +159,33 @@ def counts(verdicts) -> dict[str, int]:
 def describe(c: dict[str, int]) -> str:
     """'identical 18, tie 2, WRONG 0'."""
     return ", ".join(f"{k} {c.get(k, 0)}" for k in VERDICTS)
+
+
+# ---------------------------------------------------------------- where half precision pays
+
+
+def cpu_isa() -> str:
+    """The CPU's bf16 matrix units: "AMX-BF16", "AVX512-BF16" or "neither" (from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    return "AMX-BF16" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "neither"
+
+
+def hardware(device=None) -> dict:
+    """What a speed number depends on: CPU model and its bf16 units, torch's CPU kernels, the GPU."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_isa": cpu_isa(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "gpu": None}
+    if device is not None and torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU run, prepared: both embedded families in bfloat16 on CUDA (target logits in float32), every
+# method of benchmarks/speed.py (HF greedy, AR, SD per drafter, CSD, HF assisted generation, prompt
+# lookup), CUDA-synchronised timing, every output audited (identical / tie / WRONG). No network needed.
+# About 8 minutes on one GPU; results under $OUT (default tmp/gpu):
+#
+#     OUT=tmp/gpu bash benchmarks/gpu.sh
+#     GPU_SH_FAST=1 bash benchmarks/gpu.sh        # the CPU path in seconds (CI runs this)
+#
+# Needs the project's Python packages (torch with CUDA, transformers >= 5.17, pandas, safetensors) and
+# GSM8K's dev split in $CSD_DATA_DIR/gsm8k/ (or the hub). Exits 1 if any output is WRONG.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-tmp/gpu}"
+PY="${PYTHON:-python3}"
+mkdir -p "$OUT"
+status=0
+
+if [ -n "${GPU_SH_FAST:-}" ]; then
+  runs=("gsm8k-tiny 2 8 60 60")
+  common=(--device cpu --threads 1 --tune-prompts 1 --ks 2 --warmup 0)
+else
+  # family, prompts (at most), max_new_tokens, seconds of measurement (then no new prompt), hard limit (s)
+  runs=("gsm8k-tiny 50 128 110 200" "gsm8k-base 50 128 200 320")
+  common=(--device auto --threads 4 --tune-prompts 4 --ks 2,3,4,6 --warmup 1)
+  { nvidia-smi || true; "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"; } > "$OUT/machine.txt" 2>&1
+fi
+
+for run in "${runs[@]}"; do
+  read -r family prompts tokens seconds limit <<< "$run"
+  echo "== $family: $prompts prompts, $tokens new tokens, bfloat16 (limit ${limit}s)"
+  timeout "$limit" "$PY" benchmarks/speed.py --family "$family" --dtypes bfloat16 --prompts "$prompts" \
+      --max-new-tokens "$tokens" --max-seconds "$seconds" "${common[@]}" --latency-file "$OUT/latency-$family.json" \
+      --out "$OUT/$family" --quiet || { rc=$?; echo "$family: exit status $rc"; status=1; }
+done
+exit $status
