@@ -97,6 +97,14 @@ def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1
              confidence: float | None = None) -> Output:
     """CS Drafting: exactly `target`'s own output (greedy), or its own distribution (sampling).
 
+    Exactness, in a GPU user's words: in float32 the output is the target's greedy output, token for
+    token. In bfloat16 / float16 it is identical except at positions where the target's own two best
+    tokens are tied within the resolution of its logits there (a k-token verification and a one-token
+    step round differently; transformers' assisted generation does the same); any other difference is a
+    bug. Sampling: exactly the target's distribution given the logits the target computed.
+    `csdlib.precision.audit` tells a tie from a bug; `csdlib.precision.float32_logits` (on by default in
+    `zoo.load` for half precision) makes ties rare.
+
     Args:
         target: an `HFModel` or a transformers model (wrapped).
         drafters: models largest first, MaG (if any) last; `[]` is plain autoregressive decoding.
