@@ -1,6 +1,6 @@
 """The training recipe of the embedded model families "gsm8k-tiny" and "gsm8k-base": seeded, reproducible, CPU.
 
-(Loading a trained family is `csdlib.zoo`; `python -m csdlib.zoo train ...` runs this recipe.)
+(Loading a trained family is `csdlib.zoo`; `csd train ...` runs this recipe.)
 
 No model hub is reachable from the project's machines, so the project trains its own small family
 (one byte-level BPE tokenizer, three ``LlamaForCausalLM`` models: **target**, **mid**, **small**) on
@@ -33,11 +33,11 @@ and ``training.json``; re-running the command skips models already trained in ``
 
 Sizes (chosen by measurement, see ``FAMILY`` and ``data/models/gsm8k-tiny/throughput.json``)
 are such that target:mid >= 4 and target:small >= 12 in parameters, and the whole family trains in
-about an hour on one CPU thread. ``python -m csdlib.zoo bench`` (``csdlib.bench``) re-measures the training throughput.
+about an hour on one CPU thread. ``benchmarks/train_throughput.py`` re-measures the training throughput.
 
 Command::
 
-    python -m csdlib.zoo train [--out data/models/gsm8k-tiny] [--budget full|toy] [--data-dir DIR]
+    csd train [--family gsm8k-tiny|gsm8k-base] [--out DIR] [--budget full|toy] [--data-dir DIR]
 
 Loading: ``csdlib.zoo.load()`` (the family as a cascade) or ``csdlib.zoo.load_family()`` (HF models).
 """
