@@ -171,3 +171,40 @@ def test_jupyter_config_strips_notebooks_before_save():
     text = {"type": "file", "content": "print(1)\n"}
     hook(model=text, path="x.py", contents_manager=None)
     assert text["content"] == "print(1)\n"
+
+
+def test_setup_sets_threads_and_seeds_and_loads_the_family_on_first_use(monkeypatch):
+    """csdlib.notebook.setup, the notebooks' first cell: torch's threads, every generator seeded, paths
+    from the repository, the family loaded once (when first used) and the GSM8K prompts in its template."""
+    import random
+
+    import torch
+    from csdlib import zoo
+    from csdlib.datasets import load_gsm8k
+    from csdlib.notebook import setup
+
+    threads, loads, real_load = torch.get_num_threads(), [], zoo.load
+
+    def load(name=None, **kw):
+        loads.append(name)
+        return real_load(name, **kw)
+
+    monkeypatch.setattr(zoo, "load", load)
+    try:
+        nb = setup("gsm8k-tiny", threads=1, seed=7)
+        assert torch.get_num_threads() == 1 and torch.initial_seed() == 7
+        a = (random.random(), torch.rand(1).item())
+        setup("gsm8k-tiny", threads=1, seed=7)
+        assert (random.random(), torch.rand(1).item()) == a
+    finally:
+        torch.set_num_threads(threads)
+    assert nb.path("tmp/x.jsonl") == ROOT / "tmp" / "x.jsonl" and nb.path("/abs/y") == pathlib.Path("/abs/y")
+    assert loads == []                                             # nothing loaded before it is used
+    fam = nb.family
+    assert nb.family is fam and loads == ["gsm8k-tiny"] and fam.name == "gsm8k-tiny"
+    assert fam.target.model.device.type == "cpu"
+    if gsm8k_dir() is not None:
+        questions = load_gsm8k("dev")[:2]
+        assert nb.questions(2) == questions
+        assert nb.prompts(2) == [fam.prompt_ids(q["question"]) for q in questions]
+

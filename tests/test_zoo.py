@@ -210,19 +210,19 @@ def test_base_training_resumes_exactly_where_it_stopped(toy_family, tmp_path):
     and ends with the same weights as an uninterrupted run."""
     from safetensors.torch import load_file
 
-    from csdlib import zoo
+    from csdlib import recipe
 
     tiny, _ = toy_family
-    straight = zoo.train_base(tmp_path / "a", GSM8K, budget="toy", tiny_dir=tiny, progress=False)
-    stopped = zoo.train_base(tmp_path / "b", GSM8K, budget="toy", tiny_dir=tiny, progress=False,
-                             stop_after_steps=3)
+    straight = recipe.train_base(tmp_path / "a", GSM8K, budget="toy", tiny_dir=tiny, progress=False)
+    stopped = recipe.train_base(tmp_path / "b", GSM8K, budget="toy", tiny_dir=tiny, progress=False,
+                                stop_after_steps=3)
     assert not stopped["complete"] and stopped["steps"] == 3
     assert (tmp_path / "b" / ".target.stage1.partial" / "checkpoint.pt").is_file()
-    stopped = zoo.train_base(tmp_path / "b", GSM8K, budget="toy", tiny_dir=tiny, progress=False,
-                             stop_after_steps=3)                  # finishes stage 1, stops in stage 2
+    stopped = recipe.train_base(tmp_path / "b", GSM8K, budget="toy", tiny_dir=tiny, progress=False,
+                                stop_after_steps=3)                  # finishes stage 1, stops in stage 2
     assert not stopped["complete"] and stopped["init_from"] == ".target.stage1.partial"
     assert (tmp_path / "b" / ".target.stage2.partial" / "checkpoint.pt").is_file()
-    resumed = zoo.train_base(tmp_path / "b", GSM8K, budget="toy", tiny_dir=tiny, progress=False)
+    resumed = recipe.train_base(tmp_path / "b", GSM8K, budget="toy", tiny_dir=tiny, progress=False)
     assert resumed["complete"] and [s["steps"] for s in resumed["stages"]] == [4, 4]
     assert resumed["val_loss"] == straight["val_loss"]
     a = load_file(tmp_path / "a" / "target" / "model.safetensors")
@@ -237,6 +237,13 @@ def test_base_training_resumes_exactly_where_it_stopped(toy_family, tmp_path):
     assert not (tmp_path / "b" / "target" / "checkpoint.pt").exists()
     info = json.loads((tmp_path / "b" / "family.json").read_text())
     assert info["name"] == "gsm8k-base" and (tmp_path / "b" / info["shares"] / "tokenizer").is_dir()
+    # a finished stage trained with another recipe is not taken as this recipe's
+    stage1 = tmp_path / "a" / ".target.stage1.partial" / "training.json"
+    summary = json.loads(stage1.read_text())
+    stage1.write_text(json.dumps({**summary, "stage": {**summary["stage"], "lr": 1.0}}))
+    (tmp_path / "a" / "target" / "training.json").unlink()          # target not trained: the stages run
+    with pytest.raises(ValueError, match=r"out_dir: .*stage1.partial holds a stage trained with .*'lr': 1.0"):
+        recipe.train_base(tmp_path / "a", GSM8K, budget="toy", tiny_dir=tiny, progress=False)
 
 
 def test_untrained_family_is_a_clear_error(tmp_path):
@@ -250,7 +257,7 @@ def test_untrained_family_is_a_clear_error(tmp_path):
 def test_dropout_hooks_train_only_and_leave_a_plain_llama():
     """add_dropout: outputs vary between two training-mode forwards, not in eval mode (equal to the model
     without hooks), and removing the handles gives back the plain model."""
-    from csdlib.recipe import add_dropout, build_model
+    from csdlib.training import add_dropout, build_model
 
     model = build_model(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                              vocab_size=50), seed=0)
@@ -275,7 +282,7 @@ def test_distillation_loss_is_kl_to_the_teacher_and_pulls_toward_it():
     import copy
 
     from csdlib.errors import CSDValueError
-    from csdlib.recipe import _collate, _kl_to_teacher, build_model, train_model
+    from csdlib.training import _collate, _kl_to_teacher, build_model, train_model
 
     cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                vocab_size=50, pad_token_id=2)
@@ -300,3 +307,48 @@ def test_distillation_loss_is_kl_to_the_teacher_and_pulls_toward_it():
         train_model(cfg, seqs, seqs, distill=0.5, **kw)                      # no teacher
     with pytest.raises(CSDValueError, match="distill: a weight in"):
         train_model(cfg, seqs, seqs, teacher=teacher, distill=1.5, **kw)
+
+
+def test_train_config_of_a_budget_and_keyword_overrides():
+    """recipe.train_config: a model's (or stage's) own entries over its budget's; train_model's keyword
+    arguments replace fields of the TrainConfig it is given, and give the same model as that config."""
+    from csdlib.recipe import BASE_BUDGETS, BUDGETS, TrainConfig, build_model, train_config, train_model
+
+    stage2 = BASE_BUDGETS["full"]["models"]["target"]["stages"][1]
+    c = train_config("full", stage2, seed=1, save_dtype=torch.bfloat16)
+    assert (c.epochs, c.steps, c.lr, c.batch, c.warmup, c.dropout, c.distill) == (1, None, 3e-4, 8, 50, 0.1, 0.5)
+    assert (c.seq_len, c.log_every, c.seed, c.save_dtype) == (384, 20, 1, torch.bfloat16)
+    small = train_config("toy", BUDGETS["toy"]["models"]["small"])
+    assert (small.steps, small.batch, small.warmup, small.dropout, small.distill) == (6, 8, 2, 0.0, 0.0)
+
+    cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, vocab_size=50)
+    rng = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, 50, (int(n),), generator=rng).tolist() for n in torch.randint(5, 20, (24,), generator=rng)]
+    base = TrainConfig(steps=4, lr=3e-3, batch=8, warmup=1, checkpoint_every_s=None)
+    a, _ = train_model(cfg, seqs, None, base, progress=False)
+    b, _ = train_model(cfg, seqs, None, TrainConfig(steps=4), lr=3e-3, batch=8, warmup=1, progress=False)
+    c, _ = train_model(cfg, seqs, None, base, lr=1e-3, progress=False)
+    same = [torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters())]
+    assert all(same) and not torch.equal(next(a.parameters()), next(c.parameters()))
+    assert not torch.equal(next(a.parameters()), next(build_model(cfg).parameters()))
+    with pytest.raises(TypeError):
+        train_model(cfg, seqs, None, base, learning_rate=1e-3)
+
+
+def test_a_checkpoint_of_another_run_is_an_error(tmp_path):
+    """A run stopped early leaves out_dir/checkpoint.pt; a call with another schedule or model must not
+    resume from it."""
+    from csdlib.errors import CSDValueError
+    from csdlib.recipe import TrainConfig, train_model
+
+    cfg = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1, vocab_size=50)
+    seqs = [[3 + (i * j) % 40 for j in range(6 + i % 5)] for i in range(16)]
+    tc = TrainConfig(steps=4, lr=3e-3, batch=4, warmup=1, checkpoint_every_s=None)
+    _, s = train_model(cfg, seqs, None, tc, out_dir=tmp_path, progress=False, stop_after_steps=2)
+    assert not s["complete"] and (tmp_path / "checkpoint.pt").is_file()
+    with pytest.raises(CSDValueError, match="out_dir: .*checkpoint.pt is a checkpoint of another run"):
+        train_model(cfg, seqs, None, tc, out_dir=tmp_path, progress=False, steps=5)
+    with pytest.raises(CSDValueError, match="checkpoint of another run"):
+        train_model({**cfg, "hidden_size": 32}, seqs, None, tc, out_dir=tmp_path, progress=False)
+    _, s = train_model(cfg, seqs, None, tc, out_dir=tmp_path, progress=False)
+    assert s["complete"] and s["steps"] == 4 and not (tmp_path / "checkpoint.pt").exists()
