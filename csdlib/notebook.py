@@ -1,7 +1,7 @@
 """What the notebooks' first code cell does, in one call (after the parameters cell):
 
-    nb = setup(FAMILY, data_dir=DATA_DIR, device=DEVICE, threads=THREADS)   # threads, seeds, where things are
-    fam = nb.family                      # the embedded family, loaded on first use, on `device`
+    nb = setup(FAMILY, data_dir=DATA_DIR, device=DEVICE, dtype=DTYPE, threads=THREADS)   # threads, seeds, where
+    fam = nb.family                      # the embedded family, loaded on first use, on `device`, in `dtype`
     prompts = nb.prompts(4)              # the first 4 GSM8K dev questions as the family's prompt ids
     nb.path("tmp/results.jsonl")         # paths relative to the repository (absolute ones stay as they are)
 """
@@ -21,22 +21,20 @@ ROOT = Path(__file__).resolve().parents[1]   # the repository (the notebooks' re
 @dataclass
 class Notebook:
     """A notebook's settings: the family's name (None: `zoo.DEFAULT_FAMILY`), the GSM8K folder (None:
-    ``$CSD_DATA_DIR``, else the hub, as `csdlib.datasets` finds it) and the device of the models."""
+    ``$CSD_DATA_DIR``, else the hub, as `csdlib.datasets` finds it), the device of the models ("auto":
+    CUDA when present) and their dtype (a half-precision target computes its logits in float32)."""
     family_name: str | None = None
     data_dir: str | None = None
-    device: str = "cpu"
+    device: str = "auto"
     root: Path = ROOT
+    dtype: str = "float32"
 
     @cached_property
     def family(self):
-        """`zoo.load(family_name)`, its neural models moved to `device`."""
+        """`zoo.load(family_name, dtype=dtype, device=device)`."""
         from . import zoo
 
-        fam = zoo.load(self.family_name)
-        for m in [fam.target, *fam.drafters]:
-            if hasattr(m, "model"):          # MaG has no weights
-                m.model.to(self.device)
-        return fam
+        return zoo.load(self.family_name, dtype=self.dtype, device=self.device)
 
     def questions(self, n: int | None = None, split: str = "dev") -> list[dict]:
         """The first `n` GSM8K items of `split` (dicts with ``question`` and ``answer``)."""
@@ -53,8 +51,8 @@ class Notebook:
         return self.root / path
 
 
-def setup(family: str | None = None, *, data_dir=None, device: str = "cpu", threads: int | None = None,
-          seed: int = 0) -> Notebook:
+def setup(family: str | None = None, *, data_dir=None, device: str = "auto", dtype: str | None = None,
+          threads: int | None = None, seed: int = 0) -> Notebook:
     """Set torch's threads (None: all cores) and seed every generator (`transformers.set_seed`: Python,
     NumPy, torch), print the thread count, and return the notebook's `Notebook`."""
     from transformers import set_seed
@@ -62,4 +60,4 @@ def setup(family: str | None = None, *, data_dir=None, device: str = "cpu", thre
     torch.set_num_threads(threads or os.cpu_count())
     set_seed(seed)
     print(f"torch threads: {torch.get_num_threads()}")
-    return Notebook(family, data_dir, device)
+    return Notebook(family, data_dir, device, ROOT, dtype or "float32")
