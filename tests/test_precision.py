@@ -219,3 +219,18 @@ def test_step_by_step_references_agree_with_transformers_generate():
 def test_stress_random_half_precision_cascades(kind, dtype):
     verdicts = run_cases(kind, dtype, 250, SEED + 1)     # 4 x 250 = 1000
     assert counts(verdicts)["WRONG"] == 0
+
+
+def test_latency_calibrations_and_target_caches_are_keyed_by_dtype(tmp_path):
+    """A calibration or a target cache made in float32 is never used for the same weights in bfloat16."""
+    from csdlib.cache import build_target_cache, fingerprint
+    from csdlib.errors import CSDValueError
+
+    fp32 = HFModel(llama(9, vocab=VOCAB).float(), name="t")
+    bf16 = HFModel(llama(9, vocab=VOCAB).to(torch.bfloat16), name="t")
+    with_head = HFModel(float32_logits(llama(9, vocab=VOCAB).to(torch.bfloat16)), name="t")
+    assert len({fingerprint(fp32), fingerprint(bf16), fingerprint(with_head)}) == 3
+    path = tmp_path / "cache.jsonl"
+    build_target_cache(fp32, [[1, 2, 3]], 4, path)
+    with pytest.raises(CSDValueError, match="another target|fingerprint"):
+        build_target_cache(bf16, [[1, 2, 3]], 4, path)
