@@ -39,9 +39,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from csdlib import MaG, generate, zoo  # noqa: E402
+from csdlib import MaG, Stats, generate, zoo  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
-from csdlib.cost import calibrate_latency, machine_id, parameter_costs, predict_wall_time, swi_total  # noqa: E402
+from csdlib.cost import (calibrate_latency, machine_id, model_seconds, parameter_costs,  # noqa: E402
+                         predict_wall_time, swi)
 from csdlib.datasets import load_gsm8k  # noqa: E402
 from csdlib.tuning import evaluate_cascade  # noqa: E402
 
@@ -205,20 +206,13 @@ def main(argv=None) -> int:
                "wall s": r["wall_s"], "tokens/s": r["tokens"] / r["wall_s"],
                "x HF greedy": base["wall_s"] / r["wall_s"], "equals HF greedy": r["equal"]}
         if r["stats"]:
-            calls = [s["calls"] for s in r["stats"]]
-            row["SWI parameters"] = swi_total([s["new_tokens"] for s in r["stats"]], calls, params, target.name)
-            total = {k: {} for k in ("calls", "tokens_fed", "one_token_calls", "switch_calls")}
-            for s in r["stats"]:
-                for k in total:
-                    for m, v in s[k].items():
-                        total[k][m] = total[k].get(m, 0) + v
+            total = Stats.merge_all(r["stats"])
+            row["SWI parameters"] = swi(total.new_tokens, total.calls, params, target.name)
             row["predicted s"] = predict_wall_time(total, latency)
             row["prediction error"] = row["predicted s"] / r["wall_s"] - 1
-            t = latency[target.name]
-            c, f, o = (total[k][target.name] for k in ("calls", "tokens_fed", "one_token_calls"))
-            row["limit s"] = t["a1"] * o + t["a"] * (c - o) + t["b"] * (f - o)
+            row["limit s"] = model_seconds(total, target.name, latency)
             row["x limit"] = r["wall_s"] / row["limit s"]
-            row["tokens/target call"] = r["tokens"] / c
+            row["tokens/target call"] = r["tokens"] / total.calls[target.name]
         table.append(row)
     df = pd.DataFrame(table).set_index("method")
     sd = df[df["kind"] == "csdlib SD"]

@@ -160,15 +160,15 @@ def expected_speedup(alpha: float, c: float, k: int) -> float:
     return expected_tokens_per_call(alpha, k) / (k * c + 1)
 
 
-def acceptance_rate(level: dict) -> float:
-    """Estimate of the per-token acceptance rate alpha from one level's stats (`Output.stats["levels"]`).
+def acceptance_rate(level) -> float:
+    """Estimate of the per-token acceptance rate alpha from one level's stats (a `LevelStats`).
 
     Positions after the first rejection of a review are never examined, so accepted / drafted would be
     biased low. The maximum-likelihood estimate under i.i.d. acceptance is accepted / examined, with
     examined[p] = min(accepted[p-1], drafted[p]) (examined[0] = drafted[0]); exact when every review
     of the level drafts the same number of tokens (as in SD), an approximation otherwise.
     """
-    drafted, accepted = level["drafted_per_position"], level["accepted_per_position"]
+    drafted, accepted = level.drafted_per_position, level.accepted_per_position
     examined = [drafted[0]] if drafted else []
     examined += [min(accepted[p - 1] if p - 1 < len(accepted) else 0, drafted[p])
                  for p in range(1, len(drafted))]
@@ -447,34 +447,28 @@ def stored_latency(models, *, path=None, threads: int | None = None) -> dict[str
     return out
 
 
-def _field(stats, name, default=KeyError):
-    """stats[name] or stats.name; `default` when absent (if given)."""
-    if default is KeyError:
-        return stats[name] if isinstance(stats, dict) else getattr(stats, name)
-    return stats.get(name, default) if isinstance(stats, dict) else getattr(stats, name, default)
-
-
 def forward_seconds(latency: dict, n: int) -> float:
     """Predicted seconds of one forward feeding n tokens: a1 for n = 1, else a + b*n."""
     return latency["a1"] if n == 1 else latency["a"] + latency["b"] * n
 
 
+def model_seconds(stats, name: str, latency: dict) -> float:
+    """Predicted seconds of the forwards of model `name` in `stats` (a `Stats`), without the switch
+    penalty: a1 * one_token_calls + a * (other calls) + b * (tokens those fed)."""
+    lat, calls, ones = latency[name], stats.calls[name], stats.one_token_calls.get(name, 0)
+    return lat["a1"] * ones + lat["a"] * (calls - ones) + lat["b"] * (stats.tokens_fed.get(name, 0) - ones)
+
+
 def predict_wall_time(stats, latency: dict) -> float:
-    """Predicted seconds of a run (or a sum of runs) from its stats: per model,
-    a1 * one_token_calls + a * (other calls) + b * (tokens those fed) + switch * switch_calls. `stats`:
-    `Output.stats`, a results record or `evaluate_cascade`'s result (anything with `calls`, `tokens_fed`,
-    `one_token_calls` and `switch_calls` per model); `latency`: {name: {"a1", "a", "b", "switch"}}."""
-    calls, fed = _field(stats, "calls"), _field(stats, "tokens_fed")
-    ones = _field(stats, "one_token_calls")
-    switches = _field(stats, "switch_calls", None) or {}      # absent in records from before it existed
-    missing = [name for name in calls if name not in latency]
+    """Predicted seconds of a run (or a sum of runs) from its `Stats`: per model, `model_seconds` +
+    switch * switch_calls. `latency`: {name: {"a1", "a", "b", "switch"}}."""
+    missing = [name for name in stats.calls if name not in latency]
     if missing:
         raise CSDValueError(f"latency: no calibration for model(s) {missing}; known: {sorted(latency)}")
     total = 0.0
-    for m, c in calls.items():
-        lat, c1 = latency[m], ones.get(m, 0)
-        total += lat["a1"] * c1 + lat["a"] * (c - c1) + lat["b"] * (fed.get(m, 0) - c1)
-        total += lat.get("switch", 0.0) * switches.get(m, 0)
+    for m in stats.calls:
+        total += model_seconds(stats, m, latency)
+        total += latency[m].get("switch", 0.0) * stats.switch_calls.get(m, 0)
     return float(total)
 
 

@@ -236,11 +236,7 @@ def record_for(target, method: Method, out, sample_id, prompt: list[int], wall_s
         "target_mode": "cached" if isinstance(target, CachedTarget) else "model",
         "models": list(calls), "k_matrix": method.k_matrix, "lenience": float(method.lenience),
         "max_new_tokens": max_new_tokens, "prompt_tokens": len(prompt),
-        "new_tokens": len(out.new_tokens), "token_ids": out.new_tokens,
-        "calls": calls, "target_calls": calls[target.name], "encoder_calls": stats.encoder_calls,
-        "tokens_fed": stats.tokens_fed, "one_token_calls": stats.one_token_calls,
-        "switch_calls": stats.switch_calls,
-        "levels": stats.to_dict()["levels"],
+        **stats.to_dict(), "token_ids": out.new_tokens, "target_calls": calls[target.name],
         "model_costs": tables, "c_target": c_target, "cost": spent,
         "swi": {t: costs_mod.swi(len(out.new_tokens), calls, c, target.name) if spent[t] else None
                 for t, c in tables.items()},
@@ -344,17 +340,10 @@ def _warm_up(target, methods, prompt, max_new_tokens, times):
 # ---------------------------------------------------------------- summaries
 
 
-def level_stats(records) -> Stats:
-    """Calls and per-level stats of records (rows of a results frame, or dicts) summed."""
+def stats_of(records) -> Stats:
+    """The summed `Stats` of records (rows of a results frame, or record dicts)."""
     rows = records.to_dict("records") if isinstance(records, pd.DataFrame) else list(records)
-    return Stats.merge_all(Stats.from_dict({"new_tokens": r["new_tokens"], "levels": r["levels"],
-                                            "calls": _calls_of(r)}) for r in rows)
-
-
-def _calls_of(row: dict) -> dict:
-    if isinstance(row.get("calls"), dict):
-        return row["calls"]
-    return {m: int(row[f"calls.{m}"]) for m in row["models"]}
+    return Stats.merge_all(Stats.from_dict(r) for r in rows)
 
 
 def configurations(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -366,11 +355,11 @@ def configurations(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
             for name, (h, g) in zip(names, groups)]
 
 
-def _context(df: pd.DataFrame) -> pd.Series:
-    """Which AR records a record is compared with: same target, data, max_new_tokens and environment."""
-    if "context_hash" in df:
-        return df["context_hash"].fillna("")
-    return pd.Series("", index=df.index)
+def ar_records(df: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
+    """The AR records (the target alone) of `df` made in the same run context as `records` (one
+    configuration's, see `configurations`): same target, data, max_new_tokens and environment."""
+    context = df["context_hash"].fillna("") if "context_hash" in df else pd.Series("", index=df.index)
+    return df[(df["models"].map(len) == 1) & (context == context[records.index[0]])]
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -383,11 +372,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame()
     tables = sorted(c.split(".", 1)[1] for c in df.columns if c.startswith("cost."))
-    df = df.assign(_context=_context(df))
-    ar = df[df["models"].map(len) == 1]
     rows = []
     for label, g in configurations(df):
-        total = level_stats(g)
+        total = stats_of(g)
         levels = total.levels
         first = g.iloc[0]
         row = {"method": label, "samples": len(g), "new_tokens": int(g["new_tokens"].sum())}
@@ -395,7 +382,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             costs = first.get(f"model_costs.{t}")
             if isinstance(costs, dict) and g[f"cost.{t}"].notna().all():
                 row[f"SWI {t}"] = costs_mod.swi(total.new_tokens, total.calls, costs, first["target"])
-        ar_wall = ar[ar["_context"] == first["_context"]].set_index("sample_id")["wall_s"]
+        ar_wall = ar_records(df, g).set_index("sample_id")["wall_s"]
         if len(ar_wall) and (g["target_mode"] == "model").all():
             shared = g[g["sample_id"].isin(ar_wall.index)]
             row["wall speedup"] = ar_wall[shared["sample_id"]].sum() / shared["wall_s"].sum()

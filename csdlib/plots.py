@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .experiment import _context, configurations, level_stats
+from .experiment import ar_records, configurations, stats_of
 
 
 def _save(fig, path):
@@ -53,16 +53,15 @@ def acceptance_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     model, drafted, accepted, acceptance (and position, 1-based)."""
     per_level, per_pos = [], []
     for method, g in configurations(df):
-        for lv in level_stats(g).levels:
-            if not lv["drafted"]:
+        for lv in stats_of(g).levels:
+            if not lv.drafted:
                 continue
-            per_level.append({"method": method, "level": lv["level"], "model": lv["model"],
-                              "reviews": lv["reviews"], "drafted": lv["drafted"], "accepted": lv["accepted"],
-                              "acceptance": lv["accepted"] / lv["drafted"]})
-            acc = lv["accepted_per_position"] + [0] * (len(lv["drafted_per_position"]) - len(lv["accepted_per_position"]))
-            for i, (d, a) in enumerate(zip(lv["drafted_per_position"], acc)):
+            per_level.append({"method": method, "level": lv.level, "model": lv.model, "reviews": lv.reviews,
+                              "drafted": lv.drafted, "accepted": lv.accepted, "acceptance": lv.acceptance})
+            acc = lv.accepted_per_position + [0] * (len(lv.drafted_per_position) - len(lv.accepted_per_position))
+            for i, (d, a) in enumerate(zip(lv.drafted_per_position, acc)):
                 if d:
-                    per_pos.append({"method": method, "level": lv["level"], "model": lv["model"],
+                    per_pos.append({"method": method, "level": lv.level, "model": lv.model,
                                     "position": i + 1, "drafted": d, "accepted": a, "acceptance": a / d})
     return pd.DataFrame(per_level), pd.DataFrame(per_pos)
 
@@ -122,15 +121,14 @@ def cost_table(df: pd.DataFrame, table: str = "parameters") -> pd.DataFrame:
     """Tidy frame: method (one per configuration, see `experiment.configurations`), model, calls
     (summed), cost per call, calls x cost as a share of the total of AR's records of the same run
     context (target, data, max_new_tokens, environment) on the same samples."""
-    df = df.assign(_context=_context(df))
-    ar = df[df["models"].map(len) == 1]
     rows = []
     for method, g in configurations(df):
         first = g.iloc[0]
         costs = first["model_costs"][table] if "model_costs" in g else first[f"model_costs.{table}"]
-        same = ar[(ar["_context"] == first["_context"]) & ar["sample_id"].isin(g["sample_id"])]
+        same = ar_records(df, g)
+        same = same[same["sample_id"].isin(g["sample_id"])]
         ar_total = same[f"cost.{table}"].sum() if not same.empty else None
-        calls = level_stats(g).calls
+        calls = stats_of(g).calls
         for model in first["models"]:
             n = int(calls[model])
             rows.append({"method": method, "model": model, "calls": n, "cost per call": costs[model],
@@ -171,7 +169,7 @@ def tuning_plot(result: dict, history: list[dict] | None = None, table: str = "p
 
     label = "predicted speedup (latency model)" if table == "latency" else f"SWI ({table})"
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    names = [lv["model"] for lv in result["levels"]]
+    names = [lv.model for lv in result["stats"].levels]
     acc = [a if a is not None else 0 for a in result["acceptance"]]
     axes[0].bar(names, acc, color="tab:blue")
     axes[0].set_ylim(0, 1)

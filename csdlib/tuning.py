@@ -39,11 +39,10 @@ def evaluate_cascade(target, drafters, prompts, k_matrix, lenience: float = 1.0,
     """Run the cascade greedily on `prompts` (lists of token ids) and aggregate.
 
     Returns a dict: ``swi`` ({cost table: SWI}, a ratio of totals; tables are ``parameters`` or the
-    given `cost_table` under ``custom``), ``acceptance`` (accepted / drafted per level, target first,
-    None where nothing was drafted), ``stats`` (the summed `csdlib.Stats`), ``levels`` (its per-level
-    stats as dicts), ``calls``, ``tokens_fed`` and ``one_token_calls`` (summed per model), ``new_tokens``,
-    ``tokens_per_target_call``, ``k_matrix`` and ``lenience``; with `latency` ({name: {"a1", "a", "b"}},
-    `csdlib.cost`) also ``predicted_s`` (predicted wall time), ``predicted_ar_s`` (AR's on the same
+    given `cost_table` under ``custom``), ``stats`` (the summed `csdlib.Stats`: calls, tokens fed, ...
+    per model, acceptance per level and position), ``acceptance`` (accepted / drafted per level, target
+    first, None where nothing was drafted), ``tokens_per_target_call``, ``k_matrix`` and ``lenience``;
+    with `latency` ({name: {"a1", "a", "b"}}, `csdlib.cost`) also ``predicted_s`` (predicted wall time), ``predicted_ar_s`` (AR's on the same
     prompts) and ``predicted_speedup`` (their ratio). `on_prompt(i, partial_result)` is called after each
     prompt (the optimizer prunes with it).
     """
@@ -71,17 +70,12 @@ def _summary(target, tables, total: Stats, k_matrix, lenience, latency, ar_s):
     swi = {t: costs_mod.swi(total.new_tokens, total.calls, c, target.name) for t, c in tables.items()}
     target_calls = total.calls.get(target.name, 0)
     r = {
-        "swi": swi, "stats": total,
-        "acceptance": [lv.acceptance for lv in total.levels],
-        "levels": total.to_dict()["levels"], "calls": dict(total.calls), "tokens_fed": dict(total.tokens_fed),
-        "one_token_calls": dict(total.one_token_calls),
-        "switch_calls": dict(total.switch_calls),
-        "new_tokens": total.new_tokens,
+        "swi": swi, "stats": total, "acceptance": [lv.acceptance for lv in total.levels],
         "tokens_per_target_call": total.new_tokens / target_calls if target_calls else None,
         "k_matrix": [list(r) for r in k_matrix], "lenience": float(lenience),
     }
     if latency is not None:
-        r["predicted_s"] = costs_mod.predict_wall_time(r, latency)
+        r["predicted_s"] = costs_mod.predict_wall_time(total, latency)
         r["predicted_ar_s"] = ar_s
         r["predicted_speedup"] = ar_s / r["predicted_s"] if r["predicted_s"] else None
     return r

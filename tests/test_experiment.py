@@ -192,3 +192,18 @@ def test_measured_costs(setup):
     assert list(costs) == ["target", "mid", "small", "mag"]
     assert costs["mag"] == 0.0 and all(costs[n] > 0 for n in ("target", "mid", "small"))
     assert target.calls == 1 + 1 + 3                           # fill the cache, warm-up, timed
+
+
+def test_committed_records_still_read_and_summarize():
+    """Records written before tokens_fed / one_token_calls / switch_calls existed (data/results/reference)."""
+    from pathlib import Path
+
+    from csdlib.experiment import stats_of
+
+    df = load_results(Path(__file__).resolve().parent.parent / "data/results/reference/gsm8k-dev-n100-t128.jsonl")
+    csd = df[df["method"] == "CSD"]
+    total = stats_of(csd)
+    assert total.calls["target"] == csd["calls.target"].sum() and total.new_tokens == csd["new_tokens"].sum()
+    assert total.tokens_fed == {} and total.levels[0].drafted > 0
+    s = summarize(df)
+    assert s.loc["CSD", "tokens/target call"] == total.new_tokens / total.calls["target"]

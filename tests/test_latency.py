@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tiny
-from csdlib import BigramTable, HFModel, MaG, generate
+from csdlib import BigramTable, HFModel, MaG, Stats, generate
 from csdlib import cost
 from csdlib.cache import build_target_cache
 from csdlib.errors import CSDValueError
@@ -61,8 +61,8 @@ def test_tokens_fed_ar_and_cached_target_replays_them_exactly(models, tmp_path):
     target, mid, mag = models
     prompt = [3, 1, 4, 1, 5, 9, 2]
     ar = generate(target, [], prompt, max_new_tokens=10)
-    assert ar.stats["tokens_fed"] == {"target": len(prompt) + 9}        # prefill, then one per call
-    assert ar.stats["one_token_calls"] == {"target": 9} and ar.stats["calls"] == {"target": 10}
+    assert ar.stats.tokens_fed == {"target": len(prompt) + 9}        # prefill, then one per call
+    assert ar.stats.one_token_calls == {"target": 9} and ar.stats.calls == {"target": 10}
     assert ar.stats.switch_calls == {"target": 1}                         # only its first forward is cold
     sd = generate(target, [mid], prompt, k_matrix=[[3]], max_new_tokens=20).stats
     # every review follows the drafter (but the last, when no room is left to draft); the drafter's
@@ -72,30 +72,30 @@ def test_tokens_fed_ar_and_cached_target_replays_them_exactly(models, tmp_path):
     prompts = [prompt, [7, 7, 8, 7, 7, 8, 7]]
     cached = build_target_cache(target, prompts, 24, tmp_path / "c.jsonl")
     for k in ([[3, 2], [0, 2]], [[1, 4], [0, 1]], [[5, 0], [0, 0]]):
-        real = evaluate_cascade(target, [mid, mag], prompts, k, 2.0, max_new_tokens=24)
-        fast = evaluate_cascade(cached, [mid, mag], prompts, k, 2.0, max_new_tokens=24)
-        assert fast["tokens_fed"] == real["tokens_fed"] and fast["one_token_calls"] == real["one_token_calls"]
-        assert fast["switch_calls"] == real["switch_calls"]
-        assert real["tokens_fed"]["target"] > real["calls"]["target"] > real["one_token_calls"]["target"]
-        assert real["tokens_fed"]["mag"] == 0
+        real = evaluate_cascade(target, [mid, mag], prompts, k, 2.0, max_new_tokens=24)["stats"]
+        fast = evaluate_cascade(cached, [mid, mag], prompts, k, 2.0, max_new_tokens=24)["stats"]
+        assert fast.tokens_fed == real.tokens_fed and fast.one_token_calls == real.one_token_calls
+        assert fast.switch_calls == real.switch_calls
+        assert real.tokens_fed["target"] > real.calls["target"] > real.one_token_calls["target"]
+        assert real.tokens_fed["mag"] == 0
 
 
 def test_predict_wall_time_and_ar():
     lat = {"t": {"a1": 4.0, "a": 5.0, "b": 0.5}, "d": {"a1": 1.0, "a": 1.2, "b": 0.1, "switch": 0.25},
            "mag": cost.ZERO_LATENCY}
-    stats = {"calls": {"t": 3, "d": 10, "mag": 4}, "tokens_fed": {"t": 20, "d": 30, "mag": 0},
-             "one_token_calls": {"t": 0, "d": 8, "mag": 0}}
+    stats = Stats(calls={"t": 3, "d": 10, "mag": 4}, tokens_fed={"t": 20, "d": 30, "mag": 0},
+                  one_token_calls={"t": 0, "d": 8, "mag": 0})
     # t: 3 multi-token calls feeding 20; d: 8 one-token calls + 2 calls feeding 22
     assert cost.predict_wall_time(stats, lat) == pytest.approx(3 * 5 + 0.5 * 20 + 8 * 1 + 2 * 1.2 + 0.1 * 22)
     # 3 of d's calls came right after another model's forward: each pays d's switch penalty
-    stats["switch_calls"] = {"t": 3, "d": 3}
+    stats.switch_calls = {"t": 3, "d": 3}
     assert cost.predict_wall_time(stats, lat) == pytest.approx(3 * 5 + 0.5 * 20 + 8 * 1 + 2 * 1.2 + 0.1 * 22 + 0.75)
     assert cost.predict_ar_wall_time(lat["t"], 10, 5) == pytest.approx(5 + 0.5 * 10 + 4 * 4.0)
     assert cost.predict_ar_wall_time(lat["t"], 10, 0) == 0
     assert cost.forward_seconds(lat["t"], 1) == 4.0 and cost.forward_seconds(lat["t"], 6) == 8.0
     assert cost.latency_costs(lat) == {"t": 4.0, "d": 1.0, "mag": 0.0}
     with pytest.raises(CSDValueError, match="no calibration for model"):
-        cost.predict_wall_time({"calls": {"x": 1}, "tokens_fed": {"x": 1}, "one_token_calls": {}}, lat)
+        cost.predict_wall_time(Stats(calls={"x": 1}, tokens_fed={"x": 1}), lat)
 
 
 def test_calibration_is_stored_keyed_and_reused(models, tmp_path, monkeypatch):
@@ -138,7 +138,9 @@ def test_run_records_store_latency_costs_and_predictions(models):
     methods = standard_methods([mid, mag], k_matrix=[[2, 2], [0, 2]], sd_k=2)
     df = run(target, methods, [(0, [3, 4, 5, 3, 4])], max_new_tokens=10, latency=lat, warmup=0, progress=False)
     for _, rec in df.iterrows():
-        stats = {k: {m: rec[f"{k}.{m}"] for m in rec["models"]} for k in ("calls", "tokens_fed", "one_token_calls")}
+        stats = Stats(calls={m: rec[f"calls.{m}"] for m in rec["models"]},
+                      tokens_fed={m: rec[f"tokens_fed.{m}"] for m in rec["models"]},
+                      one_token_calls={m: rec[f"one_token_calls.{m}"] for m in rec["models"]})
         assert rec["predicted_s"] == pytest.approx(cost.predict_wall_time(stats, lat))
         assert rec["model_costs.latency"] == {m: lat[m]["a1"] for m in rec["models"]}
         assert rec["threads"] >= 1
