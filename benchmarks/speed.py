@@ -39,8 +39,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from csdlib import MaG, Stats, generate, zoo  # noqa: E402
+from csdlib import Stats, generate, zoo  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
+from csdlib.cascade import is_free  # noqa: E402
 from csdlib.cost import (calibrate_latency, machine_id, model_seconds, parameter_costs,  # noqa: E402
                          predict_wall_time, swi)
 from csdlib.datasets import load_gsm8k  # noqa: E402
@@ -120,8 +121,8 @@ def main(argv=None) -> int:
     target, drafters = fam.target, list(fam.drafters)
     hf_target = target.model
     eos = sorted(target.eos_token_ids)
-    neural = [d for d in drafters if not isinstance(d, MaG)]
-    mag = next((d for d in drafters if isinstance(d, MaG)), None)
+    neural = [d for d in drafters if not is_free(d)]
+    mag = next((d for d in drafters if is_free(d)), None)
     dev = load_gsm8k("dev", args.data_dir)
     measure = [fam.prompt_ids(x["question"]) for x in dev[:args.prompts]]
     tune = [fam.prompt_ids(x["question"]) for x in dev[TUNE_OFFSET:TUNE_OFFSET + args.tune_prompts]]

@@ -34,6 +34,7 @@ from __future__ import annotations
 import statistics
 import time
 
+from .cascade import fingerprint, is_free
 from .errors import CSDValueError
 
 #: The seed's `model_parameters` table, with LLaMA-7B at parameter scale (see the module docstring).
@@ -49,11 +50,6 @@ PREVIOUS_WORK = {"xxl": 1, "large": 0.11, "base": 0.04, "small": 0.02}
 SEED_TABLES = {"model_parameters": MODEL_PARAMETERS, "previous_work": PREVIOUS_WORK}
 
 
-def is_mag(model) -> bool:
-    """A free drafter (MaG): costs 0 under every table."""
-    return bool(getattr(model, "free", False))
-
-
 def resolve_cost(name: str, table: dict) -> float:
     """The cost of the model called `name` in a seed-style table (longest substring key wins)."""
     lowered = str(name).lower()
@@ -66,12 +62,12 @@ def resolve_cost(name: str, table: dict) -> float:
 
 def table_costs(models, table: dict) -> dict[str, float]:
     """{name: cost} for `models` under a seed-style table; MaG costs 0."""
-    return {m.name: 0.0 if is_mag(m) else resolve_cost(m.name, table) for m in models}
+    return {m.name: 0.0 if is_free(m) else resolve_cost(m.name, table) for m in models}
 
 
 def parameter_costs(models) -> dict[str, float]:
     """{name: parameter count} (`HFModel.cost`'s default); MaG costs 0."""
-    return {m.name: 0.0 if is_mag(m) else float(m.cost) for m in models}
+    return {m.name: 0.0 if is_free(m) else float(m.cost) for m in models}
 
 
 def measure_costs(models, prompt_ids, *, warmup: int = 5, repeats: int = 30) -> dict[str, float]:
@@ -83,7 +79,7 @@ def measure_costs(models, prompt_ids, *, warmup: int = 5, repeats: int = 30) -> 
     prompt = list(prompt_ids)
     costs = {}
     for m in models:
-        if is_mag(m):
+        if is_free(m):
             costs[m.name] = 0.0
             continue
         seq = m.start(prompt) + [0]          # decoder-only: prompt + one token; T5: [start, token]
@@ -259,8 +255,6 @@ def latency_key(model, threads: int | None = None) -> str:
     """`<model fingerprint>|<device>|<threads>threads`: what a calibration is valid for."""
     import torch
 
-    from .cache import fingerprint
-
     threads = torch.get_num_threads() if threads is None else threads
     return f"{fingerprint(model)}|{_device_of(model)}|{threads}threads"
 
@@ -409,13 +403,13 @@ def calibrate_latency(models, *, path=None, threads: int | None = None, force: b
     try:
         torch.set_num_threads(threads)
         for m in models:
-            free = is_mag(m) or not hasattr(m, "logits")
+            free = is_free(m) or not hasattr(m, "logits")
             if free and not hasattr(m, "propose"):
                 out[m.name] = dict(ZERO_LATENCY)
                 continue
             key = latency_key(m, threads)
             if force or not set(ZERO_LATENCY) <= set(entries.get(key, {})):   # absent, or from an older format
-                others = [o for o in models if o is not m and hasattr(o, "logits") and not is_mag(o)]
+                others = [o for o in models if o is not m and hasattr(o, "logits") and not is_free(o)]
                 other = max(others, key=lambda o: o.cost) if others else None
                 fit = (calibrate_free(m, **{k: v for k, v in kwargs.items() if k in ("context", "ns", "seed")})
                        if free else calibrate_model(m, other=other, **kwargs))
@@ -437,7 +431,7 @@ def stored_latency(models, *, path=None, threads: int | None = None) -> dict[str
     entries = load_latency(path)
     out = {}
     for m in models:
-        if (is_mag(m) or not hasattr(m, "logits")) and not hasattr(m, "propose"):
+        if (is_free(m) or not hasattr(m, "logits")) and not hasattr(m, "propose"):
             out[m.name] = dict(ZERO_LATENCY)
             continue
         entry = entries.get(latency_key(m, threads))

@@ -45,8 +45,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from . import cost as costs_mod
-from .cache import CachedTarget, fingerprint, prompt_key
-from .cascade import generate, is_free, resolve_sampling
+from .cache import prompt_key
+from .cascade import fingerprint, generate, is_free, replays, resolve_sampling
 from .errors import CSDValueError
 from .stats import Stats
 
@@ -103,7 +103,7 @@ def _hash(obj) -> str:
 def context_of(target, source: dict, max_new_tokens: int, env: dict) -> dict:
     """What every method of one run shares: the target, the data, max_new_tokens, the environment."""
     return {"target": fingerprint(target), "target_name": target.name, "target_cost": float(target.cost),
-            "target_mode": "cached" if isinstance(target, CachedTarget) else "model",
+            "target_mode": "cached" if replays(target) else "model",
             "source": source, "max_new_tokens": max_new_tokens, "environment": env}
 
 
@@ -233,7 +233,7 @@ def record_for(target, method: Method, out, sample_id, prompt: list[int], wall_s
     return {
         "key": key, "config_hash": key.split(":")[0], "method": method.name, "sample_id": sample_id,
         "dataset": dataset, "target": target.name,
-        "target_mode": "cached" if isinstance(target, CachedTarget) else "model",
+        "target_mode": "cached" if replays(target) else "model",
         "models": list(calls), "k_matrix": method.k_matrix, "lenience": float(method.lenience),
         "max_new_tokens": max_new_tokens, "prompt_tokens": len(prompt),
         **stats.to_dict(), "token_ids": out.new_tokens, "target_calls": calls[target.name],
@@ -313,7 +313,7 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
         ar_tokens = output.new_tokens if m.is_ar else ar_rec["token_ids"] if ar_rec and m.greedy else None
         rec = record_for(target, m, output, sid, ids, wall, tables[m.name], dataset, max_new_tokens, key,
                          ar_tokens=ar_tokens)
-        if latency is not None and not isinstance(target, CachedTarget):
+        if latency is not None and not replays(target):
             used = {name: latency[name] for name in rec["calls"] if name in latency}
             if len(used) == len(rec["calls"]):
                 rec["latency"] = used

@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 
 from . import cost as costs_mod
-from .cascade import generate
+from .cascade import generate, is_free, replays
 from .errors import CSDValueError
 from .stats import Stats
 
@@ -219,7 +219,7 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
     prompts = [list(p) for p in prompts]
     if not prompts:
         raise CSDValueError("prompts: expected at least one prompt")
-    mag = drafters[-1] if getattr(drafters[-1], "free", False) else None
+    mag = drafters[-1] if is_free(drafters[-1]) else None
     models = [target, *drafters]
     if objective == "latency":
         if latency is None:
@@ -314,9 +314,7 @@ def predicted_vs_measured(target, drafters, prompts, k_matrix, lenience: float =
 
     import pandas as pd
 
-    from .cache import CachedTarget
-
-    if isinstance(target, CachedTarget):
+    if replays(target):
         raise CSDValueError("target: predicted vs measured needs the real target, not a CachedTarget")
     settings = {"AR": ([], None, 1.0), "cascade": (list(drafters), k_matrix, lenience)}
     for _ in range(warmup):

@@ -11,7 +11,8 @@ import tiny
 import csdlib
 from csdlib import BigramTable, HFModel, MaG
 from csdlib import experiment
-from csdlib.cache import build_target_cache, fingerprint
+from csdlib.cache import build_target_cache
+from csdlib.cascade import fingerprint
 from csdlib.errors import CSDValueError, MissingFileError
 from csdlib.experiment import Method, read_records, run, standard_methods, summarize
 
