@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from csdlib import Stats, generate, zoo  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
 from csdlib.cascade import is_free  # noqa: E402
-from csdlib.cost import (calibrate_latency, machine_id, model_seconds, parameter_costs,  # noqa: E402
-                         predict_wall_time, swi)
+from csdlib.cost import parameter_costs, swi  # noqa: E402
+from csdlib.latency import calibrate_latency, machine_id, model_seconds, predict_wall_time  # noqa: E402
 from csdlib.datasets import load_gsm8k  # noqa: E402
 from csdlib.tuning import evaluate_cascade  # noqa: E402
 

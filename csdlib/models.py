@@ -83,7 +83,7 @@ class HFModel:
         self.max_positions = getattr(text_config, "max_position_embeddings", None)
         self.calls = 0            # decoder forward passes since start()
         self.tokens_fed = 0       # tokens fed to those forwards since start() (prefill included)
-        self.one_token_calls = 0  # those of the forwards that fed exactly one token (cheaper: see cost.py)
+        self.one_token_calls = 0  # those of the forwards that fed exactly one token (cheaper: see latency.py)
         self.encoder_calls = 0    # encoder forward passes since start() (one per prompt)
         self.forward_seconds = 0.0  # wall time inside the model's forward passes since start()
         self._cache = None

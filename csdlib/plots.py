@@ -5,7 +5,7 @@ Figure, optionally saved to `path` (parent folders created).
   (`experiment.summarize` output).
 - `acceptance_tables(df)`: tidy per-level and per-position acceptance frames from result records.
 - `acceptance_per_level(df)`, `acceptance_per_position(df)`, `accepted_per_target_call(df)`,
-  `cost_breakdown(df)`: seaborn figures from `experiment.load_results` records.
+  `cost_breakdown(df)`: seaborn figures from `records.load_results` records.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 `calls` counts every forward pass of each model (review or propose; MaG's proposals count as calls
 too, at cost 0); `tokens_fed` the tokens those forwards fed, `one_token_calls` how many of them fed
 exactly one token and `switch_calls` how many came right after another model's forward (the latency
-model, `csdlib.cost`, needs all four). `levels` has one entry per reviewing level (every model but the last; the target alone for
+model, `csdlib.latency`, needs all four). `levels` has one entry per reviewing level (every model but the last; the target alone for
 AR), with drafted / accepted counts in total and per draft position (position 0 = the first token
 after the accepted prefix). Only positions up to the output's EOS count.
 

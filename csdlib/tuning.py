@@ -17,7 +17,7 @@ integer entries that interact (a row's entries only matter if the level above dr
 far better than a fixed grid; a trial that is clearly worse than the median after a few prompts is
 pruned (MedianPruner), and settings already evaluated are not run again. The objective is
 `"latency"` (predicted wall-clock speedup over AR from the calibrated latency model,
-`csdlib.cost.predict_wall_time`) or the name of a cost table (SWI under it, e.g. "parameters").
+`csdlib.latency.predict_wall_time`) or the name of a cost table (SWI under it, e.g. "parameters").
 MaG's draft size is its k-matrix column (MaG proposes what its entry asks for, at most its k); in seed
 mode, where MaG always proposes its own k, that k is searched instead.
 """
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from . import cost as costs_mod
 from .cascade import generate, is_free, replays
 from .errors import CSDValueError
+from .latency import predict_ar_wall_time, predict_wall_time, stored_latency
 from .stats import Stats
 
 
@@ -42,7 +43,7 @@ def evaluate_cascade(target, drafters, prompts, k_matrix, lenience: float = 1.0,
     given `cost_table` under ``custom``), ``stats`` (the summed `csdlib.Stats`: calls, tokens fed, ...
     per model, acceptance per level and position), ``acceptance`` (accepted / drafted per level, target
     first, None where nothing was drafted), ``tokens_per_target_call``, ``k_matrix`` and ``lenience``;
-    with `latency` ({name: {"a1", "a", "b"}}, `csdlib.cost`) also ``predicted_s`` (predicted wall time), ``predicted_ar_s`` (AR's on the same
+    with `latency` ({name: {"a1", "a", "b"}}, `csdlib.latency`) also ``predicted_s`` (predicted wall time), ``predicted_ar_s`` (AR's on the same
     prompts) and ``predicted_speedup`` (their ratio). `on_prompt(i, partial_result)` is called after each
     prompt (the optimizer prunes with it).
     """
@@ -58,7 +59,7 @@ def evaluate_cascade(target, drafters, prompts, k_matrix, lenience: float = 1.0,
                        max_new_tokens=max_new_tokens)
         total = total.merge(out.stats)
         if latency is not None:
-            ar_s += costs_mod.predict_ar_wall_time(latency[target.name], len(ids), len(out.new_tokens))
+            ar_s += predict_ar_wall_time(latency[target.name], len(ids), len(out.new_tokens))
         if on_prompt is not None or i == len(prompts) - 1:
             result = _summary(target, tables, total, k_matrix, lenience, latency, ar_s)
             if on_prompt is not None:
@@ -75,7 +76,7 @@ def _summary(target, tables, total: Stats, k_matrix, lenience, latency, ar_s):
         "k_matrix": [list(r) for r in k_matrix], "lenience": float(lenience),
     }
     if latency is not None:
-        r["predicted_s"] = costs_mod.predict_wall_time(total, latency)
+        r["predicted_s"] = predict_wall_time(total, latency)
         r["predicted_ar_s"] = ar_s
         r["predicted_speedup"] = ar_s / r["predicted_s"] if r["predicted_s"] else None
     return r
@@ -195,7 +196,7 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
         drafters: largest first, MaG (if any) last.
         prompts: lists of token ids (not used for calibration; keep some apart to check the result).
         objective: "latency" (predicted wall-clock speedup over AR; needs a calibration, `latency` or
-            the stored one, see `csdlib.cost.calibrate_latency`) or a cost-table name ("parameters",
+            the stored one, see `csdlib.latency.calibrate_latency`) or a cost-table name ("parameters",
             the seed's "model_parameters" / "previous_work" where they cover the models): SWI under it.
         k_max: the largest k-matrix entry tried for a neural drafter's column; `mag_k_max` for MaG's
             column (default: MaG's k).
@@ -223,7 +224,7 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
     models = [target, *drafters]
     if objective == "latency":
         if latency is None:
-            latency = costs_mod.stored_latency(models)
+            latency = stored_latency(models)
         if latency is None:
             raise CSDValueError("objective: 'latency' needs a latency calibration of these models on this "
                                 "machine and thread count; run `csd calibrate` (or pass latency=...)")
@@ -327,7 +328,7 @@ def predicted_vs_measured(target, drafters, prompts, k_matrix, lenience: float =
             tic = time.perf_counter()
             out = generate(target, ds, list(ids), k_matrix=k, lenience=l, max_new_tokens=max_new_tokens)
             rows[name]["measured s"] += time.perf_counter() - tic
-            rows[name]["predicted s"] += costs_mod.predict_wall_time(out.stats, latency)
+            rows[name]["predicted s"] += predict_wall_time(out.stats, latency)
             outs[name] = out.new_tokens
         rows["cascade"]["equal"] &= outs["cascade"] == outs["AR"]
     df = pd.DataFrame([{"method": name, **r} for name, r in rows.items()]).set_index("method")

@@ -9,8 +9,8 @@ import csdlib
 from csdlib import BigramTable, HFModel, MaG
 from csdlib.cache import CachedTarget, build_target_cache
 from csdlib.errors import CSDValueError
-from csdlib.experiment import (Method, load_results, merge_shards, read_records, run, shard_path,
-                               standard_methods, summarize)
+from csdlib.experiment import Method, run, standard_methods, summarize
+from csdlib.records import load_results, merge_shards, read_records, shard_path
 
 K = [[2, 3, 2], [0, 1, 2], [0, 0, 2]]
 
