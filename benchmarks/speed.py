@@ -112,6 +112,120 @@ def best_k(cached, drafter, prompts, ks, latency, max_new_tokens):
     return max(scores, key=scores.get), scores
 
 
+def build_methods(fam, chosen: dict, max_new_tokens: int, lookup: int) -> dict:
+    """{name: (kind, run(prompt) -> (tokens, Stats or None))}: HF greedy, csdlib's AR, SD with each
+    drafter at its chosen k and CSD, HF assisted generation with each neural drafter, HF prompt lookup."""
+    target, drafters = fam.target, list(fam.drafters)
+    eos = sorted(target.eos_token_ids)
+
+    def csd_method(ds, k, lenience=1.0):
+        def run(prompt):
+            o = generate(target, ds, prompt, k_matrix=k, lenience=lenience, max_new_tokens=max_new_tokens)
+            return o.new_tokens, o.stats
+        return run
+
+    def hf_method(**kwargs):
+        def run(prompt):
+            return cut_at_eos(hf_generate(target.model, prompt, max_new_tokens, eos, **kwargs), eos), None
+        return run
+
+    def assisted(d, **settings):
+        def run(prompt):
+            with assistant_settings(d.model, **settings):
+                return hf_method(assistant_model=d.model)(prompt)
+        return run
+
+    methods = {"HF greedy": ("hf", hf_method()), "AR": ("csdlib", csd_method([], None))}
+    for d in drafters:
+        label = "MaG" if is_free(d) else d.name
+        methods[f"SD({label}) k={chosen[d.name]}"] = ("csdlib SD", csd_method([d], [[chosen[d.name]]]))
+    methods["CSD"] = ("csdlib CSD", csd_method(drafters, fam.k_matrix, fam.lenience))
+    for d in (d for d in drafters if not is_free(d)):
+        methods[f"HF assisted({d.name}) default"] = ("hf peer", assisted(d))
+        methods[f"HF assisted({d.name}) k={chosen[d.name]}"] = ("hf peer", assisted(
+            d, num_assistant_tokens=chosen[d.name], num_assistant_tokens_schedule="constant",
+            assistant_confidence_threshold=0.0))
+    methods[f"HF prompt lookup({lookup})"] = ("hf peer", hf_method(prompt_lookup_num_tokens=lookup))
+    return methods
+
+
+def measure_methods(methods: dict, prompts, warmup: int, log) -> dict:
+    """Run every method on every prompt (the order rotates from prompt to prompt) after `warmup` untimed
+    rounds: {name: {"wall_s", "tokens", "equal" (to HF greedy's outputs), "stats" (a list of Stats)}}."""
+    names = list(methods)
+    for _ in range(warmup):
+        for name in names:
+            methods[name][1](prompts[0][:])
+    rows = {name: {"wall_s": 0.0, "tokens": 0, "equal": True, "stats": []} for name in names}
+    for i, prompt in enumerate(prompts):
+        order = names[i % len(names):] + names[:i % len(names)]          # rotate the order
+        outputs = {}
+        for name in order:
+            tic = time.perf_counter()
+            tokens, stats = methods[name][1](prompt)
+            wall = time.perf_counter() - tic
+            outputs[name] = tokens
+            rows[name]["wall_s"] += wall
+            rows[name]["tokens"] += len(tokens)
+            if stats is not None:
+                rows[name]["stats"].append(stats)
+        for name in names:
+            rows[name]["equal"] &= outputs[name] == outputs["HF greedy"]
+        log(f"prompt {i + 1}/{len(prompts)}: " + ", ".join(f"{n} {rows[n]['wall_s']:.1f}s" for n in names[:4]) + " ...")
+    return rows
+
+
+def results_table(rows: dict, methods: dict, n_prompts: int, models, latency: dict) -> pd.DataFrame:
+    """One row per method: tokens/s, speedups, SWI (parameter costs), predicted time and its error, the
+    limit (the target's calls alone, `model_seconds`) and tokens per target call."""
+    target = models[0].name
+    base = rows["HF greedy"]
+    params = parameter_costs(models)
+    table = []
+    for name, r in rows.items():
+        row = {"method": name, "kind": methods[name][0], "prompts": n_prompts, "new tokens": r["tokens"],
+               "wall s": r["wall_s"], "tokens/s": r["tokens"] / r["wall_s"],
+               "x HF greedy": base["wall_s"] / r["wall_s"], "equals HF greedy": r["equal"]}
+        if r["stats"]:
+            total = Stats.merge_all(r["stats"])
+            row["SWI parameters"] = swi(total.new_tokens, total.calls, params, target)
+            row["predicted s"] = predict_wall_time(total, latency)
+            row["prediction error"] = row["predicted s"] / r["wall_s"] - 1
+            row["limit s"] = model_seconds(total, target, latency)
+            row["x limit"] = r["wall_s"] / row["limit s"]
+            row["tokens/target call"] = r["tokens"] / total.calls[target]
+        table.append(row)
+    df = pd.DataFrame(table).set_index("method")
+    sd = df[df["kind"] == "csdlib SD"]
+    peers = df[df["kind"] == "hf peer"]
+    df["x best SD"] = sd["wall s"].min() / df["wall s"] if len(sd) else None
+    df["x best HF peer"] = peers["wall s"].min() / df["wall s"] if len(peers) else None
+    return df
+
+
+COLUMNS = ["tokens/s", "x HF greedy", "x best SD", "x best HF peer", "SWI parameters", "wall s", "predicted s",
+           "prediction error", "limit s", "x limit", "tokens/target call", "equals HF greedy"]
+
+
+def markdown_rows(df: pd.DataFrame, cols=COLUMNS) -> list[str]:
+    """The table as markdown lines (header, rule, one line per method)."""
+    md = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, row in df.iterrows():
+        cells = []
+        for c in cols:
+            v = row.get(c)
+            if v is None or (isinstance(v, float) and v != v):
+                cells.append("-")
+            elif isinstance(v, (bool,)) or c == "equals HF greedy":
+                cells.append("yes" if v else "NO")
+            elif c == "prediction error":
+                cells.append(f"{v:+.1%}")
+            else:
+                cells.append(f"{v:.2f}")
+        md.append(f"| {name} | " + " | ".join(cells) + " |")
+    return md
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -119,9 +233,6 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     fam = zoo.load(path=args.family) if Path(args.family).is_dir() else zoo.load(args.family)
     target, drafters = fam.target, list(fam.drafters)
-    hf_target = target.model
-    eos = sorted(target.eos_token_ids)
-    neural = [d for d in drafters if not is_free(d)]
     mag = next((d for d in drafters if is_free(d)), None)
     dev = load_gsm8k("dev", args.data_dir)
     measure = [fam.prompt_ids(x["question"]) for x in dev[:args.prompts]]
@@ -147,105 +258,19 @@ def main(argv=None) -> int:
         log(f"SD({d.name}): best k = {chosen[d.name]} (predicted speedup by k: "
             + ", ".join(f"{k}: {v:.2f}" for k, v in scores.items()) + ")")
 
-    # methods: name -> (kind, run(prompt) -> (tokens, stats or None))
-    def csd_method(ds, k, lenience=1.0):
-        def run(prompt):
-            o = generate(target, ds, prompt, k_matrix=k, lenience=lenience, max_new_tokens=args.max_new_tokens)
-            return o.new_tokens, o.stats
-        return run
-
-    def hf_method(**kwargs):
-        def run(prompt):
-            return cut_at_eos(hf_generate(hf_target, prompt, args.max_new_tokens, eos, **kwargs), eos), None
-        return run
-
-    def assisted(d, **settings):
-        def run(prompt):
-            with assistant_settings(d.model, **settings):
-                return hf_method(assistant_model=d.model)(prompt)
-        return run
-
-    methods = {"HF greedy": ("hf", hf_method()), "AR": ("csdlib", csd_method([], None))}
-    for d in drafters:
-        label = "MaG" if d is mag else d.name
-        methods[f"SD({label}) k={chosen[d.name]}"] = ("csdlib SD", csd_method([d], [[chosen[d.name]]]))
-    methods["CSD"] = ("csdlib CSD", csd_method(drafters, fam.k_matrix, fam.lenience))
-    for d in neural:
-        methods[f"HF assisted({d.name}) default"] = ("hf peer", assisted(d))
-        methods[f"HF assisted({d.name}) k={chosen[d.name]}"] = ("hf peer", assisted(
-            d, num_assistant_tokens=chosen[d.name], num_assistant_tokens_schedule="constant",
-            assistant_confidence_threshold=0.0))
-    methods[f"HF prompt lookup({args.lookup})"] = ("hf peer", hf_method(prompt_lookup_num_tokens=args.lookup))
-
-    names = list(methods)
-    for _ in range(args.warmup):
-        for name in names:
-            methods[name][1](measure[0][:])
-    rows = {name: {"wall_s": 0.0, "tokens": 0, "equal": True, "stats": []} for name in names}
-    for i, prompt in enumerate(measure):
-        order = names[i % len(names):] + names[:i % len(names)]          # rotate the order
-        outputs = {}
-        for name in order:
-            tic = time.perf_counter()
-            tokens, stats = methods[name][1](prompt)
-            wall = time.perf_counter() - tic
-            outputs[name] = tokens
-            rows[name]["wall_s"] += wall
-            rows[name]["tokens"] += len(tokens)
-            if stats is not None:
-                rows[name]["stats"].append(stats)
-        for name in names:
-            rows[name]["equal"] &= outputs[name] == outputs["HF greedy"]
-        log(f"prompt {i + 1}/{len(measure)}: " + ", ".join(f"{n} {rows[n]['wall_s']:.1f}s" for n in names[:4]) + " ...")
-
-    base = rows["HF greedy"]
-    params = parameter_costs(models)
-    table = []
-    for name in names:
-        r, kind = rows[name], methods[name][0]
-        row = {"method": name, "kind": kind, "prompts": len(measure), "new tokens": r["tokens"],
-               "wall s": r["wall_s"], "tokens/s": r["tokens"] / r["wall_s"],
-               "x HF greedy": base["wall_s"] / r["wall_s"], "equals HF greedy": r["equal"]}
-        if r["stats"]:
-            total = Stats.merge_all(r["stats"])
-            row["SWI parameters"] = swi(total.new_tokens, total.calls, params, target.name)
-            row["predicted s"] = predict_wall_time(total, latency)
-            row["prediction error"] = row["predicted s"] / r["wall_s"] - 1
-            row["limit s"] = model_seconds(total, target.name, latency)
-            row["x limit"] = r["wall_s"] / row["limit s"]
-            row["tokens/target call"] = r["tokens"] / total.calls[target.name]
-        table.append(row)
-    df = pd.DataFrame(table).set_index("method")
-    sd = df[df["kind"] == "csdlib SD"]
-    peers = df[df["kind"] == "hf peer"]
-    df["x best SD"] = sd["wall s"].min() / df["wall s"] if len(sd) else None
-    df["x best HF peer"] = peers["wall s"].min() / df["wall s"] if len(peers) else None
+    methods = build_methods(fam, chosen, args.max_new_tokens, args.lookup)
+    rows = measure_methods(methods, measure, args.warmup, log)
+    df = results_table(rows, methods, len(measure), models, latency)
 
     machine = {"machine": machine_id(), "platform": platform.platform(), "threads": args.threads,
                "torch": torch.__version__, "python": platform.python_version()}
     command = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    cols = ["tokens/s", "x HF greedy", "x best SD", "x best HF peer", "SWI parameters", "wall s", "predicted s",
-            "prediction error", "limit s", "x limit", "tokens/target call", "equals HF greedy"]
     md = [f"{args.family}, {len(measure)} GSM8K dev prompts, max_new_tokens={args.max_new_tokens}, "
           f"{args.threads} thread(s), {machine['machine']}, torch {machine['torch']}; `{command}`", "",
-          "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for name, row in df.iterrows():
-        cells = []
-        for c in cols:
-            v = row.get(c)
-            if v is None or (isinstance(v, float) and v != v):
-                cells.append("-")
-            elif isinstance(v, (bool,)) or c == "equals HF greedy":
-                cells.append("yes" if v else "NO")
-            elif c == "prediction error":
-                cells.append(f"{v:+.1%}")
-            else:
-                cells.append(f"{v:.2f}")
-        md.append(f"| {name} | " + " | ".join(cells) + " |")
-    md.append("")
-    md.append(f"SD's k per drafter (chosen by predicted speedup on dev items {TUNE_OFFSET}.."
-              f"{TUNE_OFFSET + len(tune) - 1}): {chosen}; CSD: k_matrix={fam.k_matrix}, lenience={fam.lenience}; "
-              f"limit = predicted time of the target's calls alone.")
+          *markdown_rows(df), "",
+          f"SD's k per drafter (chosen by predicted speedup on dev items {TUNE_OFFSET}.."
+          f"{TUNE_OFFSET + len(tune) - 1}): {chosen}; CSD: k_matrix={fam.k_matrix}, lenience={fam.lenience}; "
+          f"limit = predicted time of the target's calls alone."]
     text = "\n".join(md) + "\n"
     print(text)
     (out_dir / "speed.md").write_text(text)

@@ -130,11 +130,7 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
     ``reused_from``; the same is printed as one line when `out` is given.
     """
     prompts = [(str(sid), list(ids)) for sid, ids in prompts]
-    methods = sorted(methods, key=lambda m: not m.is_ar)          # AR first: the reference
-    if sum(m.is_ar for m in methods) > 1:
-        raise CSDValueError("methods: at most one AR method (no drafters) per run")
-    if len({m.name for m in methods}) < len(methods):
-        raise CSDValueError(f"methods: names must be unique, got {[m.name for m in methods]}")
+    methods = _ar_first(methods)
     source = {"dataset": dataset, **(source or {})}
     env = environment(target)
     context = digest(context_of(target, source, max_new_tokens, env))
@@ -184,6 +180,16 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
     df = to_frame([records[k] for k in wanted])
     df.attrs.update(reused=reused, ran=len(todo), reused_from=None if source_file is None else str(source_file))
     return df
+
+
+def _ar_first(methods) -> list[Method]:
+    """`methods` with the AR one (the reference for `equals_ar`) first; at most one AR, unique names."""
+    methods = sorted(methods, key=lambda m: not m.is_ar)
+    if sum(m.is_ar for m in methods) > 1:
+        raise CSDValueError("methods: at most one AR method (no drafters) per run")
+    if len({m.name for m in methods}) < len(methods):
+        raise CSDValueError(f"methods: names must be unique, got {[m.name for m in methods]}")
+    return methods
 
 
 def _warm_up(target, methods, prompt, max_new_tokens, times):

@@ -18,7 +18,15 @@ import pandas as pd
 from .experiment import ar_records, configurations, stats_of
 
 
-def _save(fig, path):
+def _finish(fig, ax, path, *, xlabel: str, ylabel: str, title: str, legend: str | None = None):
+    """Label the axes, title the plot, add a legend titled `legend` (if given), lay the figure out and
+    save it to `path` (if given)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend is not None:
+        ax.legend(title=legend, fontsize=8)
+    fig.tight_layout()
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,12 +48,8 @@ def speedup_bars(summary: pd.DataFrame, path=None, title: str | None = None):
     fig, ax = plt.subplots(figsize=(9, 4))
     wide.astype(float).plot.bar(ax=ax, rot=0)
     ax.axhline(1, color="grey", lw=0.8, ls="--")
-    ax.set_ylabel("speedup over AR (x)")
-    ax.set_xlabel("decoding method")
-    ax.set_title(title or "Speedup over autoregressive decoding")
-    ax.legend(title="cost model", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel="decoding method", ylabel="speedup over AR (x)",
+                   title=title or "Speedup over autoregressive decoding", legend="cost model")
 
 
 def acceptance_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -74,13 +78,9 @@ def acceptance_per_level(df: pd.DataFrame, path=None):
     lv = lv.assign(reviewer=lv["level"].astype(str) + ": " + lv["model"])
     fig, ax = plt.subplots(figsize=(8, 4))
     sns.barplot(data=lv, x="method", y="acceptance", hue="reviewer", ax=ax)
-    ax.set_ylabel("acceptance rate (accepted / drafted)")
-    ax.set_xlabel("decoding method")
     ax.set_ylim(0, 1)
-    ax.set_title("Acceptance per cascade level (reviewing model)")
-    ax.legend(title="level: reviewer", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel="decoding method", ylabel="acceptance rate (accepted / drafted)",
+                   title="Acceptance per cascade level (reviewing model)", legend="level: reviewer")
 
 
 def acceptance_per_position(df: pd.DataFrame, path=None, max_position: int = 12):
@@ -91,12 +91,9 @@ def acceptance_per_position(df: pd.DataFrame, path=None, max_position: int = 12)
     pos = pos[(pos["level"] == 0) & (pos["position"] <= max_position)]
     fig, ax = plt.subplots(figsize=(8, 4))
     sns.lineplot(data=pos, x="position", y="acceptance", hue="method", marker="o", ax=ax)
-    ax.set_xlabel("draft position (1 = first token after the accepted prefix)")
-    ax.set_ylabel("target acceptance rate at this position")
     ax.set_ylim(0, 1.02)
-    ax.set_title("Target acceptance per draft position")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel="draft position (1 = first token after the accepted prefix)",
+                   ylabel="target acceptance rate at this position", title="Target acceptance per draft position")
 
 
 def accepted_per_target_call(df: pd.DataFrame, path=None):
@@ -110,11 +107,8 @@ def accepted_per_target_call(df: pd.DataFrame, path=None):
     np.random.seed(0)                      # so the figure is the same on every run (same bytes)
     sns.stripplot(data=d, x="method", y="tpc", ax=ax, color="k", size=3)
     np.random.set_state(state)
-    ax.set_xlabel("decoding method")
-    ax.set_ylabel("new tokens per target call (per sample)")
-    ax.set_title("Mean accepted length per target call")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel="decoding method", ylabel="new tokens per target call (per sample)",
+                   title="Mean accepted length per target call")
 
 
 def cost_table(df: pd.DataFrame, table: str = "parameters") -> pd.DataFrame:
@@ -148,12 +142,8 @@ def cost_breakdown(df: pd.DataFrame, path=None, table: str = "parameters"):
     fig, ax = plt.subplots(figsize=(8, 4))
     wide.plot.bar(stacked=True, ax=ax, rot=0, color=colors)
     ax.axhline(1, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("decoding method")
-    ax.set_ylabel(f"calls x cost / AR's total ({table})")
-    ax.set_title("Where the time goes: calls x cost per model")
-    ax.legend(title="model", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel="decoding method", ylabel=f"calls x cost / AR's total ({table})",
+                   title="Where the time goes: calls x cost per model", legend="model")
 
 
 def tuning_plot(result: dict, history: list[dict] | None = None, table: str = "parameters"):

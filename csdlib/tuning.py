@@ -221,20 +221,7 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
     if not prompts:
         raise CSDValueError("prompts: expected at least one prompt")
     mag = drafters[-1] if is_free(drafters[-1]) else None
-    models = [target, *drafters]
-    if objective == "latency":
-        if latency is None:
-            latency = stored_latency(models)
-        if latency is None:
-            raise CSDValueError("objective: 'latency' needs a latency calibration of these models on this "
-                                "machine and thread count; run `csd calibrate` (or pass latency=...)")
-        tables = None
-    else:
-        tables = costs_mod.cost_tables(models)
-        if objective not in tables:
-            raise CSDValueError(f"objective: expected 'latency' or a cost table covering these models "
-                                f"{sorted(tables)}, got {objective!r}")
-        latency = None
+    latency, tables = _objective_basis(objective, [target, *drafters], latency)
     seed_mode_mag = mag is not None and mag.seed_mode
     mag_max = mag_k_max or (mag.k if mag is not None else k_max)
     extra_int = {"mag_k": (1, mag_max)} if seed_mode_mag else None
@@ -264,30 +251,53 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
             p["mag_k"] = min(old_k, mag_max)
         return p
 
-    start_params = [params_of(*start)] if start is not None else []
-    for d in range(n):                         # each drafter alone: speculative decoding at these k
-        for k in sd_starts:
-            start_params.append(params_of([[k if (i, j) == (0, d) else 0 for j in range(n)] for i in range(n)], 1.0))
-    start_params = start_params[:n_trials]     # never queue more than the budget runs
+    starts = ([start] if start is not None else []) + [(sd, 1.0) for sd in _sd_matrices(n, sd_starts)]
+    start_params = [params_of(*s) for s in starts][:n_trials]     # never queue more than the budget runs
     try:
         study = search(n, score, n_trials=n_trials, k_max=k_max, mag_column_max=mag_max if mag else None,
                        lenience_range=lenience_range, extra_int=extra_int, seed=seed, start=start_params,
                        prune=prune, timeout=timeout, progress=progress)
-        best = study.best_trial.params
-        k = k_matrix_from_params(best, n)
-        lenience = float(best.get("lenience", 1.0))
-        if mag is None:
-            mag_k = None
-        elif seed_mode_mag:
-            mag_k = int(best["mag_k"])
-        else:                                  # sized by the k-matrix: k only caps a call
-            mag_k = max([1] + [k[i][n - 1] for i in range(n)])
+        k, lenience, mag_k = _setting(study.best_trial.params, n, mag)
         evaluation = evaluate(k, lenience, {"mag_k": mag_k} if mag is not None else {})
     finally:
         if mag is not None:
             mag.k = old_k
     return Tuned(k, lenience, mag_k, value_of(evaluation), objective, evaluation, study,
                  time.perf_counter() - tic)
+
+
+def _objective_basis(objective: str, models, latency: dict | None) -> tuple[dict | None, dict | None]:
+    """(latency, cost tables) that `objective` is computed from: "latency" needs a calibration (`latency`,
+    else the stored one); a cost table's name needs the cost tables covering `models` to hold it."""
+    if objective == "latency":
+        latency = latency if latency is not None else stored_latency(models)
+        if latency is None:
+            raise CSDValueError("objective: 'latency' needs a latency calibration of these models on this "
+                                "machine and thread count; run `csd calibrate` (or pass latency=...)")
+        return latency, None
+    tables = costs_mod.cost_tables(models)
+    if objective not in tables:
+        raise CSDValueError(f"objective: expected 'latency' or a cost table covering these models "
+                            f"{sorted(tables)}, got {objective!r}")
+    return None, tables
+
+
+def _setting(params: dict, n: int, mag) -> tuple[list[list[int]], float, int | None]:
+    """(k-matrix, lenience, MaG's k) of a trial's parameters; MaG's k is searched in seed mode, else it
+    only caps a call: the largest entry of MaG's column (None without MaG)."""
+    k = k_matrix_from_params(params, n)
+    if mag is None:
+        mag_k = None
+    elif mag.seed_mode:
+        mag_k = int(params["mag_k"])
+    else:
+        mag_k = max([1] + [k[i][n - 1] for i in range(n)])
+    return k, float(params.get("lenience", 1.0)), mag_k
+
+
+def _sd_matrices(n: int, ks) -> list[list[list[int]]]:
+    """The n x n k-matrices of speculative decoding with each drafter alone, at each k of `ks`."""
+    return [[[k if (i, j) == (0, d) else 0 for j in range(n)] for i in range(n)] for d in range(n) for k in ks]
 
 
 def save_default(family_dir, default: dict) -> None:
