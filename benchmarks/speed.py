@@ -47,10 +47,12 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from csdlib import MaG, Stats, generate, zoo  # noqa: E402
+from csdlib import Stats, generate, zoo  # noqa: E402
 from csdlib.precision import audit, counts, describe, hardware, has_float32_logits  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
-from csdlib.cost import calibrate_latency, machine_id, parameter_costs, predict_wall_time, swi_total  # noqa: E402
+from csdlib.cascade import is_free  # noqa: E402
+from csdlib.cost import parameter_costs, swi  # noqa: E402
+from csdlib.latency import calibrate_latency, machine_id, model_seconds, predict_wall_time  # noqa: E402
 from csdlib.datasets import load_gsm8k  # noqa: E402
 from csdlib.tuning import evaluate_cascade  # noqa: E402
 
@@ -144,7 +146,7 @@ def load_family(args, dtype, device):
 def build_methods(fam, args, chosen, eos):
     """name -> (kind, run(prompt) -> (new tokens, Stats or None)), every method on the same target."""
     target, drafters = fam.target, list(fam.drafters)
-    hf_target, mag = target.model, next((d for d in drafters if isinstance(d, MaG)), None)
+    hf_target, mag = target.model, next((d for d in drafters if is_free(d)), None)
 
     def csd(ds, k, lenience=1.0):
         def run(prompt):
@@ -218,11 +220,10 @@ def table(rows, methods, target, models, latency) -> pd.DataFrame:
                **counts(r["verdicts"])}
         if r["stats"]:
             total = Stats.merge_all(r["stats"])
-            row["SWI parameters"] = swi_total([s.new_tokens for s in r["stats"]], [s.calls for s in r["stats"]],
-                                              params, target.name)
+            row["SWI parameters"] = swi(total.new_tokens, total.calls, params, target.name)
             row["predicted s"] = predict_wall_time(total, latency)
             row["prediction error"] = row["predicted s"] / r["wall_s"] - 1
-            row["limit s"] = predict_wall_time(target_only(total, target.name), latency)
+            row["limit s"] = model_seconds(total, target.name, latency)   # if drafting were free
             row["x limit"] = r["wall_s"] / row["limit s"]
             row["tokens/target call"] = r["tokens"] / total.calls[target.name]
         out.append(row)
@@ -231,14 +232,6 @@ def table(rows, methods, target, models, latency) -> pd.DataFrame:
     df["x best SD"] = sd["wall s"].min() / df["wall s"] if len(sd) else None
     df["x best HF peer"] = peers["wall s"].min() / df["wall s"] if len(peers) else None
     return df
-
-
-def target_only(stats: Stats, target: str) -> Stats:
-    """The target's calls alone: what a method would cost if drafting were free."""
-    def only(d):
-        return {target: d.get(target, 0)}
-    return Stats(stats.new_tokens, only(stats.calls), only(stats.tokens_fed), only(stats.encoder_calls), [],
-                 only(stats.one_token_calls), {})      # no switches: its weights would stay in the caches
 
 
 def measure(args, dtype, device, log) -> dict:

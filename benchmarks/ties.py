@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from csdlib import MaG, generate, zoo  # noqa: E402
+from csdlib import generate, zoo  # noqa: E402
+from csdlib.cascade import is_free  # noqa: E402
 from csdlib.datasets import load_gsm8k  # noqa: E402
 from csdlib.precision import audit, counts, describe, hardware  # noqa: E402
 
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
         fam = zoo.load(args.family, dtype=args.dtype, float32_logits=f32)
         target, ds = fam.target, fam.drafters
         eos = sorted(target.eos_token_ids)
-        neural = next(d for d in ds if not isinstance(d, MaG))
+        neural = next(d for d in ds if not is_free(d))
         methods = {
             "CSD": lambda pr: generate(target, ds, pr, k_matrix=fam.k_matrix, lenience=fam.lenience,
                                        max_new_tokens=args.max_new_tokens).new_tokens,

@@ -14,7 +14,7 @@ _EXPORTS = {
     "run_config": "compat",
     "expected_speedup": "cost", "swi": "cost", "swi_total": "cost",
     "CSDValueError": "errors", "MissingFileError": "errors",
-    "Method": "experiment", "load_results": "experiment", "run": "experiment",
+    "Method": "experiment", "load_results": "records", "run": "experiment",
     "standard_methods": "experiment", "summarize": "experiment",
     "BigramTable": "mag", "MaG": "mag",
     "HFModel": "models",

@@ -25,43 +25,11 @@ from pathlib import Path
 import torch
 
 from .errors import CSDValueError, MissingFileError
-from .mag import MaG
-from .models import HFModel, _common_prefix, note_forward
+from .models import HFModel, common_prefix
 
-__all__ = ["fingerprint", "prompt_key", "build_target_cache", "CachedTarget"]
+__all__ = ["prompt_key", "build_target_cache", "CachedTarget"]
 
 FORMAT = "csdlib.target_cache"
-
-
-def fingerprint(model) -> str:
-    """A short hash identifying a model's behaviour: its HF config (minus paths and versions), its
-    generation_config (EOS, sampling defaults) and every byte of every weight; for MaG its table and k;
-    for a `CachedTarget` the cached target's."""
-    h = hashlib.sha256()
-    if isinstance(model, CachedTarget):
-        return model.fingerprint
-    if isinstance(model, MaG):
-        h.update(model.table.next.tobytes())
-        # seed mode hashes as before the k-matrix-sized mode existed (same behaviour, same fingerprint)
-        h.update(json.dumps([model.k, model.table.default] + ([] if model.seed_mode else ["sized"])).encode())
-        return h.hexdigest()[:16]
-    if not isinstance(model, HFModel):
-        raise CSDValueError(f"model: cannot fingerprint {type(model).__name__}; expected HFModel, MaG or CachedTarget")
-
-    def plain(config) -> str:
-        d = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
-        return json.dumps(d, sort_keys=True, default=str)
-
-    h.update(plain(model.model.config).encode())
-    if model.generation_config is not None:
-        h.update(plain(model.generation_config).encode())
-    h.update(json.dumps(sorted(model.eos_token_ids)).encode())
-    with torch.no_grad():
-        for name, p in model.model.state_dict().items():
-            h.update(name.encode())
-            h.update(str(p.dtype).encode())
-            h.update(p.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def prompt_key(prompt_ids) -> str:
@@ -82,7 +50,7 @@ def build_target_cache(target: HFModel, prompts, max_new_tokens: int, path) -> "
     from .cascade import generate
 
     path = Path(path)
-    fp = fingerprint(target)
+    fp = target.fingerprint()
     have = {}
     if path.is_file():
         cached = CachedTarget.load(path, expect=fp)
@@ -104,21 +72,21 @@ def build_target_cache(target: HFModel, prompts, max_new_tokens: int, path) -> "
 
 
 class CachedTarget:
-    """The target, replayed from a cache file: same protocol as `HFModel`, counts every call. It holds
-    greedy outputs only, so `generate(..., do_sample=True)` refuses it (`greedy_only`)."""
+    """The target, replayed from a cache file: same protocol as `HFModel`, counts every call. It
+    `replays` greedy outputs: `generate(..., do_sample=True)` refuses it, and its calls take no time."""
 
-    greedy_only = True
+    replays = True
 
     def __init__(self, header: dict, entries: dict[str, list[int]]):
         t = header["target"]
-        self.fingerprint = header["fingerprint"]
+        self._fingerprint = header["fingerprint"]
         self.name, self.cost = t["name"], float(t["cost"])
         self.vocab_size, self.eos_token_ids = int(t["vocab_size"]), set(t["eos_token_ids"])
         self.is_encoder_decoder = bool(t["is_encoder_decoder"])
         self.decoder_start_token_id = t["decoder_start_token_id"]
         self.max_positions = t["max_positions"]
         self.entries = entries
-        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = self.switch_calls = 0
+        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = 0
         self.forward_seconds = 0.0
         self.generation_config = None
         self.device = torch.device("cpu")
@@ -127,7 +95,7 @@ class CachedTarget:
         self._begin = 0
 
     def __repr__(self) -> str:
-        return f"CachedTarget({self.name!r}, fingerprint={self.fingerprint}, prompts={len(self.entries)})"
+        return f"CachedTarget({self.name!r}, fingerprint={self._fingerprint}, prompts={len(self.entries)})"
 
     @classmethod
     def load(cls, path, expect=None) -> "CachedTarget":
@@ -143,7 +111,7 @@ class CachedTarget:
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise CSDValueError(f"target cache {str(path)!r}: not a csdlib target cache (bad header)")
         if expect is not None:
-            want = expect if isinstance(expect, str) else fingerprint(expect)
+            want = expect if isinstance(expect, str) else expect.fingerprint()
             if want != header["fingerprint"]:
                 raise CSDValueError(f"target cache {str(path)!r} holds the outputs of target "
                                     f"{header['target']['name']!r} (fingerprint {header['fingerprint']}), "
@@ -160,7 +128,11 @@ class CachedTarget:
                 entries[e["prompt"]] = e["tokens"]
         return cls(header, entries)
 
-    # ---- the cascade's model protocol (see csdlib.models.HFModel)
+    # ---- the cascade's model protocol (see csdlib.cascade.Reviewer)
+
+    def fingerprint(self) -> str:
+        """The cached target's fingerprint (`HFModel.fingerprint`)."""
+        return self._fingerprint
 
     def start(self, prompt_ids: list[int]) -> list[int]:
         key = prompt_key(prompt_ids)
@@ -168,7 +140,7 @@ class CachedTarget:
             raise CSDValueError(f"prompt_ids: the target cache of {self.name!r} holds no output for this prompt "
                                 f"({len(prompt_ids)} tokens, key {key}); add it with build_target_cache")
         self._tokens = self.entries[key]
-        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = self.switch_calls = 0
+        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = 0
         self._fed = []
         seq = [self.decoder_start_token_id] if self.is_encoder_decoder else list(prompt_ids)
         self.encoder_calls = int(self.is_encoder_decoder)
@@ -186,9 +158,8 @@ class CachedTarget:
         out = torch.full((n, self.vocab_size), float("-inf"))
         out[torch.arange(n), torch.tensor(self._tokens[first:first + n])] = 0.0
         self.calls += 1
-        keep = min(_common_prefix(self._fed, seq), len(seq) - n)   # exactly as HFModel.logits feeds
+        keep = min(common_prefix(self._fed, seq), len(seq) - n)    # exactly as HFModel.logits feeds
         self.tokens_fed += len(seq) - keep
         self.one_token_calls += int(len(seq) - keep == 1)
-        self.switch_calls += note_forward(self)           # as the real target's forward would
         self._fed = list(seq)
         return out

@@ -44,7 +44,7 @@ from transformers import (GenerationConfig, LogitsProcessorList, TemperatureLogi
                           TopPLogitsWarper)
 
 from .errors import CSDValueError
-from .models import _LAST_FORWARD, as_model
+from .models import as_model
 from .stats import Stats
 
 
@@ -55,19 +55,25 @@ from .stats import Stats
 class Model(Protocol):
     """A cascade member. Neural models (`csdlib.HFModel`) review with `logits`; a *free* drafter such as
     MaG (`free = True`: no forward pass, cost 0, point-mass proposals) can only be the bottom drafter and
-    decides itself how many tokens to `propose` when the cascade asks for `need`."""
+    decides itself how many tokens to `propose` when the cascade asks for `need`. Every member carries
+    its own counters since `start()` (the cascade's `Stats` reads them) and its `fingerprint()`."""
     name: str
     vocab_size: int
     cost: float           # cost of one call in the parameter cost model (0 for a free drafter)
-    calls: int            # calls since start()
+    calls: int            # calls (forwards, or a free drafter's proposals)
+    tokens_fed: int       # tokens fed to its forwards (prefill included; 0 for a free drafter)
+    one_token_calls: int  # forwards that fed exactly one token
+    encoder_calls: int    # encoder forwards (one per prompt for an encoder-decoder model)
 
     def start(self, prompt_ids: list[int]): ...
+
+    def fingerprint(self) -> str: ...    # a short hash of its behaviour (records and calibrations are keyed by it)
 
 
 class Reviewer(Model, Protocol):
     free: bool            # False (or absent)
+    replays: bool         # True (or absent) for a stand-in that replays cached greedy outputs (CachedTarget)
     is_encoder_decoder: bool
-    tokens_fed: int       # tokens fed to its forwards since start() (read with getattr(m, "tokens_fed", 0))
 
     def logits(self, seq: list[int], n: int) -> torch.Tensor: ...
 
@@ -81,6 +87,20 @@ class FreeDrafter(Model, Protocol):
 def is_free(model) -> bool:
     """True for a free drafter (MaG): proposes point masses, costs nothing, cannot review."""
     return bool(getattr(model, "free", False))
+
+
+def replays(model) -> bool:
+    """True for a target that replays cached greedy outputs (`CachedTarget`): it cannot sample, and its
+    calls run no forward (wall times mean nothing)."""
+    return bool(getattr(model, "replays", False))
+
+
+def fingerprint(model) -> str:
+    """The member's `fingerprint()`: a short hash of its behaviour (an HF model's config,
+    generation_config and every weight; MaG's table and k; a `CachedTarget`'s target's)."""
+    if not callable(getattr(model, "fingerprint", None)):
+        raise CSDValueError(f"model: cannot fingerprint {type(model).__name__}; it has no fingerprint() method")
+    return model.fingerprint()
 
 
 @dataclass
@@ -131,7 +151,7 @@ def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1
     target = as_model(target)
     drafters = [as_model(d) for d in drafters]
     if do_sample:
-        if getattr(target, "greedy_only", False):
+        if replays(target):
             raise CSDValueError(f"do_sample: target {target.name!r} replays cached greedy outputs and cannot "
                                 "sample; pass the real model as the target")
         sampler = Sampler(**resolve_sampling(target, temperature, top_k, top_p), seed=seed, generator=generator)
@@ -222,13 +242,15 @@ class Cascade:
                                 "drawn from, and the target's review would no longer be lossless")
         self.sampler = sampler
         self.names = _unique_names(self.models)
+        self.reviews = []                              # (level, start, drafted, accepted) of every review
+        self.switches = [0] * len(self.models)         # per level: forwards right after another model's
+        self.last_forward = None                       # the level whose forward ran last
 
     def generate(self, prompt: list[int], max_new_tokens: int, eos: set[int]) -> Output:
-        _LAST_FORWARD[0] = None                        # a generation's first forward counts as a switch
         seq = self.models[0].start(prompt)
         for m in self.models[1:]:
             m.start(prompt)
-        self.reviews = []                              # (level, start, drafted, accepted) of every review
+        self.reviews, self.switches, self.last_forward = [], [0] * len(self.models), None
         begin = len(seq)
         limit = begin + max_new_tokens
         while len(seq) < limit:
@@ -245,12 +267,10 @@ class Cascade:
         end: drafts past an EOS were reviewed, but are not part of the output)."""
         stats = Stats.empty(self.names)
         stats.new_tokens = end - begin
-        for name, m in zip(self.names, self.models):
-            stats.calls[name] = m.calls
-            stats.tokens_fed[name] = getattr(m, "tokens_fed", 0)
-            stats.encoder_calls[name] = getattr(m, "encoder_calls", 0)
-            stats.one_token_calls[name] = getattr(m, "one_token_calls", 0)
-            stats.switch_calls[name] = getattr(m, "switch_calls", 0)
+        for name, m, switches in zip(self.names, self.models, self.switches):
+            stats.calls[name], stats.tokens_fed[name] = m.calls, m.tokens_fed
+            stats.encoder_calls[name], stats.one_token_calls[name] = m.encoder_calls, m.one_token_calls
+            stats.switch_calls[name] = switches
         for level, start, drafted, accepted in self.reviews:
             if start < end:
                 room = end - start
@@ -262,7 +282,7 @@ class Cascade:
         to know of how it was drawn (q). Never grows seq beyond cap."""
         model = self.models[i]
         if i == len(self.models) - 1:                  # bottom: drafts on its own
-            tokens, probs = self.propose(model, seq, need)
+            tokens, probs = self.propose(i, seq, need)
             room = cap - len(seq)
             return seq + tokens[:room], q + probs[:room]
         start, row = len(seq), self.k[i]
@@ -278,15 +298,24 @@ class Cascade:
         `confidence` under the neural drafter that produced it (MaG's tokens have q = 1)."""
         return self.confidence is not None and len(q) > start and q[-1] < self.confidence
 
-    def propose(self, model, seq: list[int], n: int):
-        """The bottom drafter's own tokens, and q for each (greedy: q(x); sampling: the distribution).
-        A free drafter decides itself how many tokens to propose for `n`; its tokens are point masses."""
-        if is_free(model):
-            tokens, _ = model.propose(seq, n)
+    def logits(self, i: int, seq: list[int], n: int) -> torch.Tensor:
+        """Level i's logits at the last n positions of seq (one forward). A forward right after another
+        model's is slower (that model's weights pushed this one's out of the CPU caches): counted per
+        level in `switches` (a generation's first forward counts as one) for the latency model."""
+        self.switches[i] += self.last_forward != i
+        self.last_forward = i
+        return self.models[i].logits(seq, n)
+
+    def propose(self, i: int, seq: list[int], n: int):
+        """Level i's (the bottom drafter's) own tokens, and q for each (greedy: q(x); sampling: the
+        distribution). A free drafter decides itself how many tokens to propose for `n`; its tokens are
+        point masses."""
+        if is_free(self.models[i]):
+            tokens, _ = self.models[i].propose(seq, n)
             return tokens, [1.0 if self.sampler is None else None] * len(tokens)
         seq, tokens, qs = list(seq), [], []
         for _ in range(n):
-            logits = model.logits(seq, 1).cpu()
+            logits = self.logits(i, seq, 1).cpu()
             if self.sampler is None:
                 token = int(logits[0].argmax())
                 qs.append(float(logits[0].softmax(-1)[token]))
@@ -303,7 +332,7 @@ class Cascade:
     def review_greedy(self, i: int, seq: list[int], q: list, start: int):
         """Level i keeps the accepted prefix of seq[start:] and appends one token of its own."""
         drafted = torch.tensor(seq[start:], dtype=torch.long)
-        logits = self.models[i].logits(seq, len(drafted) + 1).cpu()
+        logits = self.logits(i, seq, len(drafted) + 1).cpu()
         p = logits.softmax(-1)
         best = logits.argmax(-1)                       # greedy choice per position
         ok = best[:-1] == drafted                      # accept the reviewer's argmax
@@ -319,7 +348,7 @@ class Cascade:
     def review_sampling(self, i: int, seq: list[int], q: list, start: int):
         """Speculative sampling: seq[start:] drawn from q is turned into tokens drawn from level i's p."""
         drafted = torch.tensor(seq[start:], dtype=torch.long)
-        p = self.sampler.probs(self.models[i].logits(seq, len(drafted) + 1).cpu())
+        p = self.sampler.probs(self.logits(i, seq, len(drafted) + 1).cpu())
         q_rows = torch.stack([torch.nn.functional.one_hot(x, p.shape[-1]).to(p.dtype) if d is None else d
                               for x, d in zip(drafted, q[start:])]) if len(drafted) else p[:0]
         idx = torch.arange(len(drafted))

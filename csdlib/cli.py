@@ -110,9 +110,9 @@ def cmd_run(args) -> int:
     import torch
     from accelerate import PartialState
 
-    from .cost import stored_latency
-    from .experiment import (config_hash, environment, load_results, measured_costs_for, merge_shards, run,
-                             shard_path, standard_methods, summarize)
+    from .latency import stored_latency
+    from .experiment import measured_costs_for, run, standard_methods, summarize
+    from .records import config_hash, environment, load_results, merge_shards, shard_path
 
     on_cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
     state = PartialState(cpu=on_cpu)           # cpu=True: several CPU processes talk over gloo
@@ -200,7 +200,7 @@ def tuning_prompts(tokenizer, args) -> list[list[int]]:
 
 def cmd_calibrate(args) -> int:
     from . import zoo
-    from .cost import calibrate_latency, default_latency_path
+    from .latency import calibrate_latency, default_latency_path
 
     threads = args.threads or default_threads()
     fam = zoo.load(args.family, path=args.family_path)
@@ -219,7 +219,7 @@ def cmd_tune(args) -> int:
     import torch
 
     from .cache import build_target_cache
-    from .cost import calibrate_latency, default_latency_path, machine_id
+    from .latency import calibrate_latency, default_latency_path, machine_id
     from .tuning import evaluate_cascade, optimize, save_default
 
     threads = args.threads or default_threads()

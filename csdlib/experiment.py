@@ -6,14 +6,10 @@
 
 - Every record is appended (and flushed) to the JSONL file as soon as its sample finishes, so an
   interrupted run (Ctrl-C, crash) loses nothing finished. A record's key covers everything that
-  determines it: the method's configuration (models' names, costs and full fingerprints - config,
-  generation_config, every weight -, k-matrix, lenience, sampling settings), the data source (dataset,
-  split, template), max_new_tokens, the prompt's token ids, and where it was measured (machine, device,
-  threads, library versions: `environment()`). Rerunning skips keys already in the file and repeats
-  none; records made on another machine or with other threads are never reused (their wall times and
-  measured costs belong to that machine), and `run` says how many records it reused and from which
-  file. A torn last line (a crash mid-write) is ignored on reading and cut off before the next append;
-  a complete last line without its newline is kept.
+  determines it (the record store, `csdlib.records`: configuration, data, prompt and environment).
+  Rerunning skips keys already in the file and repeats none; records made on another machine or with
+  other threads are never reused (their wall times and measured costs belong to that machine), and
+  `run` says how many records it reused and from which file.
 - Wall clock: all methods run in one process on the same prompts, sample by sample (AR first), after
   untimed warm-up generations of every method, so AR and CSD see the same machine state.
 - Every greedy method's output is compared with AR's on the same sample (`equals_ar`; None when
@@ -24,16 +20,12 @@
   wall time, and the environment.
 - `summarize` and `plots` group records by configuration (`config_hash`), never by method name alone,
   and compare with the AR records of the same run context (target, data, max_new_tokens, environment).
-- Sharding: give `shard=(index, count)`-style output paths via `shard_path`; `load_results` reads a
-  results file together with its shards and `merge_shards` folds them into it.
+- Sharding: see `csdlib.records` (`shard_path`, `load_results`, `merge_shards`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,11 +35,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
 from . import cost as costs_mod
-from .cache import CachedTarget, fingerprint, prompt_key
-from .cascade import generate, is_free, resolve_sampling
+from .cache import prompt_key
+from .cascade import fingerprint, generate, is_free, replays
 from .errors import CSDValueError
+from .latency import predict_wall_time
+from .records import (append_record, config_hash, context_of, cut_torn_tail, digest, environment,
+                      read_all_records, to_frame)
 from .stats import Stats
 
 
@@ -82,144 +76,6 @@ def standard_methods(drafters, *, k_matrix, lenience: float = 1.0, sd_k: int = 4
     return methods
 
 
-def environment(target=None) -> dict:
-    """Where measurements are made: machine, device, torch threads and library versions. Records made
-    under another environment are never reused (wall times and measured costs differ)."""
-    import transformers
-
-    device = getattr(target, "device", None) or torch.device("cpu")
-    device = torch.device(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
-            "device": f"{device.type}: {name}", "threads": torch.get_num_threads(),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "transformers": transformers.__version__, "csdlib": __version__}}
-
-
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def context_of(target, source: dict, max_new_tokens: int, env: dict) -> dict:
-    """What every method of one run shares: the target, the data, max_new_tokens, the environment."""
-    return {"target": fingerprint(target), "target_name": target.name, "target_cost": float(target.cost),
-            "target_mode": "cached" if isinstance(target, CachedTarget) else "model",
-            "source": source, "max_new_tokens": max_new_tokens, "environment": env}
-
-
-def config_hash(target, method: Method, dataset, max_new_tokens: int, env: dict | None = None) -> str:
-    """Hash of everything that determines a method's records except the prompt (see the module doc).
-    `dataset`: a name or a dict describing the data source (dataset, split, template)."""
-    source = dataset if isinstance(dataset, dict) else {"dataset": dataset}
-    env = env if env is not None else environment(target)
-    kwargs = dict(method.generate_kwargs)
-    if kwargs.get("do_sample"):       # sampling settings as generate() resolves them
-        kwargs.update(resolve_sampling(target, kwargs.get("temperature"), kwargs.get("top_k"),
-                                       kwargs.get("top_p")))
-    config = {"method": method.name, "context": context_of(target, source, max_new_tokens, env),
-              "drafters": [[d.name, float(d.cost), fingerprint(d)] for d in method.drafters],
-              "k_matrix": method.k_matrix, "lenience": float(method.lenience), "generate_kwargs": kwargs}
-    return _hash(config)
-
-
-# ---------------------------------------------------------------- the JSONL file
-
-
-def read_records(path) -> list[dict]:
-    """Records of a JSONL file; a torn last line is ignored, a corrupt line elsewhere raises."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    if lines and not _is_record(lines[-1]):
-        lines = lines[:-1]                                  # after the last newline: torn (or empty)
-    records = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise CSDValueError(f"results file {str(path)!r}: line {n} is not valid JSON ({e})") from None
-    return records
-
-
-def _is_record(line: str) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except json.JSONDecodeError:
-        return False
-
-
-def _cut_torn_tail(path: Path) -> None:
-    """Make the next append start on a line of its own: a complete last record without its newline
-    gets one; an unfinished last line (a crash mid-write) is dropped."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data.endswith(b"\n"):
-            return
-        tail = data[data.rfind(b"\n") + 1:]
-        if _is_record(tail.decode("utf-8", errors="replace")):
-            f.write(b"\n")
-        else:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def append_record(path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def shard_path(out, index: int) -> Path:
-    """Where process `index` of a sharded run writes: `<out stem>.shard<index>.jsonl` next to `out`."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.shard{index}{out.suffix}")
-
-
-def _all_files(out) -> list[Path]:
-    out = Path(out)
-    return [out] + sorted(out.parent.glob(f"{out.stem}.shard*{out.suffix}"))
-
-
-def read_all_records(out) -> list[dict]:
-    """Records of `out` and of its shard files, one per key (first occurrence wins)."""
-    seen, records = set(), []
-    for p in _all_files(out):
-        for r in read_records(p):
-            if r["key"] not in seen:
-                seen.add(r["key"])
-                records.append(r)
-    return records
-
-
-def merge_shards(out) -> int:
-    """Fold the shard files of `out` into `out` (atomically, no duplicates) and delete them."""
-    out = Path(out)
-    records = read_all_records(out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, out)
-    for p in _all_files(out)[1:]:
-        p.unlink()
-    return len(records)
-
-
-def load_results(out) -> pd.DataFrame:
-    """All records of a results file (and its shards) as a DataFrame; dict fields are flattened to
-    columns such as `calls.<model>`, `swi.<cost table>`."""
-    return to_frame(read_all_records(out))
-
-
-def to_frame(records: list[dict]) -> pd.DataFrame:
-    if not records:
-        return pd.DataFrame()
-    return pd.json_normalize(records, max_level=1)
-
-
 # ---------------------------------------------------------------- running
 
 
@@ -233,14 +89,10 @@ def record_for(target, method: Method, out, sample_id, prompt: list[int], wall_s
     return {
         "key": key, "config_hash": key.split(":")[0], "method": method.name, "sample_id": sample_id,
         "dataset": dataset, "target": target.name,
-        "target_mode": "cached" if isinstance(target, CachedTarget) else "model",
+        "target_mode": "cached" if replays(target) else "model",
         "models": list(calls), "k_matrix": method.k_matrix, "lenience": float(method.lenience),
         "max_new_tokens": max_new_tokens, "prompt_tokens": len(prompt),
-        "new_tokens": len(out.new_tokens), "token_ids": out.new_tokens,
-        "calls": calls, "target_calls": calls[target.name], "encoder_calls": stats.encoder_calls,
-        "tokens_fed": stats.tokens_fed, "one_token_calls": stats.one_token_calls,
-        "switch_calls": stats.switch_calls,
-        "levels": stats.to_dict()["levels"],
+        **stats.to_dict(), "token_ids": out.new_tokens, "target_calls": calls[target.name],
         "model_costs": tables, "c_target": c_target, "cost": spent,
         "swi": {t: costs_mod.swi(len(out.new_tokens), calls, c, target.name) if spent[t] else None
                 for t, c in tables.items()},
@@ -267,7 +119,7 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
         dataset: the data's name (stored in records).
         source: what else identifies the data, e.g. ``{"split": "dev", "template": ...}`` (part of the key).
         measured_costs: {model name: seconds} (`measured_costs_for`) adds the `measured` cost table.
-        latency: a calibrated latency model ({name: {"a1", "a", "b"}}, `cost.calibrate_latency`): adds the
+        latency: a calibrated latency model ({name: {"a1", "a", "b"}}, `latency.calibrate_latency`): adds the
             `latency` cost table, and each record stores it with its predicted wall time (`predicted_s`).
         warmup: untimed generations of each method before the timed ones.
         on_record: called with each new record after it is written (e.g. to stop a run).
@@ -278,14 +130,10 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
     ``reused_from``; the same is printed as one line when `out` is given.
     """
     prompts = [(str(sid), list(ids)) for sid, ids in prompts]
-    methods = sorted(methods, key=lambda m: not m.is_ar)          # AR first: the reference
-    if sum(m.is_ar for m in methods) > 1:
-        raise CSDValueError("methods: at most one AR method (no drafters) per run")
-    if len({m.name for m in methods}) < len(methods):
-        raise CSDValueError(f"methods: names must be unique, got {[m.name for m in methods]}")
+    methods = _ar_first(methods)
     source = {"dataset": dataset, **(source or {})}
     env = environment(target)
-    context = _hash(context_of(target, source, max_new_tokens, env))
+    context = digest(context_of(target, source, max_new_tokens, env))
     hashes = {m.name: config_hash(target, m, source, max_new_tokens, env) for m in methods}
     tables = {m.name: costs_mod.cost_tables([target, *m.drafters], measured=measured_costs, latency=latency)
               for m in methods}
@@ -293,7 +141,7 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        _cut_torn_tail(out)
+        cut_torn_tail(out)
     source_file = read_from or out
     done = {r["key"]: r for r in (read_all_records(source_file) if source_file else [])}
     todo = [(sid, ids, m) for sid, ids in prompts for m in methods if f"{hashes[m.name]}:{keys[sid]}" not in done]
@@ -317,11 +165,11 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
         ar_tokens = output.new_tokens if m.is_ar else ar_rec["token_ids"] if ar_rec and m.greedy else None
         rec = record_for(target, m, output, sid, ids, wall, tables[m.name], dataset, max_new_tokens, key,
                          ar_tokens=ar_tokens)
-        if latency is not None and not isinstance(target, CachedTarget):
+        if latency is not None and not replays(target):
             used = {name: latency[name] for name in rec["calls"] if name in latency}
             if len(used) == len(rec["calls"]):
                 rec["latency"] = used
-                rec["predicted_s"] = costs_mod.predict_wall_time(output.stats, used)
+                rec["predicted_s"] = predict_wall_time(output.stats, used)
         rec.update({"context_hash": context, "source": source, "environment": env, "prompt_key": keys[sid]})
         rec.update(tags or {})
         if out is not None:
@@ -334,6 +182,16 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
     return df
 
 
+def _ar_first(methods) -> list[Method]:
+    """`methods` with the AR one (the reference for `equals_ar`) first; at most one AR, unique names."""
+    methods = sorted(methods, key=lambda m: not m.is_ar)
+    if sum(m.is_ar for m in methods) > 1:
+        raise CSDValueError("methods: at most one AR method (no drafters) per run")
+    if len({m.name for m in methods}) < len(methods):
+        raise CSDValueError(f"methods: names must be unique, got {[m.name for m in methods]}")
+    return methods
+
+
 def _warm_up(target, methods, prompt, max_new_tokens, times):
     for _ in range(times):
         for m in methods:
@@ -344,17 +202,10 @@ def _warm_up(target, methods, prompt, max_new_tokens, times):
 # ---------------------------------------------------------------- summaries
 
 
-def level_stats(records) -> Stats:
-    """Calls and per-level stats of records (rows of a results frame, or dicts) summed."""
+def stats_of(records) -> Stats:
+    """The summed `Stats` of records (rows of a results frame, or record dicts)."""
     rows = records.to_dict("records") if isinstance(records, pd.DataFrame) else list(records)
-    return Stats.merge_all(Stats.from_dict({"new_tokens": r["new_tokens"], "levels": r["levels"],
-                                            "calls": _calls_of(r)}) for r in rows)
-
-
-def _calls_of(row: dict) -> dict:
-    if isinstance(row.get("calls"), dict):
-        return row["calls"]
-    return {m: int(row[f"calls.{m}"]) for m in row["models"]}
+    return Stats.merge_all(Stats.from_dict(r) for r in rows)
 
 
 def configurations(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -366,11 +217,11 @@ def configurations(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
             for name, (h, g) in zip(names, groups)]
 
 
-def _context(df: pd.DataFrame) -> pd.Series:
-    """Which AR records a record is compared with: same target, data, max_new_tokens and environment."""
-    if "context_hash" in df:
-        return df["context_hash"].fillna("")
-    return pd.Series("", index=df.index)
+def ar_records(df: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
+    """The AR records (the target alone) of `df` made in the same run context as `records` (one
+    configuration's, see `configurations`): same target, data, max_new_tokens and environment."""
+    context = df["context_hash"].fillna("") if "context_hash" in df else pd.Series("", index=df.index)
+    return df[(df["models"].map(len) == 1) & (context == context[records.index[0]])]
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -383,11 +234,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame()
     tables = sorted(c.split(".", 1)[1] for c in df.columns if c.startswith("cost."))
-    df = df.assign(_context=_context(df))
-    ar = df[df["models"].map(len) == 1]
     rows = []
     for label, g in configurations(df):
-        total = level_stats(g)
+        total = stats_of(g)
         levels = total.levels
         first = g.iloc[0]
         row = {"method": label, "samples": len(g), "new_tokens": int(g["new_tokens"].sum())}
@@ -395,7 +244,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             costs = first.get(f"model_costs.{t}")
             if isinstance(costs, dict) and g[f"cost.{t}"].notna().all():
                 row[f"SWI {t}"] = costs_mod.swi(total.new_tokens, total.calls, costs, first["target"])
-        ar_wall = ar[ar["_context"] == first["_context"]].set_index("sample_id")["wall_s"]
+        ar_wall = ar_records(df, g).set_index("sample_id")["wall_s"]
         if len(ar_wall) and (g["target_mode"] == "model").all():
             shared = g[g["sample_id"].isin(ar_wall.index)]
             row["wall speedup"] = ar_wall[shared["sample_id"]].sum() / shared["wall_s"].sum()
@@ -432,7 +281,7 @@ def measured_costs_for(models, prompt_ids, out=None, **measure_kwargs) -> dict:
     """`cost.measure_costs`, measured once per results file and environment: the first call stores the
     costs next to `out` (``<stem>.costs.json``, keyed by the environment and the models' fingerprints);
     later calls (a resumed run) reuse them, so every record of a file shares one cost basis."""
-    key = _hash({"environment": environment(models[0]), "models": [[m.name, fingerprint(m)] for m in models]})
+    key = digest({"environment": environment(models[0]), "models": [[m.name, fingerprint(m)] for m in models]})
     path = None if out is None else Path(out).with_name(Path(out).stem + ".costs.json")
     stored = json.loads(path.read_text()) if path is not None and path.is_file() else {}
     if key in stored:

@@ -17,6 +17,7 @@ of the longest match, the earliest is used (as in the seed).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -159,7 +160,7 @@ class MaG:
         self.table, self.k, self.name, self.cost = table, int(k), name, float(cost)
         self.seed_mode = seed_mode
         self.calls = 0
-        self.tokens_fed = self.one_token_calls = self.switch_calls = 0   # MaG runs no forward pass (read by the cascade's stats)
+        self.tokens_fed = self.one_token_calls = self.encoder_calls = 0   # MaG runs no forward pass
         self._prompt: list[int] = []
 
     @property
@@ -186,7 +187,14 @@ class MaG:
             out.append(token)
         return out
 
-    # the cascade's drafter protocol (see csdlib.models.HFModel)
+    # the cascade's drafter protocol (see csdlib.cascade.FreeDrafter)
+    def fingerprint(self) -> str:
+        """A short hash of what MaG proposes: its table, k and mode."""
+        h = hashlib.sha256(self.table.next.tobytes())
+        # seed mode hashes as before the k-matrix-sized mode existed (same behaviour, same fingerprint)
+        h.update(json.dumps([self.k, self.table.default] + ([] if self.seed_mode else ["sized"])).encode())
+        return h.hexdigest()[:16]
+
     def start(self, prompt_ids: list[int]) -> None:
         self.calls, self._prompt = 0, list(prompt_ids)
 

@@ -18,7 +18,9 @@ rejections and can never be stale.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import time
 from contextlib import contextmanager
 
@@ -42,19 +44,8 @@ def _as_set(value) -> set[int]:
     return {int(value)}
 
 
-#: the model (HFModel or a replayed target) whose forward ran last in this process: a forward of another
-#: model finds its own weights evicted from the CPU caches and is measurably slower (`cost.py`)
-_LAST_FORWARD: list = [None]
-
-
-def note_forward(model) -> int:
-    """Record that `model` runs a forward now; 1 if the previous forward was another model's, else 0."""
-    switched = int(_LAST_FORWARD[0] is not model)
-    _LAST_FORWARD[0] = model
-    return switched
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:
@@ -93,8 +84,7 @@ class HFModel:
         self.max_positions = getattr(text_config, "max_position_embeddings", None)
         self.calls = 0            # decoder forward passes since start()
         self.tokens_fed = 0       # tokens fed to those forwards since start() (prefill included)
-        self.one_token_calls = 0  # those of the forwards that fed exactly one token (cheaper: see cost.py)
-        self.switch_calls = 0     # those of the forwards that came right after another model's (slower: cost.py)
+        self.one_token_calls = 0  # those of the forwards that fed exactly one token (cheaper: see latency.py)
         self.encoder_calls = 0    # encoder forward passes since start() (one per prompt)
         self.forward_seconds = 0.0  # wall time inside the model's forward passes since start()
         self._cache = None
@@ -111,8 +101,26 @@ class HFModel:
         kind = "encoder-decoder" if self.is_encoder_decoder else "decoder-only"
         return f"HFModel({self.name!r}, {kind}, vocab={self.vocab_size}, cost={self.cost:g})"
 
+    def fingerprint(self) -> str:
+        """A short hash of the model's behaviour: its HF config (minus paths and versions), its
+        generation_config (EOS, sampling defaults) and every byte of every weight."""
+        def plain(config) -> str:
+            d = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+            return json.dumps(d, sort_keys=True, default=str)
+
+        h = hashlib.sha256(plain(self.model.config).encode())
+        if self.generation_config is not None:
+            h.update(plain(self.generation_config).encode())
+        h.update(json.dumps(sorted(self.eos_token_ids)).encode())
+        with torch.no_grad():
+            for name, p in self.model.state_dict().items():
+                h.update(name.encode())
+                h.update(str(p.dtype).encode())
+                h.update(p.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def start(self, prompt_ids: list[int]) -> list[int]:
-        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = self.switch_calls = 0
+        self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = 0
         self.forward_seconds = 0.0
         self._cache, self._cached = None, []
         if not self.is_encoder_decoder:
@@ -125,11 +133,10 @@ class HFModel:
 
     def logits(self, seq: list[int], n: int) -> torch.Tensor:
         # reuse cached prefix, feed rest
-        keep = min(_common_prefix(self._cached, seq), len(seq) - n)
+        keep = min(common_prefix(self._cached, seq), len(seq) - n)
         if keep < len(self._cached):
             self._cache.crop(keep - len(self._cached))
         new = torch.tensor([seq[keep:]], device=self.device)
-        self.switch_calls += note_forward(self)
         tic = time.perf_counter()
         with torch.no_grad():
             if self.is_encoder_decoder:

@@ -5,7 +5,7 @@ Figure, optionally saved to `path` (parent folders created).
   (`experiment.summarize` output).
 - `acceptance_tables(df)`: tidy per-level and per-position acceptance frames from result records.
 - `acceptance_per_level(df)`, `acceptance_per_position(df)`, `accepted_per_target_call(df)`,
-  `cost_breakdown(df)`: seaborn figures from `experiment.load_results` records.
+  `cost_breakdown(df)`: seaborn figures from `records.load_results` records.
 """
 
 from __future__ import annotations
@@ -15,10 +15,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .experiment import _context, configurations, level_stats
+from .experiment import ar_records, configurations, stats_of
 
 
-def _save(fig, path):
+def _finish(fig, ax, path, *, xlabel: str, ylabel: str, title: str, legend: str | None = None):
+    """Label the axes, title the plot, add a legend titled `legend` (if given), lay the figure out and
+    save it to `path` (if given)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend is not None:
+        ax.legend(title=legend, fontsize=8)
+    fig.tight_layout()
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,12 +48,8 @@ def speedup_bars(summary: pd.DataFrame, path=None, title: str | None = None):
     fig, ax = plt.subplots(figsize=(9, 4))
     wide.astype(float).plot.bar(ax=ax, rot=0)
     ax.axhline(1, color="grey", lw=0.8, ls="--")
-    ax.set_ylabel("speedup over AR (x)")
-    ax.set_xlabel("decoding method")
-    ax.set_title(title or "Speedup over autoregressive decoding")
-    ax.legend(title="cost model", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel="decoding method", ylabel="speedup over AR (x)",
+                   title=title or "Speedup over autoregressive decoding", legend="cost model")
 
 
 def acceptance_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -53,16 +57,15 @@ def acceptance_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     model, drafted, accepted, acceptance (and position, 1-based)."""
     per_level, per_pos = [], []
     for method, g in configurations(df):
-        for lv in level_stats(g).levels:
-            if not lv["drafted"]:
+        for lv in stats_of(g).levels:
+            if not lv.drafted:
                 continue
-            per_level.append({"method": method, "level": lv["level"], "model": lv["model"],
-                              "reviews": lv["reviews"], "drafted": lv["drafted"], "accepted": lv["accepted"],
-                              "acceptance": lv["accepted"] / lv["drafted"]})
-            acc = lv["accepted_per_position"] + [0] * (len(lv["drafted_per_position"]) - len(lv["accepted_per_position"]))
-            for i, (d, a) in enumerate(zip(lv["drafted_per_position"], acc)):
+            per_level.append({"method": method, "level": lv.level, "model": lv.model, "reviews": lv.reviews,
+                              "drafted": lv.drafted, "accepted": lv.accepted, "acceptance": lv.acceptance})
+            acc = lv.accepted_per_position + [0] * (len(lv.drafted_per_position) - len(lv.accepted_per_position))
+            for i, (d, a) in enumerate(zip(lv.drafted_per_position, acc)):
                 if d:
-                    per_pos.append({"method": method, "level": lv["level"], "model": lv["model"],
+                    per_pos.append({"method": method, "level": lv.level, "model": lv.model,
                                     "position": i + 1, "drafted": d, "accepted": a, "acceptance": a / d})
     return pd.DataFrame(per_level), pd.DataFrame(per_pos)
 
@@ -75,13 +78,9 @@ def acceptance_per_level(df: pd.DataFrame, path=None):
     lv = lv.assign(reviewer=lv["level"].astype(str) + ": " + lv["model"])
     fig, ax = plt.subplots(figsize=(8, 4))
     sns.barplot(data=lv, x="method", y="acceptance", hue="reviewer", ax=ax)
-    ax.set_ylabel("acceptance rate (accepted / drafted)")
-    ax.set_xlabel("decoding method")
     ax.set_ylim(0, 1)
-    ax.set_title("Acceptance per cascade level (reviewing model)")
-    ax.legend(title="level: reviewer", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel="decoding method", ylabel="acceptance rate (accepted / drafted)",
+                   title="Acceptance per cascade level (reviewing model)", legend="level: reviewer")
 
 
 def acceptance_per_position(df: pd.DataFrame, path=None, max_position: int = 12):
@@ -92,12 +91,9 @@ def acceptance_per_position(df: pd.DataFrame, path=None, max_position: int = 12)
     pos = pos[(pos["level"] == 0) & (pos["position"] <= max_position)]
     fig, ax = plt.subplots(figsize=(8, 4))
     sns.lineplot(data=pos, x="position", y="acceptance", hue="method", marker="o", ax=ax)
-    ax.set_xlabel("draft position (1 = first token after the accepted prefix)")
-    ax.set_ylabel("target acceptance rate at this position")
     ax.set_ylim(0, 1.02)
-    ax.set_title("Target acceptance per draft position")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel="draft position (1 = first token after the accepted prefix)",
+                   ylabel="target acceptance rate at this position", title="Target acceptance per draft position")
 
 
 def accepted_per_target_call(df: pd.DataFrame, path=None):
@@ -111,26 +107,22 @@ def accepted_per_target_call(df: pd.DataFrame, path=None):
     np.random.seed(0)                      # so the figure is the same on every run (same bytes)
     sns.stripplot(data=d, x="method", y="tpc", ax=ax, color="k", size=3)
     np.random.set_state(state)
-    ax.set_xlabel("decoding method")
-    ax.set_ylabel("new tokens per target call (per sample)")
-    ax.set_title("Mean accepted length per target call")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel="decoding method", ylabel="new tokens per target call (per sample)",
+                   title="Mean accepted length per target call")
 
 
 def cost_table(df: pd.DataFrame, table: str = "parameters") -> pd.DataFrame:
     """Tidy frame: method (one per configuration, see `experiment.configurations`), model, calls
     (summed), cost per call, calls x cost as a share of the total of AR's records of the same run
     context (target, data, max_new_tokens, environment) on the same samples."""
-    df = df.assign(_context=_context(df))
-    ar = df[df["models"].map(len) == 1]
     rows = []
     for method, g in configurations(df):
         first = g.iloc[0]
         costs = first["model_costs"][table] if "model_costs" in g else first[f"model_costs.{table}"]
-        same = ar[(ar["_context"] == first["_context"]) & ar["sample_id"].isin(g["sample_id"])]
+        same = ar_records(df, g)
+        same = same[same["sample_id"].isin(g["sample_id"])]
         ar_total = same[f"cost.{table}"].sum() if not same.empty else None
-        calls = level_stats(g).calls
+        calls = stats_of(g).calls
         for model in first["models"]:
             n = int(calls[model])
             rows.append({"method": method, "model": model, "calls": n, "cost per call": costs[model],
@@ -150,12 +142,8 @@ def cost_breakdown(df: pd.DataFrame, path=None, table: str = "parameters"):
     fig, ax = plt.subplots(figsize=(8, 4))
     wide.plot.bar(stacked=True, ax=ax, rot=0, color=colors)
     ax.axhline(1, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("decoding method")
-    ax.set_ylabel(f"calls x cost / AR's total ({table})")
-    ax.set_title("Where the time goes: calls x cost per model")
-    ax.legend(title="model", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel="decoding method", ylabel=f"calls x cost / AR's total ({table})",
+                   title="Where the time goes: calls x cost per model", legend="model")
 
 
 def tuning_plot(result: dict, history: list[dict] | None = None, table: str = "parameters"):
@@ -171,7 +159,7 @@ def tuning_plot(result: dict, history: list[dict] | None = None, table: str = "p
 
     label = "predicted speedup (latency model)" if table == "latency" else f"SWI ({table})"
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    names = [lv["model"] for lv in result["levels"]]
+    names = [lv.model for lv in result["stats"].levels]
     acc = [a if a is not None else 0 for a in result["acceptance"]]
     axes[0].bar(names, acc, color="tab:blue")
     axes[0].set_ylim(0, 1)

@@ -7,11 +7,11 @@
 `calls` counts every forward pass of each model (review or propose; MaG's proposals count as calls
 too, at cost 0); `tokens_fed` the tokens those forwards fed, `one_token_calls` how many of them fed
 exactly one token and `switch_calls` how many came right after another model's forward (the latency
-model, `csdlib.cost`, needs all four). `levels` has one entry per reviewing level (every model but the last; the target alone for
+model, `csdlib.latency`, needs all four). `levels` has one entry per reviewing level (every model but the last; the target alone for
 AR), with drafted / accepted counts in total and per draft position (position 0 = the first token
 after the accepted prefix). Only positions up to the output's EOS count.
 
-`to_dict()` / `from_dict()` give the plain-JSON layout stored in result records.
+`to_dict()` / `from_dict()` give the plain-JSON layout stored in result records (`csdlib.records`).
 """
 
 from __future__ import annotations
@@ -54,9 +54,6 @@ class LevelStats:
                           _add_lists(self.drafted_per_position, other.drafted_per_position),
                           _add_lists(self.accepted_per_position, other.accepted_per_position))
 
-    def __getitem__(self, key: str):      # dict-style reads, as in records (`lv["drafted"]`)
-        return getattr(self, key)
-
 
 @dataclass
 class Stats:
@@ -94,19 +91,38 @@ class Stats:
 
     @classmethod
     def merge_all(cls, stats) -> "Stats":
+        """The sum of an iterable of Stats."""
         total = cls()
         for s in stats:
-            total = total.merge(s if isinstance(s, Stats) else cls.from_dict(s))
+            total = total.merge(s)
         return total
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Stats":
-        return cls(int(d.get("new_tokens", 0)), dict(d.get("calls", {})), dict(d.get("tokens_fed", {})),
-                   dict(d.get("encoder_calls", {})), [LevelStats(**lv) for lv in d.get("levels", [])],
-                   dict(d.get("one_token_calls", {})), dict(d.get("switch_calls", {})))
+    def from_dict(cls, d) -> "Stats":
+        """The inverse of `to_dict`. `d` may also be a results record (which holds these fields), a record
+        from before a counter existed (it reads as empty), or a row of a results frame (`to_frame`), whose
+        per-model dicts are flattened into columns `calls.<model>`, ... (missing values are skipped)."""
+        d = _nested(dict(d))
+        per_model = {name: {m: int(n) for m, n in d[name].items()} if isinstance(d.get(name), dict) else {}
+                     for name in PER_MODEL}
+        return cls(int(d.get("new_tokens", 0)), per_model["calls"], per_model["tokens_fed"],
+                   per_model["encoder_calls"], [LevelStats(**lv) for lv in d.get("levels", [])],
+                   per_model["one_token_calls"], per_model["switch_calls"])
 
-    def __getitem__(self, key: str):      # dict-style reads (`out.stats["calls"]`) for older code
-        return getattr(self, key)
+
+#: the per-model counters of `Stats` (dicts model name -> count)
+PER_MODEL = ("calls", "tokens_fed", "encoder_calls", "one_token_calls", "switch_calls")
+
+
+def _nested(d: dict) -> dict:
+    """A row of a results frame holds its per-model dicts flattened into columns `calls.<model>`, ...:
+    nest those of its record's `models` again (a counter the record lacks stays absent)."""
+    for name in PER_MODEL:
+        if name not in d and "models" in d:
+            values = {m: d.get(f"{name}.{m}") for m in d["models"]}
+            if all(v is not None and v == v for v in values.values()):     # v != v: NaN, a missing value
+                d[name] = values
+    return d

@@ -17,7 +17,7 @@ integer entries that interact (a row's entries only matter if the level above dr
 far better than a fixed grid; a trial that is clearly worse than the median after a few prompts is
 pruned (MedianPruner), and settings already evaluated are not run again. The objective is
 `"latency"` (predicted wall-clock speedup over AR from the calibrated latency model,
-`csdlib.cost.predict_wall_time`) or the name of a cost table (SWI under it, e.g. "parameters").
+`csdlib.latency.predict_wall_time`) or the name of a cost table (SWI under it, e.g. "parameters").
 MaG's draft size is its k-matrix column (MaG proposes what its entry asks for, at most its k); in seed
 mode, where MaG always proposes its own k, that k is searched instead.
 """
@@ -28,8 +28,9 @@ import json
 from dataclasses import dataclass, field
 
 from . import cost as costs_mod
-from .cascade import generate
+from .cascade import generate, is_free, replays
 from .errors import CSDValueError
+from .latency import predict_ar_wall_time, predict_wall_time, stored_latency
 from .stats import Stats
 
 
@@ -39,11 +40,10 @@ def evaluate_cascade(target, drafters, prompts, k_matrix, lenience: float = 1.0,
     """Run the cascade greedily on `prompts` (lists of token ids) and aggregate.
 
     Returns a dict: ``swi`` ({cost table: SWI}, a ratio of totals; tables are ``parameters`` or the
-    given `cost_table` under ``custom``), ``acceptance`` (accepted / drafted per level, target first,
-    None where nothing was drafted), ``stats`` (the summed `csdlib.Stats`), ``levels`` (its per-level
-    stats as dicts), ``calls``, ``tokens_fed`` and ``one_token_calls`` (summed per model), ``new_tokens``,
-    ``tokens_per_target_call``, ``k_matrix`` and ``lenience``; with `latency` ({name: {"a1", "a", "b"}},
-    `csdlib.cost`) also ``predicted_s`` (predicted wall time), ``predicted_ar_s`` (AR's on the same
+    given `cost_table` under ``custom``), ``stats`` (the summed `csdlib.Stats`: calls, tokens fed, ...
+    per model, acceptance per level and position), ``acceptance`` (accepted / drafted per level, target
+    first, None where nothing was drafted), ``tokens_per_target_call``, ``k_matrix`` and ``lenience``;
+    with `latency` ({name: {"a1", "a", "b"}}, `csdlib.latency`) also ``predicted_s`` (predicted wall time), ``predicted_ar_s`` (AR's on the same
     prompts) and ``predicted_speedup`` (their ratio). `on_prompt(i, partial_result)` is called after each
     prompt (the optimizer prunes with it).
     """
@@ -59,7 +59,7 @@ def evaluate_cascade(target, drafters, prompts, k_matrix, lenience: float = 1.0,
                        max_new_tokens=max_new_tokens)
         total = total.merge(out.stats)
         if latency is not None:
-            ar_s += costs_mod.predict_ar_wall_time(latency[target.name], len(ids), len(out.new_tokens))
+            ar_s += predict_ar_wall_time(latency[target.name], len(ids), len(out.new_tokens))
         if on_prompt is not None or i == len(prompts) - 1:
             result = _summary(target, tables, total, k_matrix, lenience, latency, ar_s)
             if on_prompt is not None:
@@ -71,17 +71,12 @@ def _summary(target, tables, total: Stats, k_matrix, lenience, latency, ar_s):
     swi = {t: costs_mod.swi(total.new_tokens, total.calls, c, target.name) for t, c in tables.items()}
     target_calls = total.calls.get(target.name, 0)
     r = {
-        "swi": swi, "stats": total,
-        "acceptance": [lv.acceptance for lv in total.levels],
-        "levels": total.to_dict()["levels"], "calls": dict(total.calls), "tokens_fed": dict(total.tokens_fed),
-        "one_token_calls": dict(total.one_token_calls),
-        "switch_calls": dict(total.switch_calls),
-        "new_tokens": total.new_tokens,
+        "swi": swi, "stats": total, "acceptance": [lv.acceptance for lv in total.levels],
         "tokens_per_target_call": total.new_tokens / target_calls if target_calls else None,
         "k_matrix": [list(r) for r in k_matrix], "lenience": float(lenience),
     }
     if latency is not None:
-        r["predicted_s"] = costs_mod.predict_wall_time(r, latency)
+        r["predicted_s"] = predict_wall_time(total, latency)
         r["predicted_ar_s"] = ar_s
         r["predicted_speedup"] = ar_s / r["predicted_s"] if r["predicted_s"] else None
     return r
@@ -201,7 +196,7 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
         drafters: largest first, MaG (if any) last.
         prompts: lists of token ids (not used for calibration; keep some apart to check the result).
         objective: "latency" (predicted wall-clock speedup over AR; needs a calibration, `latency` or
-            the stored one, see `csdlib.cost.calibrate_latency`) or a cost-table name ("parameters",
+            the stored one, see `csdlib.latency.calibrate_latency`) or a cost-table name ("parameters",
             the seed's "model_parameters" / "previous_work" where they cover the models): SWI under it.
         k_max: the largest k-matrix entry tried for a neural drafter's column; `mag_k_max` for MaG's
             column (default: MaG's k).
@@ -225,21 +220,8 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
     prompts = [list(p) for p in prompts]
     if not prompts:
         raise CSDValueError("prompts: expected at least one prompt")
-    mag = drafters[-1] if getattr(drafters[-1], "free", False) else None
-    models = [target, *drafters]
-    if objective == "latency":
-        if latency is None:
-            latency = costs_mod.stored_latency(models)
-        if latency is None:
-            raise CSDValueError("objective: 'latency' needs a latency calibration of these models on this "
-                                "machine and thread count; run `csd calibrate` (or pass latency=...)")
-        tables = None
-    else:
-        tables = costs_mod.cost_tables(models)
-        if objective not in tables:
-            raise CSDValueError(f"objective: expected 'latency' or a cost table covering these models "
-                                f"{sorted(tables)}, got {objective!r}")
-        latency = None
+    mag = drafters[-1] if is_free(drafters[-1]) else None
+    latency, tables = _objective_basis(objective, [target, *drafters], latency)
     seed_mode_mag = mag is not None and mag.seed_mode
     mag_max = mag_k_max or (mag.k if mag is not None else k_max)
     extra_int = {"mag_k": (1, mag_max)} if seed_mode_mag else None
@@ -269,30 +251,53 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
             p["mag_k"] = min(old_k, mag_max)
         return p
 
-    start_params = [params_of(*start)] if start is not None else []
-    for d in range(n):                         # each drafter alone: speculative decoding at these k
-        for k in sd_starts:
-            start_params.append(params_of([[k if (i, j) == (0, d) else 0 for j in range(n)] for i in range(n)], 1.0))
-    start_params = start_params[:n_trials]     # never queue more than the budget runs
+    starts = ([start] if start is not None else []) + [(sd, 1.0) for sd in _sd_matrices(n, sd_starts)]
+    start_params = [params_of(*s) for s in starts][:n_trials]     # never queue more than the budget runs
     try:
         study = search(n, score, n_trials=n_trials, k_max=k_max, mag_column_max=mag_max if mag else None,
                        lenience_range=lenience_range, extra_int=extra_int, seed=seed, start=start_params,
                        prune=prune, timeout=timeout, progress=progress)
-        best = study.best_trial.params
-        k = k_matrix_from_params(best, n)
-        lenience = float(best.get("lenience", 1.0))
-        if mag is None:
-            mag_k = None
-        elif seed_mode_mag:
-            mag_k = int(best["mag_k"])
-        else:                                  # sized by the k-matrix: k only caps a call
-            mag_k = max([1] + [k[i][n - 1] for i in range(n)])
+        k, lenience, mag_k = _setting(study.best_trial.params, n, mag)
         evaluation = evaluate(k, lenience, {"mag_k": mag_k} if mag is not None else {})
     finally:
         if mag is not None:
             mag.k = old_k
     return Tuned(k, lenience, mag_k, value_of(evaluation), objective, evaluation, study,
                  time.perf_counter() - tic)
+
+
+def _objective_basis(objective: str, models, latency: dict | None) -> tuple[dict | None, dict | None]:
+    """(latency, cost tables) that `objective` is computed from: "latency" needs a calibration (`latency`,
+    else the stored one); a cost table's name needs the cost tables covering `models` to hold it."""
+    if objective == "latency":
+        latency = latency if latency is not None else stored_latency(models)
+        if latency is None:
+            raise CSDValueError("objective: 'latency' needs a latency calibration of these models on this "
+                                "machine and thread count; run `csd calibrate` (or pass latency=...)")
+        return latency, None
+    tables = costs_mod.cost_tables(models)
+    if objective not in tables:
+        raise CSDValueError(f"objective: expected 'latency' or a cost table covering these models "
+                            f"{sorted(tables)}, got {objective!r}")
+    return None, tables
+
+
+def _setting(params: dict, n: int, mag) -> tuple[list[list[int]], float, int | None]:
+    """(k-matrix, lenience, MaG's k) of a trial's parameters; MaG's k is searched in seed mode, else it
+    only caps a call: the largest entry of MaG's column (None without MaG)."""
+    k = k_matrix_from_params(params, n)
+    if mag is None:
+        mag_k = None
+    elif mag.seed_mode:
+        mag_k = int(params["mag_k"])
+    else:
+        mag_k = max([1] + [k[i][n - 1] for i in range(n)])
+    return k, float(params.get("lenience", 1.0)), mag_k
+
+
+def _sd_matrices(n: int, ks) -> list[list[list[int]]]:
+    """The n x n k-matrices of speculative decoding with each drafter alone, at each k of `ks`."""
+    return [[[k if (i, j) == (0, d) else 0 for j in range(n)] for i in range(n)] for d in range(n) for k in ks]
 
 
 def save_default(family_dir, default: dict) -> None:
@@ -320,9 +325,7 @@ def predicted_vs_measured(target, drafters, prompts, k_matrix, lenience: float =
 
     import pandas as pd
 
-    from .cache import CachedTarget
-
-    if isinstance(target, CachedTarget):
+    if replays(target):
         raise CSDValueError("target: predicted vs measured needs the real target, not a CachedTarget")
     settings = {"AR": ([], None, 1.0), "cascade": (list(drafters), k_matrix, lenience)}
     for _ in range(warmup):
@@ -335,7 +338,7 @@ def predicted_vs_measured(target, drafters, prompts, k_matrix, lenience: float =
             tic = time.perf_counter()
             out = generate(target, ds, list(ids), k_matrix=k, lenience=l, max_new_tokens=max_new_tokens)
             rows[name]["measured s"] += time.perf_counter() - tic
-            rows[name]["predicted s"] += costs_mod.predict_wall_time(out.stats, latency)
+            rows[name]["predicted s"] += predict_wall_time(out.stats, latency)
             outs[name] = out.new_tokens
         rows["cascade"]["equal"] &= outs["cascade"] == outs["AR"]
     df = pd.DataFrame([{"method": name, **r} for name, r in rows.items()]).set_index("method")

@@ -63,7 +63,7 @@ def check_case(seed: int, target, pool, table):
     case = f"seed={seed} drafters={[d.name for d in drafters]} K={k_matrix} l={lenience} eos={eos} c={confidence}"
     assert out.sequences.tolist() == ref.tolist(), case
     assert out.new_tokens == out.sequences[0].tolist()[len(out.sequences[0]) - len(out.new_tokens):]
-    assert out.stats["new_tokens"] == len(out.new_tokens)
+    assert out.stats.new_tokens == len(out.new_tokens)
     return out
 
 
@@ -97,9 +97,9 @@ def test_drafter_equal_to_target_accepts_everything(kind):
     prompt = list(range(3, 15))
     out = csdlib.generate(target, [HFModel(target, name="same")], prompt, k_matrix=[[k]], max_new_tokens=max_new)
     assert out.sequences.tolist() == hf_greedy(target, prompt, max_new).tolist()
-    level = out.stats["levels"][0]
-    assert level["accepted"] == level["drafted"] > 0
-    assert out.stats["calls"][out.stats["levels"][0]["model"]] == -(-max_new // (k + 1))   # ceil
+    level = out.stats.levels[0]
+    assert level.accepted == level.drafted > 0
+    assert out.stats.calls[out.stats.levels[0].model] == -(-max_new // (k + 1))   # ceil
 
 
 @pytest.mark.parametrize("kind", ["llama", "t5"])
@@ -109,15 +109,15 @@ def test_random_drafter_accepts_almost_nothing(kind):
     prompt = list(range(20, 40))
     out = csdlib.generate(target, [drafter], prompt, k_matrix=[[5]], max_new_tokens=48)
     assert out.sequences.tolist() == hf_greedy(target, prompt, 48).tolist()
-    level = out.stats["levels"][0]
-    assert level["accepted"] / level["drafted"] < 0.15
+    level = out.stats.levels[0]
+    assert level.accepted / level.drafted < 0.15
 
 
 def test_no_drafters_is_autoregressive_and_counts_every_forward():
     target = llama(0)
     out = csdlib.generate(target, [], [1, 2, 3], max_new_tokens=17)
     assert out.sequences.tolist() == hf_greedy(target, [1, 2, 3], 17).tolist()
-    assert list(out.stats["calls"].values()) == [17]
+    assert list(out.stats.calls.values()) == [17]
 
 
 def test_eos_from_config_stops_generation():
@@ -137,17 +137,17 @@ def test_stats_per_level_and_position_are_consistent(llama_family):
     drafters = [HFModel(pool[1], name="mid"), HFModel(pool[3], name="small"), MaG(table, k=10)]
     out = csdlib.generate(target, drafters, [1, 2, 3, 1, 2, 3], k_matrix=[[5, 14, 10], [0, 1, 10], [0, 0, 10]],
                           lenience=2, max_new_tokens=60)
-    levels = out.stats["levels"]
-    assert [lv["model"] for lv in levels] == ["llama", "mid", "small"]
+    levels = out.stats.levels
+    assert [lv.model for lv in levels] == ["llama", "mid", "small"]
     for lv in levels:
-        assert sum(lv["drafted_per_position"]) == lv["drafted"]
-        assert sum(lv["accepted_per_position"]) == lv["accepted"] <= lv["drafted"]
+        assert sum(lv.drafted_per_position) == lv.drafted
+        assert sum(lv.accepted_per_position) == lv.accepted <= lv.drafted
         # acceptance is a prefix: position p accepted at most as often as position p-1
-        acc = lv["accepted_per_position"]
+        acc = lv.accepted_per_position
         assert all(a >= b for a, b in zip(acc, acc[1:]))
-    assert levels[0]["reviews"] == out.stats["calls"]["llama"]
-    assert levels[0]["accepted"] + levels[0]["reviews"] == 60      # each review adds accepted + 1
-    assert out.stats["calls"]["mag"] > 0
+    assert levels[0].reviews == out.stats.calls["llama"]
+    assert levels[0].accepted + levels[0].reviews == 60      # each review adds accepted + 1
+    assert out.stats.calls["mag"] > 0
 
 
 def test_raw_hf_models_and_tensor_prompts_are_accepted():

@@ -9,7 +9,7 @@ import pytest
 import seedfixtures as sf
 
 from csdlib.cli import main
-from csdlib.experiment import read_records
+from csdlib.records import read_records
 
 
 @pytest.fixture(scope="module")

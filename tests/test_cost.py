@@ -2,7 +2,7 @@
 
 import pytest
 
-from csdlib import BigramTable, MaG
+from csdlib import BigramTable, LevelStats, MaG
 from csdlib.cost import (MODEL_PARAMETERS, PREVIOUS_WORK, acceptance_rate, cost_tables, expected_speedup,
                          expected_tokens_per_call, resolve_cost, swi, swi_total, table_costs)
 from csdlib.errors import CSDValueError
@@ -71,5 +71,5 @@ def test_expected_speedup_leviathan():
 
 def test_acceptance_rate_counts_only_examined_positions():
     # SD with k=3, three reviews accepting 0, 2 and 3 tokens: examined 1 + 3 + 3 = 7 positions, 5 accepted
-    level = {"drafted_per_position": [3, 3, 3], "accepted_per_position": [2, 2, 1]}
+    level = LevelStats(0, "t", 3, 9, 5, [3, 3, 3], [2, 2, 1])
     assert acceptance_rate(level) == 5 / 7

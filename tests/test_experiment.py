@@ -9,8 +9,8 @@ import csdlib
 from csdlib import BigramTable, HFModel, MaG
 from csdlib.cache import CachedTarget, build_target_cache
 from csdlib.errors import CSDValueError
-from csdlib.experiment import (Method, load_results, merge_shards, read_records, run, shard_path,
-                               standard_methods, summarize)
+from csdlib.experiment import Method, run, standard_methods, summarize
+from csdlib.records import load_results, merge_shards, read_records, shard_path
 
 K = [[2, 3, 2], [0, 1, 2], [0, 0, 2]]
 
@@ -192,3 +192,18 @@ def test_measured_costs(setup):
     assert list(costs) == ["target", "mid", "small", "mag"]
     assert costs["mag"] == 0.0 and all(costs[n] > 0 for n in ("target", "mid", "small"))
     assert target.calls == 1 + 1 + 3                           # fill the cache, warm-up, timed
+
+
+def test_committed_records_still_read_and_summarize():
+    """Records written before tokens_fed / one_token_calls / switch_calls existed (data/results/reference)."""
+    from pathlib import Path
+
+    from csdlib.experiment import stats_of
+
+    df = load_results(Path(__file__).resolve().parent.parent / "data/results/reference/gsm8k-dev-n100-t128.jsonl")
+    csd = df[df["method"] == "CSD"]
+    total = stats_of(csd)
+    assert total.calls["target"] == csd["calls.target"].sum() and total.new_tokens == csd["new_tokens"].sum()
+    assert total.tokens_fed == {} and total.levels[0].drafted > 0
+    s = summarize(df)
+    assert s.loc["CSD", "tokens/target call"] == total.new_tokens / total.calls["target"]

@@ -165,23 +165,23 @@ def test_cascade_drafts_what_the_k_matrix_asks_in_both_modes():
     sized, ref = _sd_mag(MaG(tbl, k=10), 3)
     seed, _ = _sd_mag(MaG(tbl, k=10, seed_mode=True), 3)
     assert sized.new_tokens == seed.new_tokens == ref                      # lossless either way
-    lv_sized, lv_seed = sized.stats["levels"][0], seed.stats["levels"][0]
-    assert len(lv_sized["drafted_per_position"]) == 3                     # never more than the entry
-    assert len(lv_seed["drafted_per_position"]) == 10                     # the seed's 10 per call
-    assert sized.stats["calls"]["mag"] == lv_sized["drafted_per_position"][0]   # one call per draft
+    lv_sized, lv_seed = sized.stats.levels[0], seed.stats.levels[0]
+    assert len(lv_sized.drafted_per_position) == 3                     # never more than the entry
+    assert len(lv_seed.drafted_per_position) == 10                     # the seed's 10 per call
+    assert sized.stats.calls["mag"] == lv_sized.drafted_per_position[0]   # one call per draft
 
 
 def test_entry_larger_than_k_takes_several_calls():
     tbl = BigramTable([(t + 1) % 96 for t in range(96)])     # the tiny models' vocabulary
     out, ref = _sd_mag(MaG(tbl, k=2), 5, max_new_tokens=30)
     assert out.new_tokens == ref
-    lv = out.stats["levels"][0]
-    assert len(lv["drafted_per_position"]) == 5
-    assert out.stats["calls"]["mag"] >= 3 * (lv["drafted_per_position"][4])   # ceil(5 / 2) calls per full draft
+    lv = out.stats.levels[0]
+    assert len(lv.drafted_per_position) == 5
+    assert out.stats.calls["mag"] >= 3 * (lv.drafted_per_position[4])   # ceil(5 / 2) calls per full draft
 
 
 def test_compat_mag_is_in_seed_mode_and_modes_fingerprint_apart(tmp_path):
-    from csdlib.cache import fingerprint
+    from csdlib.cascade import fingerprint
     from csdlib.compat import get_mag_model
 
     (tmp_path / "t.json").write_text(json.dumps(list(range(1, V)) + [0]))

@@ -10,10 +10,12 @@ import tiny
 
 import csdlib
 from csdlib import BigramTable, HFModel, MaG
-from csdlib import experiment
-from csdlib.cache import build_target_cache, fingerprint
+from csdlib import experiment, records
+from csdlib.cache import build_target_cache
+from csdlib.cascade import fingerprint
 from csdlib.errors import CSDValueError, MissingFileError
-from csdlib.experiment import Method, read_records, run, standard_methods, summarize
+from csdlib.experiment import Method, run, standard_methods, summarize
+from csdlib.records import read_records
 
 K = [[2, 2], [0, 2]]
 
@@ -73,7 +75,7 @@ def test_records_measured_elsewhere_are_never_reused(fam, tmp_path, monkeypatch,
     methods = standard_methods(drafters, k_matrix=K)
     first = run(target, methods, ps, out=out, max_new_tokens=5, progress=False)
     assert first.attrs["reused"] == 0
-    env = experiment.environment(target)
+    env = records.environment(target)
     assert {"machine", "device", "threads", "versions"} <= set(env)
     assert read_records(out)[0]["environment"] == env
     assert run(target, methods, ps, out=out, max_new_tokens=5, progress=False).attrs["reused"] == 8
@@ -162,7 +164,7 @@ def test_summary_and_cost_table_keep_configurations_apart(fam, tmp_path):
         progress=False)
     run(target, [Method("AR"), Method("CSD", drafters, [[3, 4], [0, 2]])], ps, out=out, max_new_tokens=8,
         progress=False)
-    df = experiment.load_results(out)
+    df = records.load_results(out)
     s = summarize(df)
     csd_rows = [m for m in s.index if m.startswith("CSD")]
     assert len(csd_rows) == 2 and len(s) == 3                 # one AR (same context), two CSD configurations

@@ -85,10 +85,10 @@ def test_figures_are_the_same_bytes_on_rerun(tmp_path):
     it was."""
     import matplotlib
     import numpy as np
-    from csdlib import experiment, plots
+    from csdlib import plots, records
 
     matplotlib.use("Agg")
-    df = experiment.load_results(ROOT / "data" / "results" / "reference" / "gsm8k-dev-n100-t128.jsonl")
+    df = records.load_results(ROOT / "data" / "results" / "reference" / "gsm8k-dev-n100-t128.jsonl")
     np.random.seed(123)
     expected_next = np.random.random()
     np.random.seed(123)

@@ -7,7 +7,8 @@ import pytest
 import tiny
 from csdlib import BigramTable, HFModel, MaG
 from csdlib.cache import build_target_cache
-from csdlib.cost import ZERO_LATENCY, expected_speedup
+from csdlib.cost import expected_speedup
+from csdlib.latency import ZERO_LATENCY
 from csdlib.errors import CSDValueError
 from csdlib.tuning import evaluate_cascade, k_matrix_from_params, optimize, search
 

@@ -63,7 +63,7 @@ def cascade_counts(family, n, seed=0, mag=True, **sampling):
         out = csdlib.generate(models[0], models[1:], PROMPT, k_matrix=K if mag else K_NEURAL,
                               max_new_tokens=N_NEW, do_sample=True, generator=gen, **sampling)
         tokens.append(out.new_tokens)
-        levels += [[lv["drafted"], lv["accepted"]] for lv in out.stats["levels"]]
+        levels += [[lv.drafted, lv.accepted] for lv in out.stats.levels]
     return np.array(tokens), levels[:, 1] / levels[:, 0]
 
 
@@ -194,9 +194,9 @@ def test_stats_under_sampling(decoder_family):
     target, mid, small, table = decoder_family
     out = csdlib.generate(target, [mid, small, MaG(table)], PROMPT, k_matrix=K, max_new_tokens=40,
                           do_sample=True, seed=0)
-    top = out.stats["levels"][0]
-    assert top["accepted"] + top["reviews"] == 40 == len(out.new_tokens)   # each review adds accepted + 1
-    assert sum(top["drafted_per_position"]) == top["drafted"]
+    top = out.stats.levels[0]
+    assert top.accepted + top.reviews == 40 == len(out.new_tokens)   # each review adds accepted + 1
+    assert sum(top.drafted_per_position) == top.drafted
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -31,13 +31,13 @@ def test_evaluate_cascade_matches_generate(setup):
     target, drafters, prompts, _ = setup
     r = evaluate_cascade(target, drafters, prompts, K, 2.0, max_new_tokens=20)
     outs = [generate(target, drafters, p, k_matrix=K, lenience=2.0, max_new_tokens=20) for p in prompts]
-    calls = {m: sum(o.stats["calls"][m] for o in outs) for m in outs[0].stats["calls"]}
+    calls = {m: sum(o.stats.calls[m] for o in outs) for m in outs[0].stats.calls}
     tokens = sum(len(o.new_tokens) for o in outs)
-    assert r["calls"] == calls and r["new_tokens"] == tokens == 60
+    assert r["stats"].calls == calls and r["stats"].new_tokens == tokens == 60
     costs = parameter_costs([target, *drafters])
     assert r["swi"]["parameters"] == pytest.approx(swi(tokens, calls, costs, "target"))
-    drafted = sum(o.stats["levels"][0]["drafted"] for o in outs)
-    accepted = sum(o.stats["levels"][0]["accepted"] for o in outs)
+    drafted = sum(o.stats.levels[0].drafted for o in outs)
+    accepted = sum(o.stats.levels[0].accepted for o in outs)
     assert r["acceptance"][0] == pytest.approx(accepted / drafted)
     assert len(r["acceptance"]) == 2 and r["tokens_per_target_call"] == tokens / calls["target"]
     assert r["k_matrix"] == K and r["lenience"] == 2.0
@@ -48,7 +48,7 @@ def test_evaluate_cascade_cached_equals_real(setup):
     cached = build_target_cache(target, prompts, 20, tmp / "cache.jsonl")
     real = evaluate_cascade(target, drafters, prompts, K, 1.0, max_new_tokens=20)
     fast = evaluate_cascade(cached, drafters, prompts, K, 1.0, max_new_tokens=20)
-    for key in ("swi", "acceptance", "calls", "new_tokens", "levels"):
+    for key in ("swi", "acceptance", "stats"):
         assert fast[key] == real[key]
 
 
@@ -98,8 +98,18 @@ def test_stats_merge_sums_calls_tokens_and_positions():
               [LevelStats(0, "t", 2, 4, 1, [2, 2], [1])])
     b = Stats(4, {"t": 3, "d": 1, "mag": 2}, {"t": 4, "d": 1, "mag": 0}, {},
               [LevelStats(0, "t", 3, 3, 3, [1, 1, 1], [1, 1, 1]), LevelStats(1, "d", 1, 2, 0, [1, 1], [])])
-    m = Stats.merge_all([a, b.to_dict()])
+    m = Stats.merge_all([a, Stats.from_dict(b.to_dict())])
     assert m.new_tokens == 7 and m.calls == {"t": 5, "d": 6, "mag": 2} and m.tokens_fed == {"t": 13, "d": 6, "mag": 0}
     assert m.levels[0] == LevelStats(0, "t", 5, 7, 4, [3, 3, 1], [2, 1, 1])
     assert m.levels[1] == LevelStats(1, "d", 1, 2, 0, [1, 1], []) and m.levels[1].acceptance == 0.0
     assert Stats.from_dict(m.to_dict()) == m
+
+
+def test_stats_read_older_records_and_frame_rows():
+    from csdlib import Stats
+
+    old = {"new_tokens": 5, "models": ["t", "mag"], "calls": {"t": 3, "mag": 2}, "levels": []}   # no tokens_fed yet
+    assert Stats.from_dict(old) == Stats(5, {"t": 3, "mag": 2})
+    row = {"new_tokens": 5, "models": ["t"], "calls.t": 3.0, "calls.mag": float("nan"), "tokens_fed.t": 4.0,
+           "switch_calls.t": float("nan"), "levels": []}                   # a frame row: flattened dicts
+    assert Stats.from_dict(row) == Stats(5, {"t": 3}, {"t": 4})

@@ -160,7 +160,7 @@ def test_committed_family_cascade_reproduces_target_greedy_on_dev_prompts(monkey
         out = generate(fam.target, fam.drafters, prompt, k_matrix=fam.k_matrix, lenience=fam.lenience,
                        max_new_tokens=64)
         assert out.sequences.tolist() == ref.tolist()
-        assert out.stats["calls"]["target"] < len(out.new_tokens)      # the cascade saved target calls
+        assert out.stats.calls["target"] < len(out.new_tokens)      # the cascade saved target calls
 
 
 # Made-up questions (no GSM8K text in the repository; this test needs no $CSD_DATA_DIR).
