@@ -12,8 +12,10 @@
   `run` says how many records it reused and from which file.
 - Wall clock: all methods run in one process on the same prompts, sample by sample (AR first), after
   untimed warm-up generations of every method, so AR and CSD see the same machine state.
-- Every greedy method's output is compared with AR's on the same sample (`equals_ar`; None when
-  sampling, whose outputs are equal in distribution only).
+- Every greedy method's output is audited against AR's on the same sample (`csdlib.precision.audit`):
+  `exact` is "identical", "tie" (first divergence at a tie of the target's own logits, half precision
+  only; `exact_margin` and `exact_position` say where) or "WRONG" (a bug); `equals_ar` is True for
+  identical. Both None when sampling, whose outputs are equal in distribution only.
 - Records carry tokens, calls and tokens fed per model, drafted / accepted per level and per draft
   position (`Output.stats`, a `csdlib.Stats`), the run's cost and SWI under each cost table of
   `csdlib.cost` (`measured` from `measured_costs_for`: measured once per results file and environment),
@@ -38,6 +40,7 @@ from tqdm.auto import tqdm
 from . import cost as costs_mod
 from .cache import prompt_key
 from .cascade import fingerprint, generate, is_free, replays
+from .precision import VERDICTS, audit
 from .errors import CSDValueError
 from .latency import predict_wall_time
 from .records import (append_record, config_hash, context_of, cut_torn_tail, digest, environment,
@@ -99,6 +102,7 @@ def record_for(target, method: Method, out, sample_id, prompt: list[int], wall_s
         "wall_s": wall_s, "tokens_per_s": len(out.new_tokens) / wall_s if wall_s > 0 else None,
         "threads": torch.get_num_threads(),
         "equals_ar": None if ar_tokens is None else out.new_tokens == ar_tokens,
+        **exactness(target, prompt, ar_tokens, out.new_tokens),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -182,6 +186,29 @@ def run(target, methods: list[Method], prompts, *, out=None, max_new_tokens: int
     return df
 
 
+def exactness(target, prompt, reference, tokens) -> dict:
+    """The audit's verdict of an output against the reference (AR's output), as record fields."""
+    if reference is None:
+        return {"exact": None, "exact_position": None, "exact_margin": None}
+    v = audit(target, prompt, reference, tokens)
+    return {"exact": v.verdict, "exact_position": v.position, "exact_margin": v.margin}
+
+
+def verdicts(g: pd.DataFrame) -> pd.Series:
+    """The audit's verdict of each record (records from before the audit: from `equals_ar`)."""
+    old = g["equals_ar"].map({True: "identical", False: "WRONG"}) if "equals_ar" in g else None
+    if "exact" not in g:
+        return old.dropna() if old is not None else pd.Series(dtype=object)
+    return (g["exact"].fillna(old) if old is not None else g["exact"]).dropna()
+
+
+def divergences(df: pd.DataFrame) -> pd.DataFrame:
+    """The records whose output is not identical to AR's: method, sample, verdict, position, margin."""
+    cols = [c for c in ("method", "sample_id", "exact", "exact_position", "exact_margin") if c in df]
+    v = verdicts(df)
+    return df.loc[v[v != "identical"].index, cols]
+
+
 def _ar_first(methods) -> list[Method]:
     """`methods` with the AR one (the reference for `equals_ar`) first; at most one AR, unique names."""
     methods = sorted(methods, key=lambda m: not m.is_ar)
@@ -230,7 +257,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     wall-clock speedup over the AR records of the same run context on the same samples, tokens/s,
     tokens per target call, acceptance per level (accepted / drafted), the estimated acceptance rate
     alpha at the target, Leviathan et al.'s predicted SWI for single-drafter SD (parameter costs), and
-    whether every output equals AR's (None when nothing was compared)."""
+    the audit of the outputs against AR's: how many are identical, ties and WRONG."""
     if df.empty:
         return pd.DataFrame()
     tables = sorted(c.split(".", 1)[1] for c in df.columns if c.startswith("cost."))
@@ -254,8 +281,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             f"{lv.acceptance:.2f}" if lv.drafted else "-" for lv in levels)
         row["alpha (target)"] = costs_mod.acceptance_rate(levels[0]) if levels[0].drafted else None
         row["predicted SWI"] = _predicted_sd_swi(g, levels)
-        checked = g["equals_ar"].dropna()
-        row["equals AR"] = bool(checked.all()) if len(checked) else None
+        checked = verdicts(g)
+        for verdict in VERDICTS:
+            row[verdict] = int((checked == verdict).sum()) if len(checked) else None
         if "predicted_s" in g and g["predicted_s"].notna().all() and (g["target_mode"] == "model").all():
             row["predicted / measured"] = g["predicted_s"].sum() / g["wall_s"].sum()   # latency model vs clock
         if "threads" in g:                             # torch threads the wall times were measured with

@@ -45,7 +45,7 @@ def test_run_records_and_summary(setup, tmp_path):
     out = tmp_path / "r.jsonl"
     df = run(target, methods, ps, out=out, max_new_tokens=10, progress=False)
     assert len(df) == len(read_records(out)) == 15
-    assert df["equals_ar"].tolist() == [True] * 15
+    assert df["equals_ar"].tolist() == [True] * 15 and df["exact"].tolist() == ["identical"] * 15
     assert (df[df.method == "AR"]["swi.parameters"] == 1.0).all()
     ar = df[df.method == "AR"].set_index("sample_id")
     for _, r in df.iterrows():
@@ -55,7 +55,7 @@ def test_run_records_and_summary(setup, tmp_path):
                                            for m in r["models"])   # drafters have the target's size
     s = summarize(df)
     assert list(s.index) == ["AR", "SD(mid)", "SD(small)", "SD(MaG)", "CSD"]
-    assert s["equals AR"].all()
+    assert (s["identical"] == s["samples"]).all() and (s["tie"] == 0).all() and (s["WRONG"] == 0).all()
     assert s.loc["AR", "SWI parameters"] == 1.0 and s.loc["AR", "wall speedup"] == 1.0
     csd = df[df.method == "CSD"]
     assert s.loc["CSD", "SWI parameters"] == (csd["new_tokens"] * target.cost).sum() / csd["cost.parameters"].sum()
@@ -207,3 +207,33 @@ def test_committed_records_still_read_and_summarize():
     assert total.tokens_fed == {} and total.levels[0].drafted > 0
     s = summarize(df)
     assert s.loc["CSD", "tokens/target call"] == total.new_tokens / total.calls["target"]
+
+
+def test_a_broken_method_is_wrong_in_records_and_summary(setup, monkeypatch):
+    """The audit in the runner: a verifier that accepts every draft gives WRONG outputs, counted in the
+    summary and listed by `divergences` with their margins."""
+    from csdlib.cascade import Cascade
+    from csdlib.experiment import divergences
+
+    def accept_all(self, i, seq, q, start):
+        self.reviews.append((i, start, len(seq) - start, len(seq) - start))
+        return seq + [int(self.models[i].logits(seq, 1)[0].argmax())], q + [1.0] * (len(seq) - len(q) + 1)
+
+    target, drafters, ps = setup
+    random_drafter = HFModel(tiny.llama(99, hidden=16, layers=1), name="random")
+    methods = [Method("AR", []), Method("broken SD", [random_drafter], [[4]])]
+    monkeypatch.setattr(Cascade, "review_greedy", accept_all)     # AR (nothing drafted) stays exact
+    df = run(target, methods, ps, max_new_tokens=16, progress=False)
+    s = summarize(df)
+    assert s.loc["AR", "identical"] == len(ps) and s.loc["broken SD", "WRONG"] == len(ps)
+    wrong = divergences(df)
+    assert len(wrong) == len(ps) and (wrong["exact"] == "WRONG").all() and (wrong["exact_margin"] > 0).all()
+
+
+def test_records_from_before_the_audit_read_as_identical_or_wrong():
+    import pandas as pd
+
+    from csdlib.experiment import verdicts
+
+    old = pd.DataFrame({"equals_ar": [True, False, None]})
+    assert verdicts(old).tolist() == ["identical", "WRONG"]
