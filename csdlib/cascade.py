@@ -280,7 +280,6 @@ class Cascade:
     def step(self, i: int, seq: list[int], q: list, need: int, cap: int):
         """One step of level i. Returns the longer sequence and, per token, what the level above needs
         to know of how it was drawn (q). Never grows seq beyond cap."""
-        model = self.models[i]
         if i == len(self.models) - 1:                  # bottom: drafts on its own
             tokens, probs = self.propose(i, seq, need)
             room = cap - len(seq)
@@ -302,7 +301,7 @@ class Cascade:
         """Level i's logits at the last n positions of seq (one forward). A forward right after another
         model's is slower (that model's weights pushed this one's out of the CPU caches): counted per
         level in `switches` (a generation's first forward counts as one) for the latency model."""
-        self.switches[i] += self.last_forward != i
+        self.switches[i] += int(self.last_forward != i)
         self.last_forward = i
         return self.models[i].logits(seq, n)
 
