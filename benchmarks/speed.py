@@ -45,7 +45,7 @@ from csdlib.cost import calibrate_latency, machine_id, parameter_costs, predict_
 from csdlib.datasets import load_gsm8k  # noqa: E402
 from csdlib.tuning import evaluate_cascade  # noqa: E402
 
-TUNE_OFFSET = 250
+from csdlib.datasets import TUNE_OFFSET  # noqa: E402  (dev items 250..: the tuning prompts)
 
 
 def parse_args(argv=None):
