@@ -154,7 +154,7 @@ def test_nothing_compared_is_not_reported_as_equal(world, tmp_path, capsys):
 def test_terminal_table_is_aligned_and_rounded():
     import pandas as pd
 
-    from csdlib.cli import table
+    from csdlib.commands import table
 
     summary = pd.DataFrame({"samples": [2, 2], "SWI parameters": [1.0, 2.0565919282361795],
                             "acceptance per level": ["-", "0.16 / 0.65"], "alpha (target)": [None, 0.6646981],

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from csdlib import cli, zoo
+from csdlib import cli, commands, zoo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILE = os.path.join(ROOT, "pyproject.toml")            # a file that is not a folder
@@ -138,7 +138,7 @@ def test_a_bad_flag_answers_at_once_without_torch():
         assert done.stderr.count("\n") == 1 and done.stderr.startswith("csd run: error: ")
 
 
-def commands():
+def subparsers():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     return sub.choices
@@ -146,7 +146,7 @@ def commands():
 
 @pytest.mark.parametrize("command", ["run", "tune", "calibrate", "seed-config", "train", "bigram", "report"])
 def test_every_flag_has_help_and_its_default(command):
-    parser = commands()[command]
+    parser = subparsers()[command]
     text = parser.format_help()
     for action in parser._actions:
         assert action.help, f"csd {command} {action.option_strings or action.dest}: no help"
@@ -161,7 +161,7 @@ def test_every_flag_has_help_and_its_default(command):
 def test_choices_written_out_are_the_recipes():
     from csdlib import recipe
 
-    train = {a.dest: a for a in commands()["train"]._actions}
+    train = {a.dest: a for a in subparsers()["train"]._actions}
     assert train["budget"].choices == list(recipe.BUDGETS)
     assert train["only"].choices == list(recipe.MODEL_NAMES) == list(zoo.MODEL_NAMES)
     assert train["family"].choices == list(zoo.FAMILY_DIRS)
@@ -176,8 +176,8 @@ def test_terminal_table_fits_100_columns_and_wide_shows_all():
            "equals AR": True, "predicted / measured": 0.98, "threads": "2"}
     summary = pd.DataFrame([row] * 6, index=pd.Index(["AR", "SD(tiny)", "SD(mid)", "SD(small)", "SD(MaG)", "CSD"],
                                                       name="method"))
-    narrow = cli.table(summary, columns=cli.TERMINAL_COLUMNS)
+    narrow = commands.table(summary, columns=commands.TERMINAL_COLUMNS)
     assert max(map(len, narrow.splitlines())) <= 100
     assert "0.16/0.65/0.05/0.50" in narrow and "tokens/s" not in narrow and "measured" not in narrow
-    wide = cli.table(summary)
+    wide = commands.table(summary)
     assert all(h.split(" ")[0] in wide for h in row) and max(map(len, wide.splitlines())) > 100
