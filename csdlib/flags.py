@@ -41,16 +41,16 @@ def positive(text) -> float:
     return value
 
 
-def directory(text) -> str:
-    if not Path(text).expanduser().is_dir():
-        raise argparse.ArgumentTypeError(f"no such directory: {text!r}")
-    return text
+def _existing(is_kind, kind: str):
+    def parse(text) -> str:
+        if not is_kind(Path(text).expanduser()):
+            raise argparse.ArgumentTypeError(f"no such {kind}: {text!r}")
+        return text
+    return parse
 
 
-def file(text) -> str:
-    if not Path(text).expanduser().is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
-    return text
+directory = _existing(Path.is_dir, "directory")
+file = _existing(Path.is_file, "file")
 
 
 def model_source(text) -> str:
@@ -156,14 +156,15 @@ def _run(args) -> None:
 
 
 def _family_or_path(args) -> None:
+    """`--family` or `--family-path`, a family that exists (its family.json is read)."""
     if args.family is not None and args.family_path is not None:
         raise argparse.ArgumentTypeError("--family-path: give a family name or a folder, not both")
     family_drafters(args)
 
 
 def _tune(args) -> None:
-    if args.family_path is not None and args.family is not None:
-        raise argparse.ArgumentTypeError("--family-path: give a family name or a folder, not both")
+    if args.target is None:
+        _family_or_path(args)
     _models(args)
 
 
