@@ -182,3 +182,23 @@ def test_terminal_table_fits_100_columns_and_wide_shows_all():
     assert "0.16/0.65/0.05/0.50" in narrow and "tokens/s" not in narrow and "measured" not in narrow
     wide = commands.table(summary)
     assert all(h.split(" ")[0] in wide for h in row) and max(map(len, wide.splitlines())) > 100
+
+
+def test_train_bigram_and_report_call_the_recipe_and_the_report(monkeypatch, tmp_path):
+    """`csd train / bigram / report` are what `python -m csdlib.zoo train / bigram` and
+    `benchmarks/zoo_report.py` were (the recipe itself is tested in tests/test_zoo.py)."""
+    from csdlib import recipe, report
+
+    calls = []
+    monkeypatch.setattr(recipe, "train_family", lambda *a, **k: calls.append(("family", a, k)))
+    monkeypatch.setattr(recipe, "train_base", lambda *a, **k: calls.append(("base", a, k)))
+    monkeypatch.setattr(recipe, "build_bigram_table", lambda *a, **k: calls.append(("bigram", a, k)))
+    monkeypatch.setattr(report, "main", lambda args: calls.append(("report", args.family_path, args.n_dev)))
+    assert cli.main(["train", "--budget", "toy", "--out", str(tmp_path), "--only", "mid", "--seed", "3"]) == 0
+    assert cli.main(["train", "--family", "gsm8k-base"]) == 0
+    assert cli.main(["bigram", "--out", str(tmp_path)]) == 0
+    assert cli.main(["report", "--family-path", str(zoo.FAMILY_DIRS["gsm8k-tiny"]), "--n-dev", "5"]) == 0
+    assert calls == [("family", (str(tmp_path), None, "toy", 3), {"only": ["mid"]}),
+                     ("base", (None, None, "full", 0), {}),
+                     ("bigram", (str(tmp_path), None), {}),
+                     ("report", str(zoo.FAMILY_DIRS["gsm8k-tiny"]), 5)]
