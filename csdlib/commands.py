@@ -94,10 +94,10 @@ def cmd_run(args) -> int:
         state.wait_for_everyone()
     sharded = state.num_processes > 1
     with state.split_between_processes(prompts) as mine:
-        done = run(fam.target, methods, mine, out=shard_path(out, state.process_index) if sharded else out,
-                   read_from=out, max_new_tokens=args.max_new_tokens, dataset=args.dataset, source=source,
-                   measured_costs=measured, latency=latency, warmup=args.warmup,
-                   progress=state.is_local_main_process and not args.quiet, tags=tags)
+        run(fam.target, methods, mine, out=shard_path(out, state.process_index) if sharded else out,
+            read_from=out, max_new_tokens=args.max_new_tokens, dataset=args.dataset, source=source,
+            measured_costs=measured, latency=latency, warmup=args.warmup,
+            progress=state.is_local_main_process and not args.quiet, tags=tags)
     state.wait_for_everyone()
     if not state.is_main_process:
         return 0
@@ -105,7 +105,7 @@ def cmd_run(args) -> int:
         from .experiment import merge_shards
 
         merge_shards(out)
-    warning = _after_measuring(out, tags, threads * state.num_processes, ran=done.attrs["ran"] > 0)
+    warning = _after_measuring(out, tags, threads * state.num_processes)
     return _report_run(args, out, name, hashes, prompts, device, state.num_processes, warning)
 
 
@@ -130,16 +130,15 @@ def _before_measuring(args, out, hashes, sample_ids, wanted: int) -> dict:
     return {"run_id": uuid.uuid4().hex[:12], "load_before": load, "load_warning": warning}
 
 
-def _after_measuring(out, tags: dict, own_threads: int, ran: bool) -> str | None:
-    """The machine's load after measuring (this run's own threads discounted), kept in its records."""
+def _after_measuring(out, tags: dict, own_threads: int) -> str | None:
+    """The machine's load after measuring (this run's own threads discounted), kept in the records this
+    run measured (in every shard's); None when it measured nothing (a replay) or the machine was quiet."""
     from . import provenance
 
-    if not ran:
-        return None
     load = provenance.machine_load(own_threads)
     warning = tags["load_warning"] or provenance.busy_warning(load, "during")
-    provenance.stamp(out, tags["run_id"], {"load_after": load, "load_warning": warning})
-    return warning
+    measured = provenance.stamp(out, tags["run_id"], {"load_after": load, "load_warning": warning})
+    return warning if measured else None
 
 
 def _report_run(args, out: Path, name: str, hashes, prompts, device, processes: int, warning) -> int:
