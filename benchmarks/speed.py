@@ -53,10 +53,9 @@ from csdlib.cache import build_target_cache  # noqa: E402
 from csdlib.cascade import is_free  # noqa: E402
 from csdlib.cost import parameter_costs, swi  # noqa: E402
 from csdlib.latency import calibrate_latency, machine_id, model_seconds, predict_wall_time  # noqa: E402
-from csdlib.datasets import load_gsm8k  # noqa: E402
+from csdlib.datasets import TUNE_OFFSET, load_gsm8k  # noqa: E402
 from csdlib.tuning import evaluate_cascade  # noqa: E402
 
-TUNE_OFFSET = 250
 STARTED = time.perf_counter()          # --max-seconds counts from here
 
 
