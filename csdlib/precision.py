@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .errors import CSDValueError
+
 HALF = (torch.bfloat16, torch.float16)
 VERDICTS = ("identical", "tie", "WRONG")
 
@@ -59,7 +61,7 @@ def float32_logits(model):
     the rest stays in its dtype. Returns the model. Idempotent."""
     head = model.get_output_embeddings()
     if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embeddings to compute in float32")
+        raise CSDValueError(f"model: {type(model).__name__} has no output embeddings to compute in float32")
     if not isinstance(head, Float32Head):
         model.set_output_embeddings(Float32Head(head))
     return model
