@@ -80,7 +80,9 @@ def _model_flags(p, k_matrix_example: str) -> None:
     p.add_argument("--lenience", type=flags.at_least(1.0, float), default=None,
                    help="lenience >= 1 of the inner levels (default: the family's, 1 for your models)")
     p.add_argument("--dtype", choices=flags.DTYPES, default=None,
-                   help="weights' dtype (default: float32 for a family, as saved for your models)")
+                   help="weights' dtype (default: float32 for a family, as saved for your models); a family in "
+                        "bfloat16 / float16 computes its target's logits in float32 and uses the cascade tuned "
+                        "for that dtype (csd tune --dtype) if there is one")
     p.add_argument("--device", type=flags.device, default=None,
                    help="cpu, cuda, cuda:N (default: cuda:<local rank> if available, else cpu)")
     p.add_argument("--device-map", choices=["auto"], default=None,
@@ -139,7 +141,8 @@ def _tune_parser(sub, families) -> None:
     t.add_argument("--seed", type=int, default=0, help="Optuna's seed")
     _threads(t)
     t.add_argument("--latency-file", default=None, help="latency calibration (default: data/latency/<machine>.json)")
-    t.add_argument("--cache", default=None, help="target-output cache (default: tmp/target-cache-<family>.jsonl)")
+    t.add_argument("--cache", default=None,
+                   help="target-output cache (default: tmp/target-cache-<family>-<dtype>.jsonl)")
     t.add_argument("--out", default=None, help="write the chosen cascade here (default: the family's family.json)")
     t.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
     t.add_argument("--data-dir", type=flags.directory, default=None, help=_DATA_DIR_HELP)
@@ -162,6 +165,8 @@ def _other_parsers(sub, families) -> None:
     c = _add(sub, "calibrate", "measure each model's forward latency (a1, a + b*n) on this machine", cmd_calibrate)
     c.add_argument("--family", choices=families, default=None, help=f"embedded family (default: {families[0]})")
     c.add_argument("--family-path", type=flags.directory, default=None, help="a family folder instead of a name")
+    c.add_argument("--dtype", choices=flags.DTYPES, default=None,
+                   help="the models' dtype (default: float32); each dtype is calibrated on its own")
     _threads(c)
     c.add_argument("--force", action="store_true", help="measure again even if a calibration is stored")
     c.add_argument("--out", default=None, help="latency file (default: data/latency/<machine>.json)")

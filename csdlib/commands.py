@@ -237,10 +237,10 @@ def cmd_calibrate(args) -> int:
     from .latency import calibrate_latency, default_latency_path
 
     threads = args.threads or default_threads()
-    fam = zoo.load(args.family, path=args.family_path)
+    fam = zoo.load(args.family, path=args.family_path, dtype=args.dtype or "float32")
     lat = calibrate_latency([fam.target, *fam.drafters], path=args.out, threads=threads, force=args.force,
                             note=args.note, repeats=args.repeats, context=args.context)
-    print(f"latency file: {args.out or default_latency_path()} ({threads} thread(s))")
+    print(f"latency file: {args.out or default_latency_path()} ({threads} thread(s), {args.dtype or 'float32'})")
     for name, v in lat.items():
         print(f"  {name:<8} one token {v['a1'] * 1e3:7.3f} ms; n >= 2 tokens: {v['a'] * 1e3:7.3f} ms "
               f"+ n x {v['b'] * 1e3:6.4f} ms")
@@ -261,7 +261,7 @@ def cmd_tune(args) -> int:
     if args.target is None:
         from . import zoo
 
-        fam = zoo.load(args.family, path=args.family_path)
+        fam = zoo.load(args.family, path=args.family_path, dtype=args.dtype or "float32")
         start = (fam.k_matrix, fam.lenience)
     else:
         fam = family_from_args(args, torch.device(args.device or "cpu"))
@@ -270,7 +270,7 @@ def cmd_tune(args) -> int:
     latency = None
     if args.objective == "latency":
         latency = calibrate_latency([fam.target, *fam.drafters], threads=threads, path=args.latency_file)
-    cache = Path(args.cache or ROOT / "tmp" / f"target-cache-{fam.name}.jsonl")
+    cache = Path(args.cache or ROOT / "tmp" / f"target-cache-{fam.name}-{args.dtype or 'float32'}.jsonl")
     tic = time.perf_counter()
     cached = build_target_cache(fam.target, prompts, args.max_new_tokens, cache)
     print(f"target cache: {cache} ({len(prompts)} prompts, {time.perf_counter() - tic:.1f} s)")
@@ -304,7 +304,8 @@ def _save_tuned(args, tuned, threads: int, latency, family_dir, n_prompts: int) 
 
     chosen_by = (f"csd tune --objective {args.objective} --prompts {args.prompts} --offset {args.offset} "
                  f"--max-new-tokens {args.max_new_tokens} --n-trials {args.n_trials} --k-max {args.k_max} "
-                 f"--timeout {args.timeout:g} --seed {args.seed} --threads {threads} (GSM8K dev prompts "
+                 f"--timeout {args.timeout:g} --seed {args.seed} --threads {threads}"
+                 + (f" --dtype {args.dtype}" if args.dtype else "") + " (GSM8K dev prompts "
                  f"{args.offset}..{args.offset + n_prompts - 1}, greedy; machine {machine_id()}; Optuna TPE, "
                  f"{tuned.seconds:.0f} s)")
     default = {**tuned.as_default(), "threads": threads, "chosen_by": chosen_by}
@@ -317,8 +318,10 @@ def _save_tuned(args, tuned, threads: int, latency, family_dir, n_prompts: int) 
         Path(args.out).write_text(json.dumps(default, indent=2) + "\n")
         print(f"written: {args.out}")
     elif family_dir is not None and not args.dry_run:
-        save_default(family_dir, default)
-        print(f"written: {family_dir / 'family.json'} (\"default\"; zoo.load and csd run use it)")
+        dtype = args.dtype or "float32"
+        save_default(family_dir, default, dtype=dtype)
+        where = '"default"' if dtype == "float32" else f'"defaults"["{dtype}"]'
+        print(f"written: {family_dir / 'family.json'} ({where}; zoo.load and csd run use it in {dtype})")
 
 
 def cmd_seed_config(args) -> int:

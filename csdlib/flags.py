@@ -165,8 +165,6 @@ def _family_or_path(args) -> None:
 def _tune(args) -> None:
     if args.target is None:
         _family_or_path(args)
-        if args.dtype is not None:
-            raise argparse.ArgumentTypeError("--dtype: only with --target for now (a family is tuned in float32)")
     _models(args)
 
 

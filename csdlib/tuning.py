@@ -299,15 +299,20 @@ def _sd_matrices(n: int, ks) -> list[list[list[int]]]:
     return [[[k if (i, j) == (0, d) else 0 for j in range(n)] for i in range(n)] for d in range(n) for k in ks]
 
 
-def save_default(family_dir, default: dict) -> None:
+def save_default(family_dir, default: dict, dtype: str = "float32") -> None:
     """Write `default` (k_matrix, lenience, mag_k, how it was chosen) as the `default` of
     `<family_dir>/family.json`, where `zoo.load` and `csd run` read it; the previous one is kept under
-    `previous_default`."""
+    `previous_default`. A cascade tuned for another dtype goes under `defaults[dtype]` (the latency of a
+    forward, and so the best cascade, depends on the dtype), which `zoo.load(dtype=...)` prefers."""
     import json
     from pathlib import Path
 
     path = Path(family_dir) / "family.json"
     info = json.loads(path.read_text())
+    if dtype != "float32":
+        info.setdefault("defaults", {})[dtype] = default
+        path.write_text(json.dumps(info, indent=2) + "\n")
+        return
     if "default" in info:
         info["previous_default"] = info["default"]
     info["default"] = default

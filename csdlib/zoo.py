@@ -149,7 +149,7 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="fl
     else:
         shared = path
         tok, hf = load_family(path, dtype=dtype, device=device)
-    default = info["default"]
+    default = info.get("defaults", {}).get(str(_torch_dtype(dtype)).removeprefix("torch."), info["default"])
     mag = MaG(BigramTable.load(shared / BIGRAM_FILE, vocab_size=hf["target"].config.vocab_size),
               k=mag_k or default["mag_k"])
     if default_float32_logits(_torch_dtype(dtype)) if float32_logits is None else float32_logits:

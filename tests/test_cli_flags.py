@@ -66,7 +66,7 @@ BAD = [
     ("tune --threads 0", "argument --threads: expected an integer >= 1"),
     ("tune --lenience 0", "argument --lenience: expected a number >= 1.0"),
     ("tune --k-matrix [[1]]", "--k-matrix: expected 3x3 for the drafters"),
-    ("tune --dtype bfloat16", "--dtype: only with --target for now"),
+    ("calibrate --dtype float8", "argument --dtype: invalid choice: 'float8'"),
     (f"tune --family-path {MISSING}", "argument --family-path: no such directory"),
     (f"tune --family gsm8k-tiny --family-path {DIR}", "--family-path: give a family name or a folder, not both"),
     (f"tune --family-path {DIR}", f"family 'target' has no {DIR}/family.json (not trained yet)"),

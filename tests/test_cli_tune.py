@@ -39,3 +39,20 @@ def test_save_default_keeps_the_previous_one(tmp_path):
     save_default(tmp_path, {"k_matrix": [[3]], "lenience": 1.0, "mag_k": 1})
     info = json.loads((tmp_path / "family.json").read_text())
     assert info["default"]["k_matrix"] == [[3]] and info["previous_default"] == {"k_matrix": [[1]]}
+
+
+def test_a_cascade_tuned_for_a_dtype_is_what_zoo_load_uses_in_that_dtype(tmp_path):
+    """`csd tune --dtype bfloat16` writes `defaults["bfloat16"]`; float32 keeps `default`."""
+    from csdlib import zoo
+    from csdlib.tuning import save_default
+
+    tiny = zoo.FAMILY_DIRS["gsm8k-tiny"]
+    for name in ("tokenizer", "target", "mid", "small", "bigram.json"):
+        (tmp_path / name).symlink_to(tiny / name)
+    (tmp_path / "family.json").write_text((tiny / "family.json").read_text())
+    save_default(tmp_path, {"k_matrix": [[0, 3, 1], [0, 2, 0], [0, 0, 1]], "lenience": 1.0, "mag_k": 3},
+                 dtype="bfloat16")
+    info = json.loads((tmp_path / "family.json").read_text())
+    assert info["default"] == json.loads((tiny / "family.json").read_text())["default"]
+    assert zoo.load(path=tmp_path, dtype="bfloat16").k_matrix == [[0, 3, 1], [0, 2, 0], [0, 0, 1]]
+    assert zoo.load(path=tmp_path).k_matrix == info["default"]["k_matrix"]
