@@ -132,31 +132,33 @@ def two_sample_pvalue(a, b):
 # (seed, settings, generation_config of the target, MaG at the bottom). Under a correct cascade p-values
 # are uniform, so a fixed seed fails 1 time in ~50 (with an earlier 2-layer target, T0.7's seed 1 did,
 # p = 0.002, while seeds 11, 12, 13, 21 gave 0.88, 0.07, 0.78, 0.81 - a fluke, not a bias).
-# Each setting costs 14,000 cascade generations (19 minutes of one core at a load average of 3-5 on 2 cores;
-# the T5 test took 4, the broken-acceptance test 0.7, measured with --durations): the default suite runs the one
-# that exercises the most (warpers at every level, MaG's one-hot q), the stress run (`-m stress`, in CI) the
-# other two at the same sample size, so no test loses power.
+# Each setting costs 14,000 cascade generations (8.5 minutes of one core on a quiet 2-core machine; 19 at a load
+# average of 3-5): the stress run (`-m stress`, in CI after the suite) runs all three at that sample size, so no
+# test loses power; the default suite runs the one that exercises the most (warpers at every level, MaG's
+# one-hot q) on 4,000 draws, as the T5 test does (the suite: about 10 minutes on 2 cores instead of 15).
+N_SAMPLES = 14_000
 SETTINGS = [
-    pytest.param(1, {}, {}, True, id="defaults",                  # all defaults (top_k 50 = no filter at V=12)
+    pytest.param(1, {}, {}, True, N_SAMPLES, id="defaults",          # all defaults (top_k 50 = no filter at V=12)
                  marks=pytest.mark.stress),
-    pytest.param(21, dict(temperature=0.7, top_k=6, top_p=0.9), {}, True,   # top-k and top-p through the cascade
-                 id="T0.7-top_k6-top_p0.9"),
-    pytest.param(5, {}, dict(temperature=1.3, top_k=4), False,    # defaults from generation_config; neural bottom
+    pytest.param(21, dict(temperature=0.7, top_k=6, top_p=0.9), {}, True, N_SAMPLES,   # top-k, top-p, cascade
+                 id="T0.7-top_k6-top_p0.9", marks=pytest.mark.stress),
+    pytest.param(22, dict(temperature=0.7, top_k=6, top_p=0.9), {}, True, 4_000,       # the same, quick
+                 id="T0.7-top_k6-top_p0.9-4000-draws"),
+    pytest.param(5, {}, dict(temperature=1.3, top_k=4), False, N_SAMPLES,   # defaults from generation_config
                  id="generation_config-T1.3-top_k4-no-MaG", marks=pytest.mark.stress),
 ]
-N_SAMPLES = 14_000
 
 
-@pytest.mark.parametrize("seed, sampling, config, mag", SETTINGS)
-def test_cascade_sampling_matches_target_distribution(decoder_family, seed, sampling, config, mag):
+@pytest.mark.parametrize("seed, sampling, config, mag, n", SETTINGS)
+def test_cascade_sampling_matches_target_distribution(decoder_family, seed, sampling, config, mag, n):
     target = decoder_family[0]
     saved = {k: getattr(target.generation_config, k) for k in config}
     try:
         for k, v in config.items():
             setattr(target.generation_config, k, v)
-        tokens, acceptance = cascade_counts(decoder_family, N_SAMPLES, seed=seed, mag=mag, **sampling)
+        tokens, acceptance = cascade_counts(decoder_family, n, seed=seed, mag=mag, **sampling)
         p_exact = gof_pvalue(joint(tokens, 0, 1), exact_joint(target, **sampling))
-        reference = hf_tokens(target, N_SAMPLES, seed=2, **sampling)
+        reference = hf_tokens(target, n, seed=2, **sampling)
     finally:
         for k, v in saved.items():
             setattr(target.generation_config, k, v)
