@@ -26,7 +26,7 @@ from .cascade import generate
 from .errors import CSDValueError
 from .experiment import Method, run
 from .mag import BigramTable, MaG
-from .models import HFModel, as_model, quiet_loading
+from .models import HFModel, as_model
 
 SEED_CONFIG_KEYS = ("draft_names", "target_name", "is_decoder_only", "use_mag", "k_matrix", "lenience",
                     "dataset", "counter_version", "sample")
@@ -122,17 +122,15 @@ def check_config(config: dict) -> dict:
 
 def load_hf_model(name: str, is_decoder_only: bool, model_paths=None, **kwargs):
     """`AutoModelForCausalLM` / `AutoModelForSeq2SeqLM` from `model_paths[name]` if given, else the hub
-    (kwargs go to `from_pretrained`, e.g. `device_map="auto"`, `dtype=torch.float16`)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    (`csdlib.zoo.load_model`; kwargs go to `from_pretrained`, e.g. `device_map="auto"`, `dtype=torch.float16`)."""
+    from .zoo import load_model
 
-    auto = AutoModelForCausalLM if is_decoder_only else AutoModelForSeq2SeqLM
     source = str((model_paths or {}).get(name, name))
     try:
-        with quiet_loading():
-            return auto.from_pretrained(source, **kwargs).eval()
-    except OSError as e:
-        raise CSDValueError(f"model {name!r}: could not load {source!r} with {auto.__name__} ({e}); map the "
-                            "name to a local directory with model_paths={name: path}") from None
+        return load_model(source, decoder_only=is_decoder_only, **kwargs)
+    except CSDValueError as e:
+        raise CSDValueError(f"model {name!r}: {str(e).removeprefix('model: ')}; map the name to a local "
+                            "directory with model_paths={name: path}") from None
 
 
 def load_tokenizer(names, model_paths=None):

@@ -27,6 +27,7 @@ from .errors import CSDValueError, MissingFileError
 __all__ = [
     "GSM8K_TEMPLATE",
     "DEV_SIZE",
+    "TUNE_OFFSET",
     "gsm8k_dir",
     "gsm8k_prompt",
     "load_gsm8k",
@@ -38,6 +39,10 @@ GSM8K_TEMPLATE = "Reason the math question below step by step. Question: {questi
 
 #: ``dev`` is the first ``DEV_SIZE`` items of GSM8K's test split.
 DEV_SIZE = 300
+
+#: Dev items from here on are for tuning (``csd tune``, the benchmarks' choice of a draft length), apart
+#: from the first ones that ``csd run`` and the benchmarks measure.
+TUNE_OFFSET = 250
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _SPLITS = ("train", "dev", "test")

@@ -24,7 +24,6 @@ mode, where MaG always proposes its own k, that k is searched instead.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from . import cost as costs_mod
@@ -343,42 +342,3 @@ def predicted_vs_measured(target, drafters, prompts, k_matrix, lenience: float =
     df["speedup measured"] = df.loc["AR", "measured s"] / df["measured s"]
     df["speedup predicted"] = df.loc["AR", "predicted s"] / df["predicted s"]
     return df
-# ---------------------------------------------------------------- the embedded family's default cascade
-
-#: Candidate cascades for `tune` (target row: mid, small, MaG; mid row: small, MaG; small row: MaG).
-TUNE_K_MATRICES = [
-    [[a, b, c], [0, d, e], [0, 0, 2]]
-    for a, b, c in [(1, 0, 4), (1, 0, 8), (2, 0, 4), (2, 0, 8), (2, 1, 2), (2, 1, 4), (2, 1, 8), (3, 1, 4),
-                    (3, 2, 4), (1, 1, 8)]
-    for d, e in [(1, 0), (2, 0), (1, 2), (0, 4), (0, 8)]
-]
-TUNE_LENIENCE = [1.0, 3.0]
-
-
-def tune_default(path=None, data_dir=None, n_prompts: int = 8, max_new_tokens: int = 96, mag_ks=(10,)):
-    """Choose the default k-matrix / lenience / MaG k by measurement: the highest SWI (parameter-count
-    costs; MaG costs 0) over the first `n_prompts` GSM8K dev prompts, greedy. Writes ``default`` (and the
-    whole table of candidates) into ``family.json``."""
-    from tqdm.auto import tqdm
-
-    from .datasets import load_gsm8k
-    from .zoo import load
-
-    fam = load(path=path)
-    prompts = [fam.prompt_ids(ex["question"]) for ex in load_gsm8k("dev", data_dir)[:n_prompts]]
-    rows = []
-    grid = [(k, l, m) for k in TUNE_K_MATRICES for l in TUNE_LENIENCE for m in mag_ks]
-    for k_matrix, lenience, mag_k in tqdm(grid, desc="tune"):
-        fam.drafters[-1].k = mag_k
-        result = evaluate_cascade(fam.target, fam.drafters, prompts, k_matrix, lenience,
-                                  max_new_tokens=max_new_tokens)
-        rows.append({"k_matrix": k_matrix, "lenience": lenience, "mag_k": mag_k,
-                     "swi": result["swi"]["parameters"]})
-    best = max(rows, key=lambda r: r["swi"])
-    info_path = fam.path / "family.json"
-    info = json.loads(info_path.read_text())
-    info["default"] = {**best, "chosen_by": f"python -m csdlib.zoo tune (SWI, parameter costs, {n_prompts} dev "
-                                            f"prompts, {max_new_tokens} new tokens, greedy)"}
-    info["tune"] = sorted(rows, key=lambda r: -r["swi"])[:20]
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
-    return best, rows

@@ -1,53 +1,75 @@
-"""The embedded model families, loaded offline: "gsm8k-tiny" (and "gsm8k-base").
+"""The embedded model families, loaded offline: "gsm8k-tiny" (and "gsm8k-base"); and `load_model`, the
+one function that loads a Hugging Face model (a folder or a hub name).
 
     from csdlib import zoo
     fam = zoo.load()                     # Family: .tokenizer, .target, .drafters (mid, small, MaG), .k_matrix
     out = csdlib.generate(fam.target, fam.drafters, fam.prompt_ids("..."), k_matrix=fam.k_matrix,
                           lenience=fam.lenience)
     tok, models = zoo.load_family()      # the HF models: {"target": ..., "mid": ..., "small": ...}
+    model = zoo.load_model("path/or/hub-name", dtype=torch.bfloat16, device="cuda")
 
-The weights were trained by the recipe in ``csdlib.recipe`` (see its docstring); its training
-functions are re-exported here, and the command line below runs it::
-
-    python -m csdlib.zoo train [--family gsm8k-tiny|gsm8k-base] [--out DIR] [--budget full|toy] [--data-dir DIR]
-    python -m csdlib.zoo bigram | tune | bench
-
-`from_paths` builds the same `Family` from model directories (what ``csd run --target ...`` uses).
+The weights were trained by the recipe in ``csdlib.recipe`` (``csd train``, ``csd bigram``; ``csd report``
+measures a family). `from_paths` builds the same `Family` from model directories (what
+``csd run --target ...`` uses). Importing this module does not import torch (``csd`` checks its flags
+against the families before loading anything).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .datasets import gsm8k_prompt
 from .errors import CSDValueError, MissingFileError
-from .recipe import (BASE_BUDGETS, BIGRAM_FILE, BUDGETS, DEFAULT_BASE_DIR, DEFAULT_FAMILY_DIR, FAMILY,  # noqa: F401
-                     MODEL_NAMES, build_bigram_table, build_model, count_parameters, tokenize_examples,
-                     train_base, train_family, train_model, train_tokenizer)
 
-FAMILY_DIRS = {"gsm8k-tiny": DEFAULT_FAMILY_DIR, "gsm8k-base": DEFAULT_BASE_DIR}
+MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+FAMILY_DIRS = {"gsm8k-tiny": MODELS_DIR / "gsm8k-tiny", "gsm8k-base": MODELS_DIR / "gsm8k-base"}
 #: what ``load()``, ``csd run`` / ``calibrate`` / ``tune`` and the notebooks use when no family is named
 DEFAULT_FAMILY = "gsm8k-tiny"
+#: the models of a family folder (gsm8k-base has only its target and shares the others)
+MODEL_NAMES = ("target", "mid", "small")
+BIGRAM_FILE = "bigram.json"
 
 
-def load_family(path=None, dtype=torch.float32):
-    """``(tokenizer, {"target": model, "mid": model, "small": model})`` from a trained family folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model(source, *, dtype=None, device=None, decoder_only: bool | None = None, **kwargs):
+    """A Hugging Face model in eval mode from a local folder or a hub name: `AutoModelForCausalLM` or
+    `AutoModelForSeq2SeqLM` (from its config, unless `decoder_only` says), in `dtype` (None: as
+    `from_pretrained` decides), on `device` (None: where it loads; kwargs such as ``device_map="auto"``
+    go to `from_pretrained`). Transformers' loading bar is off while it loads."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     from .models import quiet_loading
 
-    path = Path(path) if path is not None else DEFAULT_FAMILY_DIR
+    source = str(source)
+    try:
+        if decoder_only is None:
+            decoder_only = not AutoConfig.from_pretrained(source).is_encoder_decoder
+        auto = AutoModelForCausalLM if decoder_only else AutoModelForSeq2SeqLM
+        kwargs = {k: v for k, v in {"dtype": dtype, **kwargs}.items() if v is not None}
+        with quiet_loading():
+            model = auto.from_pretrained(source, **kwargs).eval()
+    except OSError as e:
+        where = "a local folder" if Path(source).expanduser().is_dir() else "no such directory; nor on the hub"
+        raise CSDValueError(f"model: cannot load {source!r} ({where}: {e})") from None
+    return model if device is None or "device_map" in kwargs else model.to(device)
+
+
+def load_family(path=None, dtype="float32", device=None):
+    """``(tokenizer, {"target": model, "mid": model, "small": model})`` from a trained family folder
+    (default: gsm8k-tiny's); `dtype` a torch dtype or its name."""
+    from transformers import AutoTokenizer
+
+    path = Path(path) if path is not None else FAMILY_DIRS["gsm8k-tiny"]
     tok = AutoTokenizer.from_pretrained(path / "tokenizer")
-    models = {}
-    with quiet_loading():
-        for name in MODEL_NAMES:
-            models[name] = AutoModelForCausalLM.from_pretrained(path / name, dtype=dtype).eval()
-    return tok, models
+    return tok, {name: load_model(path / name, dtype=_torch_dtype(dtype), device=device, decoder_only=True)
+                 for name in MODEL_NAMES}
+
+
+def _torch_dtype(dtype):
+    import torch
+
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
 @dataclass
@@ -75,7 +97,30 @@ class Family:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def load(name: str | None = None, path=None, mag_k: int | None = None, dtype=torch.float32,
+def family_info(name: str | None = None, path=None) -> tuple[str, Path, dict]:
+    """``(name, folder, family.json)`` of an embedded family (default ``DEFAULT_FAMILY``) or a family
+    folder, read without loading a model; its ``"default"`` holds the default cascade."""
+    name = name if name is not None else DEFAULT_FAMILY if path is None else Path(path).name
+    if name not in FAMILY_DIRS and path is None:
+        raise CSDValueError(f"name: unknown family {name!r}; the embedded ones are {list(FAMILY_DIRS)} "
+                            f"(or give path=)")
+    path = Path(path) if path is not None else FAMILY_DIRS[name]
+    if not (path / "family.json").is_file():
+        hint = f"; train it with `csd train --family {name}`" if path == FAMILY_DIRS.get(name) else ""
+        raise MissingFileError(f"name: family {name!r} has no {path / 'family.json'} (not trained yet){hint}")
+    info = json.loads((path / "family.json").read_text())
+    info.setdefault("default", {"k_matrix": ([[1, 1, 0, 2], [0, 1, 0, 2], [0, 0, 1, 2], [0, 0, 0, 2]]
+                                             if "shares" in info else [[2, 1, 0], [0, 1, 0], [0, 0, 2]]),
+                                "lenience": 1.0, "mag_k": 10})
+    return info.get("name", name), path, info
+
+
+def drafter_names(info: dict) -> list[str]:
+    """The names of a family's drafters, largest first, MaG last (from its family.json)."""
+    return ["tiny", "mid", "small", "MaG"] if "shares" in info else [*MODEL_NAMES[1:], "MaG"]
+
+
+def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="float32",
          float32_logits: bool | None = None, device=None) -> Family:
     """An embedded family (default: ``DEFAULT_FAMILY``), offline: ``.tokenizer``, ``.target`` and ``.drafters`` (`csdlib` models,
     largest first, MaG last) and the default ``.k_matrix`` / ``.lenience`` chosen by measurement (stored
@@ -89,53 +134,37 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype=tor
     output layer in float32 (`csdlib.precision`; default: on for a half-precision dtype); ``device``:
     ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``...
     """
+    from .mag import BigramTable, MaG
+    from .models import HFModel
     from .precision import default_float32_logits
     from .precision import float32_logits as with_float32_logits
 
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    dtype = _torch_dtype(dtype)
     float32_logits = default_float32_logits(dtype) if float32_logits is None else float32_logits
-    from transformers import AutoModelForCausalLM
-
-    from .mag import BigramTable, MaG
-    from .models import HFModel, quiet_loading
-
-    name = DEFAULT_FAMILY if name is None and path is None else name
-    if name not in FAMILY_DIRS and path is None:
-        raise CSDValueError(f"name: unknown family {name!r}; the embedded ones are {list(FAMILY_DIRS)} "
-                            f"(or give path=)")
-    path = Path(path) if path is not None else FAMILY_DIRS[name]
-    if not (path / "family.json").is_file():
-        hint = (f"; train it with `python -m csdlib.zoo train --family {name}`" if name in FAMILY_DIRS and path
-                == FAMILY_DIRS[name] else "")
-        raise MissingFileError(f"name: family {name!r} has no {path / 'family.json'} (not trained yet){hint}")
-    info = json.loads((path / "family.json").read_text())
+    device = resolve_device(device) if device is not None else None
+    name, path, info = family_info(name, path)
     if "shares" in info:  # gsm8k-base: its own target on top of another family's models
-        tiny_path = (path / info["shares"]).resolve()
-        tok, models = load_family(tiny_path, dtype=dtype)
-        with quiet_loading():
-            base = AutoModelForCausalLM.from_pretrained(path / "target", dtype=dtype).eval()
+        shared = (path / info["shares"]).resolve()
+        tok, models = load_family(shared, dtype=dtype, device=device)
+        base = load_model(path / "target", dtype=_torch_dtype(dtype), device=device, decoder_only=True)
         hf = {"target": base, "tiny": models["target"], "mid": models["mid"], "small": models["small"]}
-        bigram = tiny_path / BIGRAM_FILE
-        fallback = [[1, 1, 0, 2], [0, 1, 0, 2], [0, 0, 1, 2], [0, 0, 0, 2]]
     else:
-        tok, hf = load_family(path, dtype=dtype)
-        bigram = path / BIGRAM_FILE
-        fallback = [[2, 1, 0], [0, 1, 0], [0, 0, 2]]
-    default = info.get("default", {"k_matrix": fallback, "lenience": 1.0, "mag_k": 10})
-    vocab = hf["target"].config.vocab_size
-    mag = MaG(BigramTable.load(bigram, vocab_size=vocab), k=mag_k or default["mag_k"])
+        shared = path
+        tok, hf = load_family(path, dtype=dtype, device=device)
+    default = info["default"]
+    mag = MaG(BigramTable.load(shared / BIGRAM_FILE, vocab_size=hf["target"].config.vocab_size),
+              k=mag_k or default["mag_k"])
     if float32_logits:
         with_float32_logits(hf["target"])
-    if device is not None:
-        hf = {n: m.to(resolve_device(device)) for n, m in hf.items()}
     target = HFModel(hf.pop("target"), name="target")
     drafters = [*(HFModel(m, name=n) for n, m in hf.items()), mag]
-    return Family(info.get("name", name), path, tok, target, drafters, default["k_matrix"], default["lenience"],
-                  bigram)
+    return Family(name, path, tok, target, drafters, default["k_matrix"], default["lenience"], shared / BIGRAM_FILE)
 
 
-def resolve_device(device=None) -> torch.device:
+def resolve_device(device=None):
     """``"auto"`` or None: CUDA when present, else the CPU; anything else as ``torch.device`` reads it."""
+    import torch
+
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -145,76 +174,15 @@ def from_paths(target, drafters, *, bigram=None, mag_k: int = 10, tokenizer=None
                dtype=None, device=None, device_map=None, name: str = "custom") -> Family:
     """A `Family` from model directories (or hub ids): decoder-only or encoder-decoder, detected from
     the config; MaG from `bigram` as the last drafter; the tokenizer from `tokenizer` or the target."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from .mag import BigramTable, MaG
-    from .models import HFModel, quiet_loading
+    from .models import HFModel
 
-    def hf(path, **kw):
-        try:
-            enc_dec = AutoConfig.from_pretrained(path).is_encoder_decoder
-        except OSError as e:
-            raise CSDValueError(f"model: cannot load {str(path)!r} ({e})") from None
-        auto = AutoModelForSeq2SeqLM if enc_dec else AutoModelForCausalLM
-        kw = {k: v for k, v in kw.items() if v is not None}
-        with quiet_loading():
-            model = auto.from_pretrained(path, dtype=dtype, **kw).eval()
-        return model if "device_map" in kw or device is None else model.to(device)
-
-    tm = HFModel(hf(target, device_map=device_map), name=Path(target).name)
-    ds = [HFModel(hf(p), name=Path(p).name) for p in drafters]
+    dtype = _torch_dtype(dtype)
+    tm = HFModel(load_model(target, dtype=dtype, device=device, device_map=device_map), name=Path(target).name)
+    ds = [HFModel(load_model(p, dtype=dtype, device=device), name=Path(p).name) for p in drafters]
     if bigram:
         ds.append(MaG(BigramTable.load(bigram, vocab_size=tm.vocab_size), k=mag_k))
     tok = AutoTokenizer.from_pretrained(tokenizer or target)
     return Family(name, None, tok, tm, ds, k_matrix, lenience, Path(bigram) if bigram is not None else None)
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m csdlib.zoo", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train the gsm8k-tiny family (resumes: skips trained models)")
-    t.add_argument("--family", choices=list(FAMILY_DIRS), default="gsm8k-tiny")
-    t.add_argument("--out", default=None, help="family folder (default: data/models/<family>)")
-    t.add_argument("--budget", choices=list(BUDGETS), default="full")
-    t.add_argument("--data-dir", default=None, help="folder containing gsm8k/ (default: $CSD_DATA_DIR)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    t.add_argument("--only", nargs="*", choices=MODEL_NAMES, default=None)
-    bch = sub.add_parser("bench", help="measure training throughput of each family member")
-    bch.add_argument("--data-dir", default=None)
-    bch.add_argument("--seconds", type=float, default=30.0)
-    bch.add_argument("--threads", type=int, default=1)
-    bch.add_argument("--json", default=None, help="write the result to this JSON file")
-    bg = sub.add_parser("bigram", help="build MaG's bigram table from the training text")
-    bg.add_argument("--out", default=str(DEFAULT_FAMILY_DIR))
-    bg.add_argument("--data-dir", default=None)
-    tn = sub.add_parser("tune", help="choose the default k-matrix / lenience by measured SWI")
-    tn.add_argument("--data-dir", default=None)
-    tn.add_argument("--prompts", type=int, default=8)
-    for q in (bg, tn):
-        q.add_argument("--threads", type=int, default=1)
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    if a.cmd == "tune":                      # the run layer, imported only for this command
-        from .tuning import tune_default
-    elif a.cmd == "bench":
-        from .bench import bench_throughput
-    if a.cmd == "bigram":
-        print(build_bigram_table(a.out, a.data_dir))
-    elif a.cmd == "tune":
-        best, _ = tune_default(data_dir=a.data_dir, n_prompts=a.prompts)
-        print("default:", best)
-    elif a.cmd == "train" and a.family == "gsm8k-base":
-        train_base(a.out, a.data_dir, a.budget, a.seed)
-    elif a.cmd == "train":
-        train_family(a.out or DEFAULT_FAMILY_DIR, a.data_dir, a.budget, a.seed, only=a.only)
-    elif a.cmd == "bench":
-        res = bench_throughput(a.data_dir, a.seconds)
-        if a.json:
-            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
-        print(json.dumps(res, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -129,13 +129,17 @@ def test_every_raise_in_csdlib_is_part_of_the_error_contract():
 
 
 def test_command_line_errors_name_the_argument(tmp_path, capsys):
+    """A bad flag is refused by the parser (tests/test_cli_flags.py has them all); bad input found later,
+    such as a config file that is not JSON, is one line too, with exit status 2."""
     from csdlib.cli import main
 
-    assert main(["seed-config", str(tmp_path / "nope.json")]) == 2
-    assert "csd seed-config: error: config: " in capsys.readouterr().err
-    (tmp_path / "c.json").write_text("{}")
-    assert main(["seed-config", str(tmp_path / "c.json"), "--model-path", "no-equals-sign"]) == 2
-    assert "--model-path: expected NAME=DIR, got 'no-equals-sign'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["seed-config", str(tmp_path / "nope.json")])
+    assert exit_.value.code == 2 and "csd seed-config: error: argument config: no such file" in capsys.readouterr().err
+    (tmp_path / "c.json").write_text("{")
+    assert main(["seed-config", str(tmp_path / "c.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("csd seed-config: error: config: ") and "is not JSON" in err and err.count("\n") == 1
 
 
 def test_recipe_and_loader_errors_name_the_argument():

@@ -86,13 +86,23 @@ def test_records_measured_elsewhere_are_never_reused(fam, tmp_path, monkeypatch,
 
 
 def test_csd_run_measures_on_a_fresh_clone():
-    """The README's reference results are not where `csd run` writes by default (a resume cache)."""
-    from csdlib.cli import build_parser
+    """`csd run` writes where git ignores it, and git tracks nothing there: a fresh clone measures (nothing
+    to resume from), and a user's run leaves `git status` clean (the committed references are elsewhere)."""
+    import subprocess
+    from pathlib import Path
+
+    from csdlib.cli import ROOT, build_parser
 
     args = build_parser().parse_args(["run"])
-    from pathlib import Path
-    default = Path(args.results_dir) / f"{args.dataset}-{args.split}-n{args.n_samples}-t{args.max_new_tokens}.jsonl"
-    assert not default.exists(), f"{default} is committed: `csd run` would resume from it"
+    results = Path(args.results_dir)
+    default = results / f"{args.dataset}-{args.split}-n{args.n_samples}-t{args.max_new_tokens}.jsonl"
+    git = ["git", "-C", str(ROOT)]
+    tracked = subprocess.run(git + ["ls-files", "--", str(results)], capture_output=True, text=True, check=True)
+    assert tracked.stdout == "", f"git tracks files under {results}: `csd run` would resume from / rewrite them"
+    for path in (default, default.with_suffix(".png"), default.with_suffix(".md")):
+        ignored = subprocess.run(git + ["check-ignore", "-q", "--no-index", str(path)])
+        assert ignored.returncode == 0, f"{path} is not git-ignored: `csd run` would leave `git status` dirty"
+    assert args.figures_dir is None                       # the figure goes next to the records
 
 
 def test_measured_costs_are_measured_once_per_results_file(fam, tmp_path, monkeypatch):

@@ -132,16 +132,21 @@ def two_sample_pvalue(a, b):
 # (seed, settings, generation_config of the target, MaG at the bottom). Under a correct cascade p-values
 # are uniform, so a fixed seed fails 1 time in ~50 (with an earlier 2-layer target, T0.7's seed 1 did,
 # p = 0.002, while seeds 11, 12, 13, 21 gave 0.88, 0.07, 0.78, 0.81 - a fluke, not a bias).
+# Each setting costs 14,000 cascade generations (4-6 minutes of one busy core): the default suite runs the one
+# that exercises the most (warpers at every level, MaG's one-hot q), the stress run (`-m stress`, in CI) the
+# other two at the same sample size, so no test loses power.
 SETTINGS = [
-    (1, {}, {}, True),                                           # all defaults (top_k 50 = no filter at V=12)
-    (21, dict(temperature=0.7, top_k=6, top_p=0.9), {}, True),   # top-k and top-p through the cascade
-    (5, {}, dict(temperature=1.3, top_k=4), False),              # defaults from generation_config; neural bottom
+    pytest.param(1, {}, {}, True, id="defaults",                  # all defaults (top_k 50 = no filter at V=12)
+                 marks=pytest.mark.stress),
+    pytest.param(21, dict(temperature=0.7, top_k=6, top_p=0.9), {}, True,   # top-k and top-p through the cascade
+                 id="T0.7-top_k6-top_p0.9"),
+    pytest.param(5, {}, dict(temperature=1.3, top_k=4), False,    # defaults from generation_config; neural bottom
+                 id="generation_config-T1.3-top_k4-no-MaG", marks=pytest.mark.stress),
 ]
 N_SAMPLES = 14_000
 
 
-@pytest.mark.parametrize("seed, sampling, config, mag", SETTINGS,
-                         ids=["defaults", "T0.7-top_k6-top_p0.9", "generation_config-T1.3-top_k4-no-MaG"])
+@pytest.mark.parametrize("seed, sampling, config, mag", SETTINGS)
 def test_cascade_sampling_matches_target_distribution(decoder_family, seed, sampling, config, mag):
     target = decoder_family[0]
     saved = {k: getattr(target.generation_config, k) for k in config}

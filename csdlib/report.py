@@ -1,6 +1,6 @@
 """Report on an embedded family: sizes, losses, latency, dev quality, drafter agreement.
 
-    python benchmarks/zoo_report.py [--family gsm8k-tiny|gsm8k-base|PATH] [--data-dir DIR] [--out report.json]
+    csd report [--family gsm8k-tiny|gsm8k-base | --family-path DIR] [--data-dir DIR] [--out report.json]
 
 Measures, for the target and each neural drafter (gsm8k-tiny: target / mid / small; gsm8k-base:
 target / tiny / mid / small):
@@ -21,26 +21,22 @@ Writes ``<family>/report.json``. GSM8K text is read from the data directory and 
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from csdlib.datasets import gsm8k_final_answer, gsm8k_prompt, load_gsm8k  # noqa: E402
-from csdlib import zoo  # noqa: E402
-from csdlib.zoo import count_parameters  # noqa: E402
+from . import zoo
+from .datasets import gsm8k_final_answer, gsm8k_prompt, load_gsm8k
+from .recipe import count_parameters
 
 
-def load_models(family: str):
+def load_models(family: str | None = None, path=None):
     """``(tokenizer, {name: HF model}, MaG, family folder)``, target first, for a family name or folder."""
-    fam = zoo.load(family) if family in zoo.FAMILY_DIRS else zoo.load(path=family)
+    fam = zoo.load(family, path=path)
     models = {"target": fam.target.model, **{d.name: d.model for d in fam.drafters if hasattr(d, "model")}}
     mag = fam.drafters[-1]
     mag.k = 1
@@ -126,8 +122,7 @@ def measure_val_loss(report: dict, models: dict, tok, data_dir=None):
     """Validation loss of each model as loaded (a bf16 checkpoint is fp32 in memory) on the recipe's 149
     held-out training examples, into ``report`` (``val_loss_loaded``; ``val_loss`` is what training measured
     before saving)."""
-    from csdlib.recipe import BUDGETS, _split, evaluate_loss
-    from csdlib.zoo import tokenize_examples
+    from .recipe import BUDGETS, _split, evaluate_loss, tokenize_examples
 
     b = BUDGETS["full"]
     _, val_ex = _split(load_gsm8k("train", data_dir), b["val_fraction"], 0)
@@ -161,106 +156,88 @@ def measure_latency(report: dict, models: dict, prompt_ids: list[int]):
     report.pop("latency_prompt_tokens", None)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--family", default="gsm8k-tiny", help="family name or folder")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default=None, help="default: <family>/report.json")
-    p.add_argument("--n-dev", type=int, default=300)
-    p.add_argument("--n-agree", type=int, default=50)
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--show", type=int, default=0, help="print this many target completions (not saved)")
-    p.add_argument("--val-loss-only", action="store_true",
-                   help="only measure the loaded models' validation loss and update it in an existing report")
-    p.add_argument("--latency-only", action="store_true",
-                   help="only re-measure the latencies and update them in an existing report")
-    a = p.parse_args(argv)
-
-    tok, models, mag, fam = load_models(a.family)
-    out = Path(a.out) if a.out else fam / "report.json"
-    if a.val_loss_only:
+def main(args) -> Path:
+    """`csd report` (flags in `csdlib.cli`): measure the family and write its report; or, with
+    ``--val-loss-only`` / ``--latency-only``, update that part of an existing report."""
+    tok, models, mag, fam = load_models(args.family, args.family_path)
+    out = Path(args.out) if args.out else fam / "report.json"
+    if args.val_loss_only or args.latency_only:
         report = json.loads(out.read_text())
-        measure_val_loss(report, models, tok, a.data_dir)
+        if args.val_loss_only:
+            measure_val_loss(report, models, tok, args.data_dir)
+        else:
+            report["machine"]["cpu"] = _cpu_name()
+            first = load_gsm8k("dev", args.data_dir)[0]["question"]
+            measure_latency(report, models, tok(gsm8k_prompt(first))["input_ids"])
         out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"updated validation losses in {out}")
-        return
-    if a.latency_only:
-        report = json.loads(out.read_text())
-        report["machine"]["cpu"] = _cpu_name()
-        measure_latency(report, models, tok(gsm8k_prompt(load_gsm8k("dev", a.data_dir)[0]["question"]))["input_ids"])
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"updated latencies in {out}")
-        return
-    dev = load_gsm8k("dev", a.data_dir)[: a.n_dev]
+        print(f"updated {'validation losses' if args.val_loss_only else 'latencies'} in {out}")
+        return out
+    dev = load_gsm8k("dev", args.data_dir)[: args.n_dev]
     prompts = [gsm8k_prompt(ex["question"]) for ex in dev]
-    report = {
-        "family": fam.name,
-        "machine": {"cpu": _cpu_name(), "python": platform.python_version(),
-                    "torch": torch.__version__},
-        "models": {},
-    }
-
-    # sizes and losses
-    for name, m in models.items():
-        tj = Path(m.name_or_path) / "training.json"
-        tr = json.loads(tj.read_text()) if tj.is_file() else {}
-        report["models"][name] = {
-            "parameters": count_parameters(m),
-            "config": {k: getattr(m.config, k) for k in
-                       ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                        "vocab_size")},
-            "train_loss": tr.get("final_train_loss"),
-            "val_loss": tr.get("val_loss"),
-            "epochs": tr.get("epochs"),
-            "train_time_s": tr.get("train_time_s"),
-            "train_tok_per_s": tr.get("tok_per_s"),
-        }
-    measure_val_loss(report, models, tok, a.data_dir)
+    report = {"family": fam.name, "machine": {"cpu": _cpu_name(), "python": platform.python_version(),
+                                              "torch": torch.__version__},
+              "models": {name: model_sizes(m) for name, m in models.items()}}
+    measure_val_loss(report, models, tok, args.data_dir)
     tp = report["models"]["target"]["parameters"]
     report["param_ratios"] = {n: round(tp / report["models"][n]["parameters"], 2) for n in models if n != "target"}
-
     measure_latency(report, models, tok(prompts[0])["input_ids"])
+    report["dev"] = measure_dev(models["target"], tok, dev, prompts, args.max_new_tokens, args.batch, args.show)
+    report["agreement"] = measure_agreement(models, mag, tok, prompts[: args.n_agree], args.max_new_tokens)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return out
 
-    # dev quality of the target
+
+def model_sizes(m) -> dict:
+    """Parameters, architecture and what training measured (``training.json`` next to the weights)."""
+    tj = Path(m.name_or_path) / "training.json"
+    tr = json.loads(tj.read_text()) if tj.is_file() else {}
+    return {
+        "parameters": count_parameters(m),
+        "config": {k: getattr(m.config, k) for k in
+                   ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")},
+        "train_loss": tr.get("final_train_loss"),
+        "val_loss": tr.get("val_loss"),
+        "epochs": tr.get("epochs"),
+        "train_time_s": tr.get("train_time_s"),
+        "train_tok_per_s": tr.get("tok_per_s"),
+    }
+
+
+def measure_dev(target, tok, dev, prompts, max_new_tokens: int, batch: int, show: int = 0) -> dict:
+    """The target's greedy completions of the dev prompts: ``#### <number>`` present, and correct."""
     t0 = time.perf_counter()
-    outs = greedy_batched(models["target"], tok, prompts, a.max_new_tokens, a.batch)
+    outs = greedy_batched(target, tok, prompts, max_new_tokens, batch)
     texts = [tok.decode(o, skip_special_tokens=True) for o in outs]
     has = [gsm8k_final_answer(t) is not None for t in texts]
     correct = [gsm8k_final_answer(t) is not None and gsm8k_final_answer(t) == gsm8k_final_answer(ex["answer"])
                for t, ex in zip(texts, dev)]
-    report["dev"] = {
+    dev_report = {
         "n": len(dev),
-        "max_new_tokens": a.max_new_tokens,
+        "max_new_tokens": max_new_tokens,
         "hash_answer_fraction": round(sum(has) / len(dev), 4),
         "accuracy": round(sum(correct) / len(dev), 4),
         "ended_with_eos_fraction": round(sum(tok.eos_token_id in o for o in outs) / len(dev), 4),
         "mean_new_tokens": round(sum(len(o) for o in outs) / len(dev), 1),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    print(f"[dev] {report['dev']}", flush=True)
-    for t in texts[: a.show]:
+    print(f"[dev] {dev_report}", flush=True)
+    for t in texts[:show]:
         print("-" * 60 + "\n" + t)
+    return dev_report
 
-    # greedy agreement (teacher-forced on the target's own greedy continuations)
+
+def measure_agreement(models: dict, mag, tok, prompts, max_new_tokens: int) -> dict:
+    """Greedy agreement with the target, teacher-forced on the target's own greedy continuations."""
     counts = {n: [0, 0] for n in (*models, "mag")}
-    for ex_prompt in prompts[: a.n_agree]:
-        ids = tok(ex_prompt)["input_ids"]
-        cont = greedy_single(models["target"], ids, a.max_new_tokens, tok.eos_token_id)
+    for prompt in prompts:
+        ids = tok(prompt)["input_ids"]
+        cont = greedy_single(models["target"], ids, max_new_tokens, tok.eos_token_id)
         for n in (*models, "mag"):
-            m_, t_ = mag_agreement(mag, ids, cont) if n == "mag" else agreement(models[n], ids, cont)
-            counts[n][0] += m_
-            counts[n][1] += t_
-    report["agreement"] = {
-        "n_prompts": a.n_agree,
-        "positions": counts["target"][1],
-        **{n: round(counts[n][0] / max(counts[n][1], 1), 4) for n in counts},
-    }
-    print(f"[agreement] {report['agreement']}", flush=True)
-
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
-
-
-if __name__ == "__main__":
-    main()
+            hits, positions = mag_agreement(mag, ids, cont) if n == "mag" else agreement(models[n], ids, cont)
+            counts[n][0] += hits
+            counts[n][1] += positions
+    agreement_report = {"n_prompts": len(prompts), "positions": counts["target"][1],
+                        **{n: round(counts[n][0] / max(counts[n][1], 1), 4) for n in counts}}
+    print(f"[agreement] {agreement_report}", flush=True)
+    return agreement_report

@@ -1,0 +1,356 @@
+"""What each `csd` command does (`csdlib.cli` parses and checks the flags, then calls `cmd_<command>`
+with them): `run` (the main experiment, with its replay / `--force` / machine-load bookkeeping),
+`calibrate`, `tune`, `seed-config`, `train`, `bigram`, `report`. Heavy libraries are imported inside the
+functions, so importing this module costs nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import CSDValueError
+
+ROOT = Path(__file__).resolve().parent.parent
+#: where a user's `csd run` writes (git-ignored); the committed reference results are in data/results/
+RESULTS_DIR = ROOT / "results"
+#: the columns of the terminal table (`--wide`: all; the .md and .csv files always have all)
+TERMINAL_COLUMNS = ["samples", "SWI parameters", "wall speedup", "tokens/target call",
+                    "acceptance per level", "equals AR"]
+
+
+def family_from_args(args, device):
+    """The models named on the command line, else the embedded family `csdlib.zoo.load()`, as a
+    `csdlib.zoo.Family` (`--k-matrix` / `--lenience` override the family's default cascade)."""
+    from . import zoo
+
+    if args.target is None:
+        fam = zoo.load(args.family, dtype=args.dtype or "float32", device=device)
+        fam.k_matrix = args.k_matrix or fam.k_matrix
+        fam.lenience = args.lenience if args.lenience is not None else fam.lenience
+        return fam
+    return zoo.from_paths(args.target, args.drafter, bigram=args.bigram, mag_k=args.mag_k or 10,
+                          tokenizer=args.tokenizer, k_matrix=args.k_matrix, lenience=args.lenience or 1.0,
+                          dtype=args.dtype, device=device, device_map=args.device_map)
+
+
+def table(summary, tablefmt: str = "simple", columns=None) -> str:
+    """A summary DataFrame as an aligned text table, numbers rounded to 2 decimals: `simple` for the
+    terminal (headers broken over two lines and acceptance written ``0.16/0.65`` to keep it narrow;
+    `columns`: which to show), `github` for a markdown file."""
+    import numpy as np
+    from tabulate import tabulate
+
+    def cell(v):
+        if isinstance(v, (bool, np.bool_)):
+            return "yes" if v else "no"
+        if v is None or (isinstance(v, float) and v != v):
+            return None
+        return v.replace(" / ", "/") if tablefmt == "simple" and isinstance(v, str) else v
+
+    if columns is not None:
+        summary = summary[[c for c in columns if c in summary.columns]]
+    headers = ["method", *summary.columns]
+    if tablefmt == "simple":
+        headers = [h.replace(" ", "\n", 1) for h in headers]
+    rows = [[method, *map(cell, row)] for method, row in zip(summary.index, summary.itertuples(index=False))]
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, floatfmt=".2f", missingval="-")
+
+
+def cmd_run(args) -> int:
+    import torch
+    from accelerate import PartialState
+
+    from .cost import stored_latency
+    from .experiment import config_hash, environment, measured_costs_for, run, shard_path, standard_methods
+
+    on_cpu = args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
+    state = PartialState(cpu=on_cpu)           # cpu=True: several CPU processes talk over gloo
+    threads = args.threads or default_threads(state.num_processes)
+    torch.set_num_threads(threads)
+    device = state.device if args.device is None else torch.device(args.device)
+    texts = dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples)   # fails first, fast
+    fam = family_from_args(args, device)
+    prompts = [(i, fam.tokenizer(t)["input_ids"]) for i, t in enumerate(texts)]
+    methods = standard_methods(fam.drafters, k_matrix=fam.k_matrix, lenience=fam.lenience, sd_k=args.sd_k)
+    methods = [m for m in methods if not args.methods or m.name in args.methods]
+    latency = stored_latency([fam.target, *fam.drafters], threads=threads)   # `csd calibrate` stores it
+    name = args.name or f"{args.dataset}-{args.split}-n{args.n_samples}-t{args.max_new_tokens}"
+    out = Path(args.results_dir) / f"{name}.jsonl"
+    source = dataset_source(args.dataset, args.split)
+    env = environment(fam.target)
+    hashes = {config_hash(fam.target, m, {"dataset": args.dataset, **source}, args.max_new_tokens, env)
+              for m in methods}
+    tags = {"process_index": state.process_index, "num_processes": state.num_processes}
+    if state.is_main_process:
+        tags.update(_before_measuring(args, out, hashes, [i for i, _ in prompts], len(methods) * len(prompts)))
+    if state.num_processes > 1:                   # the main process's run_id and load, for every shard
+        from accelerate.utils import broadcast_object_list
+
+        tags = {**broadcast_object_list([tags])[0], "process_index": state.process_index}
+    measured = None
+    for turn in ("main", "others"):    # measured once (by the main process), then read by the others
+        if prompts and state.is_main_process == (turn == "main"):
+            measured = measured_costs_for([fam.target, *fam.drafters], prompts[0][1], out)
+        state.wait_for_everyone()
+    sharded = state.num_processes > 1
+    with state.split_between_processes(prompts) as mine:
+        run(fam.target, methods, mine, out=shard_path(out, state.process_index) if sharded else out,
+            read_from=out, max_new_tokens=args.max_new_tokens, dataset=args.dataset, source=source,
+            measured_costs=measured, latency=latency, warmup=args.warmup,
+            progress=state.is_local_main_process and not args.quiet, tags=tags)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return 0
+    if sharded:
+        from .experiment import merge_shards
+
+        merge_shards(out)
+    warning = _after_measuring(out, tags, threads * state.num_processes)
+    return _report_run(args, out, name, hashes, prompts, device, state.num_processes, warning)
+
+
+def _before_measuring(args, out, hashes, sample_ids, wanted: int) -> dict:
+    """The first line of a replay (when and where its records were measured), or `--force` setting
+    them aside; then the machine's load, warned about when busy. Returns the tags of the new records."""
+    import uuid
+
+    from . import provenance
+
+    earlier = provenance.earlier_records(out, hashes, sample_ids)
+    if earlier and args.force:
+        moved = provenance.set_aside(out)
+        print(f"--force: {len(earlier)} earlier records set aside ({', '.join(p.name for p in moved)}); "
+              "measuring again")
+    elif earlier:
+        print(provenance.replay_line(earlier, wanted))
+    load = provenance.machine_load()
+    warning = provenance.busy_warning(load, "before") if len(earlier) < wanted or args.force else None
+    if warning:
+        print(warning)
+    return {"run_id": uuid.uuid4().hex[:12], "load_before": load, "load_warning": warning}
+
+
+def _after_measuring(out, tags: dict, own_threads: int) -> str | None:
+    """The machine's load after measuring (this run's own threads discounted), kept in the records this
+    run measured (in every shard's); None when it measured nothing (a replay) or the machine was quiet."""
+    from . import provenance
+
+    load = provenance.machine_load(own_threads)
+    warning = tags["load_warning"] or provenance.busy_warning(load, "during")
+    measured = provenance.stamp(out, tags["run_id"], {"load_after": load, "load_warning": warning})
+    return warning if measured else None
+
+
+def _report_run(args, out: Path, name: str, hashes, prompts, device, processes: int, warning) -> int:
+    """The summary of this run's records: printed (`TERMINAL_COLUMNS`, or all with --wide), written in
+    full to `<name>.md` / `.csv`, drawn to `<name>.png`; exit status 1 if an output differs from AR's."""
+    import platform
+
+    import torch
+
+    from .experiment import load_results, summarize
+
+    df = load_results(out)
+    df = df[df["config_hash"].isin(hashes) & df["sample_id"].isin([str(i) for i, _ in prompts])]
+    summary = summarize(df)
+    machine = f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, {device}"
+    print(f"\n{len(prompts)} {args.dataset} {args.split} prompts, max_new_tokens={args.max_new_tokens}, "
+          f"{processes} process(es); {machine}\n")
+    print(table(summary, columns=None if args.wide else TERMINAL_COLUMNS))
+    checked = summary["equals AR"].dropna()
+    ok = bool(checked.all())
+    if len(checked):
+        print(f"\nevery method's output equals AR's on every sample: {'yes' if ok else 'NO'}")
+    else:
+        print("\noutputs not compared with AR's (no AR method among --methods, or sampling)")
+    if warning:
+        print(warning)
+    summary.round(3).to_csv(out.with_suffix(".csv"))
+    out.with_suffix(".md").write_text(table(summary, "github") + "\n" + (f"\n{warning}\n" if warning else ""))
+    if not args.no_figure:
+        _figure(summary, Path(args.figures_dir or args.results_dir) / f"{name}.png", f"{name} ({len(prompts)} prompts)")
+    print(f"records: {out} (the full table: {out.with_suffix('.md').name}, {out.with_suffix('.csv').name})")
+    return 0 if ok else 1
+
+
+def _figure(summary, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plots import speedup_bars
+
+    plt.close(speedup_bars(summary, path, title=title))
+    print(f"figure: {path}")
+
+
+def dataset_texts(dataset: str, split: str, data_dir, n: int) -> list[str]:
+    from .datasets import prompt_texts
+
+    return prompt_texts(dataset, split, data_dir, n)
+
+
+def dataset_source(dataset: str, split: str) -> dict:
+    """What identifies the prompts besides their token ids: dataset, split and template (record keys)."""
+    from . import datasets as ds
+
+    template = ds.GSM8K_TEMPLATE if dataset == "gsm8k" else ds.MMLU_TEMPLATE
+    return {"split": split, "template": template}
+
+
+def default_threads(processes: int = 1) -> int:
+    """All cores, shared among the processes of a sharded run."""
+    import os
+
+    return max(1, (os.cpu_count() or 1) // max(1, processes))
+
+
+def tuning_prompts(tokenizer, args) -> list[list[int]]:
+    """GSM8K dev prompts from `--offset` on (default `datasets.TUNE_OFFSET`, 250: apart from the first
+    ones that `csd run` and the benchmarks measure)."""
+    from . import datasets as ds
+
+    items = ds.load_gsm8k("dev", args.data_dir)[args.offset:args.offset + args.prompts]
+    return [tokenizer(ds.gsm8k_prompt(x["question"]))["input_ids"] for x in items]
+
+
+def cmd_calibrate(args) -> int:
+    from . import zoo
+    from .cost import calibrate_latency, default_latency_path
+
+    threads = args.threads or default_threads()
+    fam = zoo.load(args.family, path=args.family_path)
+    lat = calibrate_latency([fam.target, *fam.drafters], path=args.out, threads=threads, force=args.force,
+                            note=args.note, repeats=args.repeats, context=args.context)
+    print(f"latency file: {args.out or default_latency_path()} ({threads} thread(s))")
+    for name, v in lat.items():
+        print(f"  {name:<8} one token {v['a1'] * 1e3:7.3f} ms; n >= 2 tokens: {v['a'] * 1e3:7.3f} ms "
+              f"+ n x {v['b'] * 1e3:6.4f} ms")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    import time
+
+    import torch
+
+    from .cache import build_target_cache
+    from .cost import calibrate_latency, machine_id
+    from .tuning import optimize
+
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    if args.target is None:
+        from . import zoo
+
+        fam = zoo.load(args.family, path=args.family_path)
+        start = (fam.k_matrix, fam.lenience)
+    else:
+        fam = family_from_args(args, torch.device(args.device or "cpu"))
+        start = (args.k_matrix, args.lenience or 1.0) if args.k_matrix else None
+    prompts = tuning_prompts(fam.tokenizer, args)
+    latency = None
+    if args.objective == "latency":
+        latency = calibrate_latency([fam.target, *fam.drafters], threads=threads, path=args.latency_file)
+    cache = Path(args.cache or ROOT / "tmp" / f"target-cache-{fam.name}.jsonl")
+    tic = time.perf_counter()
+    cached = build_target_cache(fam.target, prompts, args.max_new_tokens, cache)
+    print(f"target cache: {cache} ({len(prompts)} prompts, {time.perf_counter() - tic:.1f} s)")
+    tuned = optimize(cached, fam.drafters, prompts, args.objective, n_trials=args.n_trials, k_max=args.k_max,
+                     mag_k_max=args.mag_k_max, max_new_tokens=args.max_new_tokens, latency=latency, start=start,
+                     seed=args.seed, timeout=args.timeout, progress=not args.quiet)
+    n_run = sum(t.state.is_finished() for t in tuned.study.trials)      # not the queued starts left over
+    print(f"{n_run} trials in {tuned.seconds:.1f} s ({threads} thread(s), {machine_id()})")
+    _print_start(args, cached, fam.drafters, prompts, start, latency)
+    print(f"best:  k_matrix={tuned.k_matrix} lenience={tuned.lenience:g} mag_k={tuned.mag_k}: "
+          f"{args.objective} {tuned.value:.3f}")
+    _save_tuned(args, tuned, threads, latency, fam.path if args.target is None else None, len(prompts))
+    return 0
+
+
+def _print_start(args, cached, drafters, prompts, start, latency) -> None:
+    from .tuning import evaluate_cascade
+
+    if start is None:
+        return
+    before = evaluate_cascade(cached, drafters, prompts, *start, max_new_tokens=args.max_new_tokens, latency=latency)
+    was = (before["predicted_speedup"] if latency else before["swi"]["parameters"] if args.objective == "parameters"
+           else None)
+    print(f"start: k_matrix={start[0]} lenience={start[1]:g}" + (f": {args.objective} {was:.3f}" if was else ""))
+
+
+def _save_tuned(args, tuned, threads: int, latency, family_dir, n_prompts: int) -> None:
+    """The chosen cascade with how it was chosen: to `--out`, else the family's family.json."""
+    from .cost import default_latency_path, machine_id
+    from .tuning import save_default
+
+    chosen_by = (f"csd tune --objective {args.objective} --prompts {args.prompts} --offset {args.offset} "
+                 f"--max-new-tokens {args.max_new_tokens} --n-trials {args.n_trials} --k-max {args.k_max} "
+                 f"--timeout {args.timeout:g} --seed {args.seed} --threads {threads} (GSM8K dev prompts "
+                 f"{args.offset}..{args.offset + n_prompts - 1}, greedy; machine {machine_id()}; Optuna TPE, "
+                 f"{tuned.seconds:.0f} s)")
+    default = {**tuned.as_default(), "threads": threads, "chosen_by": chosen_by}
+    if latency is not None:
+        default["latency"] = latency
+        lat_path = Path(args.latency_file or default_latency_path()).resolve()
+        default["latency_file"] = str(lat_path.relative_to(ROOT)) if lat_path.is_relative_to(ROOT) else str(lat_path)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(default, indent=2) + "\n")
+        print(f"written: {args.out}")
+    elif family_dir is not None and not args.dry_run:
+        save_default(family_dir, default)
+        print(f"written: {family_dir / 'family.json'} (\"default\"; zoo.load and csd run use it)")
+
+
+def cmd_seed_config(args) -> int:
+    import torch
+
+    from .compat import run_config
+    from .experiment import summarize
+
+    torch.set_num_threads(args.threads or default_threads())
+    try:
+        config = json.loads(Path(args.config).read_text())
+    except json.JSONDecodeError as e:
+        raise CSDValueError(f"config: {args.config!r} is not JSON ({e})") from None
+    paths = dict(p.split("=", 1) for p in args.model_path)
+    df = run_config(config, model_paths=paths, bigram_path=args.bigram, data_dir=args.data_dir,
+                    n_samples=args.n_samples, out=args.out, max_new_tokens=args.max_new_tokens)
+    print(table(summarize(df), columns=TERMINAL_COLUMNS))
+    return 0
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from . import recipe, zoo
+
+    torch.set_num_threads(args.threads)
+    if args.family == "gsm8k-base":
+        recipe.train_base(args.out, args.data_dir, args.budget, args.seed)
+    else:
+        recipe.train_family(args.out or zoo.FAMILY_DIRS[args.family], args.data_dir, args.budget, args.seed,
+                            only=args.only)
+    return 0
+
+
+def cmd_bigram(args) -> int:
+    import torch
+
+    from .recipe import build_bigram_table
+
+    torch.set_num_threads(args.threads)
+    print(build_bigram_table(args.out, args.data_dir))
+    return 0
+
+
+def cmd_report(args) -> int:
+    import torch
+
+    from . import report
+
+    torch.set_num_threads(1)
+    report.main(args)
+    return 0

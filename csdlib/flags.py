@@ -1,0 +1,184 @@
+"""Checks of `csd`'s flags, made while parsing, before any model or dataset loads: argparse `type=`
+functions for one value, and `check(args, parser)` for what depends on several flags (and on the
+family's `family.json`, read without loading a model). A bad flag is one line from `parser.error`
+(``csd run: error: ...``) and exit status 2. Nothing here imports torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+DTYPES = ["float32", "float16", "bfloat16", "float64"]
+# a hub name such as "gpt2" or "org/name"; anything else that is not a folder is a missing local folder
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu|npu|hpu)(:\d+)?)$")
+
+
+def at_least(low, kind=int):
+    """A `type=` for an int (or `kind`) >= `low`."""
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} >= {low}, got {text!r}") from None
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"expected {what} >= {low}, got {text}")
+        return value
+    return parse
+
+
+def positive(text) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _existing(is_kind, kind: str):
+    def parse(text) -> str:
+        if not is_kind(Path(text).expanduser()):
+            raise argparse.ArgumentTypeError(f"no such {kind}: {text!r}")
+        return text
+    return parse
+
+
+directory = _existing(Path.is_dir, "directory")
+file = _existing(Path.is_file, "file")
+
+
+def model_source(text) -> str:
+    """A local model folder, or a hub name; a path to a folder that does not exist is refused here,
+    not in the hub's words later."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return text
+    first = Path(text).parts[0] if Path(text).parts else text
+    if path.exists() or not _HUB_NAME.match(text) or (first != text and Path(first).is_dir()):
+        raise argparse.ArgumentTypeError(f"no such directory: {text!r}")
+    return text
+
+
+def device(text) -> str:
+    if not _DEVICE.match(text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:<index> or mps, got {text!r}")
+    return text
+
+
+def name_equals_dir(text) -> str:
+    name, eq, folder = text.partition("=")
+    if not eq or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
+    directory(folder)
+    return text
+
+
+def file_stem(text) -> str:
+    if not text or "/" in text or "\\" in text:
+        raise argparse.ArgumentTypeError(f"expected a file name without a folder, got {text!r}")
+    return text
+
+
+def k_matrix(text) -> list:
+    """JSON, a square upper-triangular matrix of non-negative integers."""
+    try:
+        k = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected JSON, e.g. '[[4, 2], [0, 4]]'; got {text!r} ({e})") from None
+    n = len(k) if isinstance(k, list) else 0
+    if not n or not all(isinstance(row, list) and len(row) == n for row in k):
+        raise argparse.ArgumentTypeError(f"expected a square matrix (a list of n lists of n numbers), got {text}")
+    for i, row in enumerate(k):
+        for j, v in enumerate(row):
+            if type(v) is not int or v < 0 or (j < i and v != 0):
+                raise argparse.ArgumentTypeError(f"entry [{i}][{j}] = {v!r}: expected a non-negative integer, "
+                                                 "0 below the diagonal")
+    return k
+
+
+def family_drafters(args) -> list[str]:
+    """The drafters the command will load, by name (largest first, MaG last), without loading them."""
+    from . import zoo
+
+    if getattr(args, "target", None) is not None:
+        return [Path(p).name for p in args.drafter] + (["MaG"] if args.bigram else [])
+    try:
+        return zoo.drafter_names(zoo.family_info(getattr(args, "family", None), getattr(args, "family_path", None))[2])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("name: ", "", 1)) from None
+
+
+def check(args, parser: argparse.ArgumentParser) -> None:
+    """What depends on several flags; `parser.error` (one line, exit status 2) on the first problem."""
+    try:
+        CHECKS.get(args.command, lambda a: None)(args)
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
+
+
+def _models(args) -> None:
+    """--target, --drafter, --bigram, --k-matrix and --methods of `run` and `tune`, against each other."""
+    own = ("--drafter", "--bigram", "--tokenizer", "--device-map", "--mag-k")
+    if args.target is None:
+        given = [f for f in own if getattr(args, f[2:].replace("-", "_")) not in (None, [])]
+        if given:
+            raise argparse.ArgumentTypeError(f"{given[0]}: only with --target (the family brings its own models)")
+    elif getattr(args, "family", None) is not None or getattr(args, "family_path", None) is not None:
+        raise argparse.ArgumentTypeError("--target: give your models or a family (--family), not both")
+    elif not args.drafter:
+        raise argparse.ArgumentTypeError("--target: needs --drafter (one or more, largest first)")
+    drafters = family_drafters(args)
+    if args.k_matrix is not None and len(args.k_matrix) != len(drafters):
+        raise argparse.ArgumentTypeError(f"--k-matrix: expected {len(drafters)}x{len(drafters)} for the drafters "
+                                         f"{drafters}, got {len(args.k_matrix)}x{len(args.k_matrix)}")
+    names = ["AR", *(f"SD({d})" for d in drafters), "CSD"]
+    unknown = sorted(set(getattr(args, "methods", None) or []) - set(names))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"--methods: unknown {unknown}; expected some of {names}")
+
+
+def _run(args) -> None:
+    _models(args)
+    if args.target is not None and args.k_matrix is None:
+        raise argparse.ArgumentTypeError("--target: needs --k-matrix (one row per drafter)")
+    for flag in ("results_dir", "figures_dir"):
+        if getattr(args, flag) is not None and Path(getattr(args, flag)).is_file():
+            raise argparse.ArgumentTypeError(f"--{flag.replace('_', '-')}: {getattr(args, flag)!r} is a file, "
+                                             "expected a directory")
+    if args.dataset == "gsm8k" and args.split not in ("train", "dev", "test"):
+        raise argparse.ArgumentTypeError(f"--split: GSM8K has train, dev and test, got {args.split!r}")
+
+
+def _family_or_path(args) -> None:
+    """`--family` or `--family-path`, a family that exists (its family.json is read)."""
+    if args.family is not None and args.family_path is not None:
+        raise argparse.ArgumentTypeError("--family-path: give a family name or a folder, not both")
+    family_drafters(args)
+
+
+def _tune(args) -> None:
+    if args.target is None:
+        _family_or_path(args)
+        if args.dtype is not None:
+            raise argparse.ArgumentTypeError("--dtype: only with --target for now (a family is tuned in float32)")
+    _models(args)
+
+
+def _train(args) -> None:
+    if args.only and args.family != "gsm8k-tiny":
+        raise argparse.ArgumentTypeError("--only: only with --family gsm8k-tiny (gsm8k-base trains one model)")
+
+
+def _report(args) -> None:
+    _family_or_path(args)
+    if args.val_loss_only and args.latency_only:
+        raise argparse.ArgumentTypeError("--latency-only: not with --val-loss-only (one update at a time)")
+
+
+CHECKS = {"run": _run, "tune": _tune, "calibrate": _family_or_path, "report": _report, "train": _train}
