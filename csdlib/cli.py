@@ -41,7 +41,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or action.default == [] or "default" in text:
             return text
         return super()._get_help_string(action)
 

@@ -1,6 +1,7 @@
 """Every flag of every `csd` command is checked before any model or dataset loads: one line on stderr,
 exit status 2, in well under 2 seconds; and every flag has help text with its default."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -151,7 +152,8 @@ def test_every_flag_has_help_and_its_default(command):
     text = parser.format_help()
     for action in parser._actions:
         assert action.help, f"csd {command} {action.option_strings or action.dest}: no help"
-        if action.option_strings and action.default not in (None, False, []) and action.dest != "help":
+        if action.option_strings and action.default is not None and action.default is not False \
+                and action.default not in ([], argparse.SUPPRESS):
             assert "default" in parser.formatter_class("csd")._get_help_string(action), action.dest
     if "--family" in text:
         assert f"(default: {zoo.DEFAULT_FAMILY}" in " ".join(text.split())       # the value, not its name

@@ -132,7 +132,8 @@ def two_sample_pvalue(a, b):
 # (seed, settings, generation_config of the target, MaG at the bottom). Under a correct cascade p-values
 # are uniform, so a fixed seed fails 1 time in ~50 (with an earlier 2-layer target, T0.7's seed 1 did,
 # p = 0.002, while seeds 11, 12, 13, 21 gave 0.88, 0.07, 0.78, 0.81 - a fluke, not a bias).
-# Each setting costs 14,000 cascade generations (4-6 minutes of one busy core): the default suite runs the one
+# Each setting costs 14,000 cascade generations (19 minutes of one core at a load average of 3-5 on 2 cores;
+# the T5 test took 4, the broken-acceptance test 0.7, measured with --durations): the default suite runs the one
 # that exercises the most (warpers at every level, MaG's one-hot q), the stress run (`-m stress`, in CI) the
 # other two at the same sample size, so no test loses power.
 SETTINGS = [
