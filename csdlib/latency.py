@@ -60,14 +60,9 @@ def machine_id() -> str:
     import platform
     import re
 
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1]
-                break
-    except OSError:
-        pass
+    from .precision import cpu_info
+
+    cpu = cpu_info().get("model name") or platform.processor() or ""
     slug = re.sub(r"[^a-z0-9]+", "-", f"{platform.machine()} {cpu} {os.cpu_count()}cpu".lower()).strip("-")
     return slug or "unknown"
 

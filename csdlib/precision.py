@@ -166,13 +166,26 @@ def describe(c: dict[str, int]) -> str:
 # ---------------------------------------------------------------- where half precision pays
 
 
+def cpu_info() -> dict:
+    """The CPU's model name and flags, from /proc/cpuinfo (empty where there is none)."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "flags") and key.strip() not in info:
+                    info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return info
+
+
 def cpu_isa() -> str:
     """The CPU's bf16 matrix units: "AMX-BF16", "AVX512-BF16" or "neither" (from /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
+    flags = cpu_info().get("flags")
+    if flags is None:
         return "unknown"
+    flags = flags.split()
     return "AMX-BF16" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "neither"
 
 
@@ -180,13 +193,7 @@ def hardware(device=None) -> dict:
     """What a speed number depends on: CPU model and its bf16 units, torch's CPU kernels, the GPU."""
     import platform
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_isa": cpu_isa(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    info = {"cpu": cpu_info().get("model name") or platform.processor() or platform.machine(), "cpu_isa": cpu_isa(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "gpu": None}
     if device is not None and torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))

@@ -152,7 +152,9 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="fl
     default = info.get("defaults", {}).get(str(_torch_dtype(dtype)).removeprefix("torch."), info["default"])
     mag = MaG(BigramTable.load(shared / BIGRAM_FILE, vocab_size=hf["target"].config.vocab_size),
               k=mag_k or default["mag_k"])
-    if default_float32_logits(_torch_dtype(dtype)) if float32_logits is None else float32_logits:
+    if float32_logits is None:
+        float32_logits = default_float32_logits(_torch_dtype(dtype))
+    if float32_logits:
         with_float32_logits(hf["target"])
     target = HFModel(hf.pop("target"), name="target")
     drafters = [*(HFModel(m, name=n) for n, m in hf.items()), mag]
