@@ -10,7 +10,7 @@ import importlib.util
 # public name -> the module that defines it
 _EXPORTS = {
     "CachedTarget": "cache", "build_target_cache": "cache",
-    "Output": "cascade", "generate": "cascade",
+    "Output": "cascade", "Tree": "cascade", "generate": "cascade",
     "run_config": "compat",
     "expected_speedup": "cost", "swi": "cost", "swi_total": "cost",
     "CSDValueError": "errors", "MissingFileError": "errors",

@@ -163,3 +163,33 @@ class CachedTarget:
         self.one_token_calls += int(len(seq) - keep == 1)
         self._fed = list(seq)
         return out
+
+    def tree_logits(self, seq: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
+        """As `HFModel.tree_logits`: row 0 after seq, row 1 + t after node t. A node at depth d gets the
+        cached token at that depth: right for every node on the cached path, which is the only path the
+        target's argmax walk reads."""
+        first = len(seq) - self._begin                 # index (in the output) of the token row 0 predicts
+        if seq[self._begin:] != self._tokens[:first]:
+            raise CSDValueError(f"CachedTarget {self.name!r}: asked to continue a sequence that is not the "
+                                "cached greedy output; a cached target can only be the cascade's target")
+        depth = []
+        for parent in parents:
+            depth.append(0 if parent < 0 else depth[parent] + 1)
+        rows = [first] + [first + 1 + d for d in depth]
+        if max(rows) >= len(self._tokens):
+            raise CSDValueError(f"max_new_tokens: the target cache holds {len(self._tokens)} tokens for this "
+                                f"prompt, {max(rows) + 1} needed; rebuild it with a larger max_new_tokens")
+        out = torch.full((len(rows), self.vocab_size), float("-inf"))
+        out[torch.arange(len(rows)), torch.tensor([self._tokens[r] for r in rows])] = 0.0
+        keep = min(common_prefix(self._fed, seq), len(seq) - 1)    # exactly as HFModel.tree_logits feeds
+        fed = len(seq) - keep + len(tokens)
+        self.calls += 1
+        self.tokens_fed += fed
+        self.one_token_calls += int(fed == 1)
+        self._fed, self._tree = list(seq), (list(seq), list(tokens))
+        return out
+
+    def keep_path(self, path: list[int]) -> None:
+        """As `HFModel.keep_path`: what the real target's cache would hold is the prefix and the path."""
+        seq, tokens = self._tree
+        self._fed = seq + [tokens[t] for t in path]

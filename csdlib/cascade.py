@@ -23,6 +23,13 @@ steps of level 0 until `max_new_tokens` or EOS.
 target's greedy output. Inner levels may be lenient: a token `x` drafted with probability `q(x)` is
 also accepted when `p(x) > q(x) / lenience`.
 
+**Tree drafts** (`tree=Tree(...)`, greedy): a reviewing level verifies a token tree instead of a chain,
+in one forward pass (`HFModel.tree_logits`): the draft chain, plus at chosen draft positions the best
+other candidates of the model that chose the chain's token there (a neural drafter's top-n; MaG's
+tokens have none), each continued by the bottom free drafter. It keeps the longest root path of its
+own choices (lenient at inner levels, as in the chain) plus one token of its own, and only that path in
+its KV cache. The target still accepts only its argmax: the output stays the target's greedy output.
+
 **Sampling** (speculative sampling at every level): accept `x` with probability `min(1, p(x)/q(x))`;
 on rejection draw from `norm(max(p - q, 0))`; after a full accept draw a bonus token from `p`. `p` and
 `q` are distributions after the same temperature / top-k / top-p. Why it stays lossless through the
@@ -103,6 +110,28 @@ def fingerprint(model) -> str:
     return model.fingerprint()
 
 
+@dataclass(frozen=True)
+class Tree:
+    """The shape of tree drafts. `widths[i][d]`: candidates at draft position d of level i's review (1:
+    the chain's token only; rows and positions not given: 1); the extra candidates are the best other
+    tokens of the model that chose the chain's token there. `extend`: tokens of the bottom free drafter
+    (MaG) that continue each extra candidate (free; 0 without MaG).
+
+        Tree([[3, 2, 2]], extend=2)    # the target's review: 2 + 1 + 1 side branches of 3 tokens each
+    """
+    widths: tuple = ()
+    extend: int = 0
+
+    def width(self, level: int, position: int) -> int:
+        row = self.widths[level] if level < len(self.widths) else ()
+        return row[position] if position < len(row) else 1
+
+    @property
+    def most(self) -> int:
+        """The largest width: how many candidates per position the cascade notes."""
+        return max([1, *(w for row in self.widths for w in row)])
+
+
 @dataclass
 class Output:
     sequences: torch.Tensor   # (1, L): decoder-only: prompt + new tokens; enc-dec: decoder tokens from start
@@ -114,7 +143,7 @@ def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1
              max_new_tokens: int = 128, eos_token_id=None, do_sample: bool = False,
              temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
              seed: int | None = None, generator: torch.Generator | None = None,
-             confidence: float | None = None) -> Output:
+             confidence: float | None = None, tree: Tree | None = None) -> Output:
     """CS Drafting: exactly `target`'s own output (greedy), or its own distribution (sampling).
 
     Exactness, in a GPU user's words: in float32 the output is the target's greedy output, token for
@@ -143,6 +172,8 @@ def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1
             has, as soon as a neural drafter's newest token had probability below `confidence` under
             that drafter (as transformers' `assistant_confidence_threshold` does for one drafter).
             None (default): every level drafts what its k-matrix row asks for. Still lossless.
+        tree: a `Tree` (or its `widths`, a list of rows, one per reviewing level): tree drafts, verified
+            in one forward pass per review (greedy only). None (default): chains.
 
     Returns:
         `Output` with `sequences`, `new_tokens` and `stats` (a `csdlib.Stats`: calls and tokens fed per
@@ -159,7 +190,7 @@ def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1
         if temperature is not None or top_k is not None or top_p is not None:
             raise CSDValueError("temperature / top_k / top_p: only used with do_sample=True")
         sampler = None
-    cascade = Cascade([target, *drafters], k_matrix, lenience, sampler, confidence)
+    cascade = Cascade([target, *drafters], k_matrix, lenience, sampler, confidence, tree)
     prompt = _check_prompt(prompt_ids)
     max_new_tokens = _check_max_new_tokens(max_new_tokens, prompt, cascade.models)
     eos = target.eos_token_ids if eos_token_id is None else _eos_set(eos_token_id)
@@ -228,8 +259,9 @@ def _accept_prob(p_x: torch.Tensor, q_x: torch.Tensor) -> torch.Tensor:
 
 class Cascade:
     def __init__(self, models, k_matrix, lenience: float = 1.0, sampler: Sampler | None = None,
-                 confidence: float | None = None):
+                 confidence: float | None = None, tree: Tree | None = None):
         self.models = _check_models(models)
+        self.tree = _check_tree(tree, self.models, sampler)
         self.k = _check_k_matrix(k_matrix, len(models) - 1)
         self.lenience = _check_lenience(lenience)
         self.confidence = _check_confidence(confidence)
@@ -242,7 +274,8 @@ class Cascade:
                                 "drawn from, and the target's review would no longer be lossless")
         self.sampler = sampler
         self.names = _unique_names(self.models)
-        self.reviews = []                              # (level, start, drafted, accepted) of every review
+        self.reviews = []                  # (level, start, drafted, accepted, ranks or None) of every review
+        self.alts = []                     # tree drafts: per position, the other candidates [(token, q)]
         self.switches = [0] * len(self.models)         # per level: forwards right after another model's
         self.last_forward = None                       # the level whose forward ran last
 
@@ -251,6 +284,7 @@ class Cascade:
         for m in self.models[1:]:
             m.start(prompt)
         self.reviews, self.switches, self.last_forward = [], [0] * len(self.models), None
+        self.alts = [[] for _ in seq]
         begin = len(seq)
         limit = begin + max_new_tokens
         while len(seq) < limit:
@@ -271,10 +305,11 @@ class Cascade:
             stats.calls[name], stats.tokens_fed[name] = m.calls, m.tokens_fed
             stats.encoder_calls[name], stats.one_token_calls[name] = m.encoder_calls, m.one_token_calls
             stats.switch_calls[name] = switches
-        for level, start, drafted, accepted in self.reviews:
+        for level, start, drafted, accepted, ranks in self.reviews:
             if start < end:
                 room = end - start
-                stats.levels[level].add_review(min(drafted, room), min(accepted, room))
+                stats.levels[level].add_review(min(drafted, room), min(accepted, room),
+                                               None if ranks is None else ranks[:room])
         return stats
 
     def step(self, i: int, seq: list[int], q: list, need: int, cap: int):
@@ -289,8 +324,11 @@ class Cascade:
             goal = min(start + sum(row[i:j]), cap - 1)   # leave room for the review's own token
             while len(seq) < goal and not self.unsure(q, start):   # vertical cascade: j reviews those below it
                 seq, q = self.step(j, seq, q, need=goal - len(seq), cap=cap - 1)
-        review = self.review_sampling if self.sampler else self.review_greedy
-        return review(i, seq, q, start)
+        if self.sampler:
+            return self.review_sampling(i, seq, q, start)
+        if self.tree and any(self.tree.width(i, d) > 1 for d in range(len(seq) - start)):
+            return self.review_tree(i, seq, q, start, cap)
+        return self.review_greedy(i, seq, q, start)
 
     def unsure(self, q: list, start: int) -> bool:
         """Dynamic draft length: the newest draft token (after `start`) had probability below
@@ -305,12 +343,19 @@ class Cascade:
         self.last_forward = i
         return self.models[i].logits(seq, n)
 
+    def tree_logits(self, i: int, seq: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
+        """Level i's logits after seq and after each node of a token tree below it (one forward)."""
+        self.switches[i] += int(self.last_forward != i)
+        self.last_forward = i
+        return self.models[i].tree_logits(seq, tokens, parents)
+
     def propose(self, i: int, seq: list[int], n: int):
         """Level i's (the bottom drafter's) own tokens, and q for each (greedy: q(x); sampling: the
         distribution). A free drafter decides itself how many tokens to propose for `n`; its tokens are
         point masses."""
         if is_free(self.models[i]):
             tokens, _ = self.models[i].propose(seq, n)
+            self.note(len(seq), [None] * len(tokens), tokens)        # point masses: no alternatives
             return tokens, [1.0 if self.sampler is None else None] * len(tokens)
         seq, tokens, qs = list(seq), [], []
         for _ in range(n):
@@ -318,6 +363,7 @@ class Cascade:
             if self.sampler is None:
                 token = int(logits[0].argmax())
                 qs.append(float(logits[0].softmax(-1)[token]))
+                self.note(len(seq), logits.softmax(-1), [token])
             else:
                 p = self.sampler.probs(logits)[0]
                 token = self.sampler.draw(p)
@@ -341,8 +387,77 @@ class Cascade:
         n = int(ok.cumprod(0).sum())                   # accepted prefix length
         seq = seq[:start + n] + [int(best[n])]         # plus correction or bonus
         q = q[:start] + p[:n + 1].gather(1, torch.tensor(seq[start:])[:, None])[:, 0].tolist()
-        self.reviews.append((i, start, len(drafted), n))
+        self.note(start, p[:n + 1], seq[start:])
+        self.reviews.append((i, start, len(drafted), n, None))
         return seq, q
+
+    def review_tree(self, i: int, seq: list[int], q: list, start: int, cap: int):
+        """Level i verifies the tree grown from the draft seq[start:] in one forward, keeps the longest
+        root path of its own choices and appends one token of its own."""
+        tokens, parents, ranks, qs = self.grow_tree(i, seq, q, start, cap)
+        logits = self.tree_logits(i, seq[:start], tokens, parents).cpu()   # row 1 + t: after node t
+        p = logits.softmax(-1)
+        best = logits.argmax(-1)                       # greedy choice after the root and each node
+        children = {}
+        for t, parent in enumerate(parents):
+            children.setdefault(parent, []).append(t)
+        node, path = -1, []
+        while True:                                    # walk down the reviewer's own choices
+            kids = children.get(node, [])
+            pick = [t for t in kids if tokens[t] == best[node + 1]]
+            if not pick and i > 0 and self.lenience > 1:   # inner levels: lenient acceptance
+                pick = [t for t in kids if p[node + 1, tokens[t]] > qs[t] / self.lenience]
+            if not pick:
+                break
+            node = pick[0]
+            path.append(node)
+        self.models[i].keep_path(path)                 # the cache keeps the accepted path only
+        new = [tokens[t] for t in path] + [int(best[node + 1])]   # plus correction or bonus
+        rows = p[[0] + [t + 1 for t in path]]
+        seq, q = seq[:start] + new, q[:start] + rows.gather(1, torch.tensor(new)[:, None])[:, 0].tolist()
+        self.note(start, rows, new)
+        depth = max(len(path) for path in _paths(parents))
+        self.reviews.append((i, start, depth, len(path), [ranks[t] for t in path]))
+        return seq, q
+
+    def grow_tree(self, i: int, seq: list[int], q: list, start: int, cap: int):
+        """The tree level i verifies: the chain seq[start:] (rank 1) and, at draft position d, the
+        `tree.width(i, d) - 1` best other candidates noted there (ranks 2, 3, ...), each continued by
+        the bottom free drafter. Returns tokens, parents (-1: the root; parents come first), ranks, q."""
+        deepest = cap - start - 2                      # an accepted node there still leaves room for one token
+        tokens, parents, ranks, qs = [], [], [], []
+
+        def add(token, parent, rank, q_token):
+            tokens.append(token), parents.append(parent), ranks.append(rank), qs.append(q_token)
+            return len(tokens) - 1
+
+        parent = -1
+        for d, token in enumerate(seq[start:]):
+            chain = add(token, parent, 1, q[start + d])
+            for rank, (alt, q_alt) in enumerate(self.alts[start + d][:self.tree.width(i, d) - 1], start=2):
+                branch = add(alt, parent, rank, q_alt)
+                for more in self.continue_branch(seq[:start + d] + [alt], min(self.tree.extend, deepest - d)):
+                    branch = add(more, branch, 1, 1.0)
+            parent = chain
+        return tokens, parents, ranks, qs
+
+    def continue_branch(self, seq: list[int], n: int) -> list[int]:
+        """Up to n tokens of the bottom free drafter (MaG) after seq: free continuations of a branch."""
+        bottom = self.models[-1]
+        if n <= 0 or not is_free(bottom):
+            return []
+        return bottom.propose(seq, n)[0][:n]
+
+    def note(self, start: int, probs, tokens: list[int]) -> None:
+        """Tree drafts: remember, for each position from start, the best other candidates (token, q) of
+        the model that chose the token there (`probs`: its distributions; None: a point mass)."""
+        if self.tree is None:
+            return
+        alts = []
+        for row, token in zip(probs, tokens):
+            best = [] if row is None else zip(*[x.tolist() for x in row.topk(min(self.tree.most, len(row)))])
+            alts.append([(int(t), float(v)) for v, t in best if t != token][:self.tree.most - 1])
+        self.alts = self.alts[:start] + alts
 
     def review_sampling(self, i: int, seq: list[int], q: list, start: int):
         """Speculative sampling: seq[start:] drawn from q is turned into tokens drawn from level i's p."""
@@ -360,11 +475,46 @@ class Cascade:
             token = self.sampler.draw(p[n])
         seq = seq[:start + n] + [token]
         q = q[:start] + list(p[:n + 1])                # its tokens are now distributed as p
-        self.reviews.append((i, start, len(drafted), n))
+        self.reviews.append((i, start, len(drafted), n, None))
         return seq, q
 
 
 # ---------------------------------------------------------------- stats and argument checks
+
+
+def _paths(parents: list[int]):
+    """Every root path of a tree given by parent indices (node lists, root first), the empty one too."""
+    paths = {-1: []}
+    for t, parent in enumerate(parents):
+        paths[t] = paths[parent] + [t]
+    return paths.values()
+
+
+def _check_tree(tree, models, sampler) -> Tree | None:
+    if tree is None:
+        return None
+    if isinstance(tree, (list, tuple)):
+        tree = Tree(tree)
+    if not isinstance(tree, Tree):
+        raise CSDValueError(f"tree: expected None, a csdlib.Tree or a list of width rows, got {tree!r}")
+    rows = tree.widths
+    if not isinstance(rows, (list, tuple)) or any(not isinstance(r, (list, tuple)) for r in rows):
+        raise CSDValueError(f"tree: widths must be a list of rows (one per reviewing level), got {rows!r}")
+    if len(rows) > max(1, len(models) - 1):
+        raise CSDValueError(f"tree: {len(rows)} width rows for {len(models) - 1} reviewing level(s)")
+    for i, row in enumerate(rows):
+        for d, w in enumerate(row):
+            if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+                raise CSDValueError(f"tree: widths[{i}][{d}] must be an int >= 1 (1: the chain only), got {w!r}")
+    if isinstance(tree.extend, bool) or not isinstance(tree.extend, int) or tree.extend < 0:
+        raise CSDValueError(f"tree: extend must be an int >= 0, got {tree.extend!r}")
+    if sampler is not None:
+        raise CSDValueError("tree: tree drafts are implemented for greedy decoding only; leave tree=None "
+                            "with do_sample=True (lossless multi-draft sampling is not built)")
+    for i, m in enumerate(models[:len(rows)]):
+        if any(w > 1 for w in rows[i]) and not callable(getattr(m, "tree_logits", None)):
+            raise CSDValueError(f"tree: level {i} ({m.name!r}) cannot verify a tree: it has no tree_logits()")
+    return Tree(tuple(tuple(r) for r in rows), tree.extend)
 
 
 def _unique_names(models) -> list[str]:

@@ -14,6 +14,12 @@ them one token at a time. (MaG speaks `start` + `propose(seq, n)` instead: it ha
 The cache is tied to the tokens it holds: before each forward it is cropped to the longest common prefix
 of those tokens and `seq` (this is where rejected drafts are dropped), so it never needs to be told about
 rejections and can never be stale.
+
+Tree drafts (`csdlib.Tree`) add two calls: `tree_logits(seq, tokens, parents)` verifies a token tree
+hung below `seq` in one forward (a 4D attention mask lets each node see the prefix and its own
+ancestors only; position ids are prefix length + depth), and `keep_path(path)` keeps in the cache only
+the accepted root path (every layer's keys and values gathered), so the cache again holds a plain
+token sequence.
 """
 
 from __future__ import annotations
@@ -92,6 +98,7 @@ class HFModel:
         # transformers >= 5.2x calls the KV cache `cache`, earlier 5.x releases `past_key_values`
         self._cache_arg = "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
         self._encoder_outputs = None
+        self._tree: int | None = None  # after tree_logits: the prefix length; the cache then holds the tree too
 
     @property
     def device(self) -> torch.device:
@@ -122,7 +129,7 @@ class HFModel:
     def start(self, prompt_ids: list[int]) -> list[int]:
         self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = 0
         self.forward_seconds = 0.0
-        self._cache, self._cached = None, []
+        self._cache, self._cached, self._tree = None, [], None
         if not self.is_encoder_decoder:
             return list(prompt_ids)
         ids = torch.tensor([prompt_ids], device=self.device)
@@ -133,17 +140,69 @@ class HFModel:
 
     def logits(self, seq: list[int], n: int) -> torch.Tensor:
         # reuse cached prefix, feed rest
+        keep = self._reuse(seq, n)
+        return self._forward(seq[keep:], n, list(seq))
+
+    def tree_logits(self, seq: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
+        """Logits after `seq` (row 0) and after each node of a token tree hung below it (row 1 + t), in one
+        forward. Node t holds `tokens[t]`; its parent is node `parents[t]` (-1: the end of `seq`; parents
+        come before their children) and it sits at position `len(seq) + depth`. It sees the prefix and
+        its ancestors only. The nodes stay in the cache until `keep_path` (or the next call drops them)."""
+        keep = self._reuse(seq, 1)
+        fed, m = seq[keep:] + list(tokens), len(seq) - keep     # m prefix tokens, then the tree
+        depth, sees = [], torch.eye(len(tokens), dtype=torch.bool)
+        for t, parent in enumerate(parents):           # a node sees what its parent sees, and itself
+            depth.append(0 if parent < 0 else depth[parent] + 1)
+            if parent >= 0:
+                sees[t] |= sees[parent]
+        allowed = torch.ones(len(fed), keep + len(fed), dtype=torch.bool).tril(keep)   # causal
+        allowed[m:, keep + m:] = sees                                                    # tree
+        positions = list(range(keep, len(seq))) + [len(seq) + d for d in depth]
+        dtype = self.model.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+        logits = self._forward(fed, len(tokens) + 1, list(seq), mask=mask[None, None], positions=positions)
+        self._tree, self._tree_tokens = len(seq), list(tokens)
+        return logits
+
+    def keep_path(self, path: list[int]) -> None:
+        """After `tree_logits`: keep in the cache the prefix and the nodes of `path` (a root path), drop
+        the rest of the tree: every layer's keys and values gathered at the kept positions."""
+        if self._tree is None:
+            raise CSDValueError("keep_path: no tree to keep a path of; call tree_logits first")
+        kept = torch.tensor(list(range(self._tree)) + [self._tree + t for t in path], device=self.device)
+        cache = getattr(self._cache, "self_attention_cache", self._cache)   # T5: not the encoder's keys
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys.index_select(-2, kept), layer.values.index_select(-2, kept)
+        self._cached = self._cached + [self._tree_tokens[t] for t in path]
+        self._tree = None
+
+    def _reuse(self, seq: list[int], n: int) -> int:
+        """Crop the cache to what it shares with seq, leaving the last n tokens to feed; drops a tree left
+        in it. Returns how many tokens of seq stay cached."""
+        if self._tree is not None:                       # a tree whose path was not kept: drop it all
+            self._cache.crop(self._tree - self._cache.get_seq_length())
+            self._tree = None
         keep = min(common_prefix(self._cached, seq), len(seq) - n)
         if keep < len(self._cached):
             self._cache.crop(keep - len(self._cached))
-        new = torch.tensor([seq[keep:]], device=self.device)
+        return keep
+
+    def _forward(self, fed: list[int], n: int, cached: list[int], mask=None, positions=None) -> torch.Tensor:
+        """One forward over `fed` (the tokens not in the cache); the logits of the last n positions."""
+        new = torch.tensor([fed], device=self.device)
+        extra = {}
+        if mask is not None:
+            extra["decoder_attention_mask" if self.is_encoder_decoder else "attention_mask"] = mask.to(self.device)
+        if positions is not None and not self.is_encoder_decoder:
+            extra["position_ids"] = torch.tensor([positions], device=self.device)
         tic = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), _t5_positions(self.model, positions):
             if self.is_encoder_decoder:
                 out = self.model(encoder_outputs=self._encoder_outputs, decoder_input_ids=new,
-                                 use_cache=True, **{self._cache_arg: self._cache})
+                                 use_cache=True, **{self._cache_arg: self._cache}, **extra)
             else:
-                out = self.model(input_ids=new, use_cache=True, logits_to_keep=n, **{self._cache_arg: self._cache})
+                out = self.model(input_ids=new, use_cache=True, logits_to_keep=n, **{self._cache_arg: self._cache},
+                                 **extra)
         logits = out.logits[0, -n:].float()   # float32 like HF's generate: ties break the same way
         if logits.is_cuda:
             torch.cuda.synchronize(logits.device)   # the caller reads the logits next anyway
@@ -151,8 +210,36 @@ class HFModel:
         self.calls += 1
         self.tokens_fed += new.shape[1]
         self.one_token_calls += int(new.shape[1] == 1)
-        self._cache, self._cached = getattr(out, self._cache_arg), list(seq)
+        self._cache, self._cached = getattr(out, self._cache_arg), cached
         return logits
+
+
+@contextmanager
+def _t5_positions(model, positions):
+    """T5's decoder has no position ids: its relative position bias assumes that key j sits at position j.
+    In a tree forward the fed tokens sit at `positions` (the cached ones before them at 0, 1, ...): the
+    first decoder layer (the one with the bias table) computes its bias from those for the block."""
+    attn = None
+    if positions is not None and getattr(model.config, "is_encoder_decoder", False):
+        attn = model.get_decoder().block[0].layer[0].SelfAttention
+    if attn is None:
+        yield
+        return
+    key_pos = torch.tensor(list(range(positions[0])) + list(positions))
+
+    def compute_bias(query_length, key_length, device=None, past_seen_tokens=0):
+        relative = key_pos[None, :key_length] - key_pos[-query_length:, None]    # key minus query position
+        buckets = attn._relative_position_bucket(relative, bidirectional=False,
+                                                 num_buckets=attn.relative_attention_num_buckets,
+                                                 max_distance=attn.relative_attention_max_distance)
+        return attn.relative_attention_bias(buckets.to(attn.relative_attention_bias.weight.device)
+                                            ).permute([2, 0, 1]).unsqueeze(0)
+
+    attn.compute_bias = compute_bias
+    try:
+        yield
+    finally:
+        del attn.compute_bias
 
 
 def as_model(model, name: str | None = None):

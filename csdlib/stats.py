@@ -9,7 +9,9 @@ too, at cost 0); `tokens_fed` the tokens those forwards fed, `one_token_calls` h
 exactly one token and `switch_calls` how many came right after another model's forward (the latency
 model, `csdlib.latency`, needs all four). `levels` has one entry per reviewing level (every model but the last; the target alone for
 AR), with drafted / accepted counts in total and per draft position (position 0 = the first token
-after the accepted prefix). Only positions up to the output's EOS count.
+after the accepted prefix). Only positions up to the output's EOS count. With tree drafts
+(`csdlib.Tree`), `accepted_by_rank[d][r - 1]` counts the accepted tokens at depth d that were a branch of
+rank r there (1: the chain's own token, 2: the best other candidate, ...).
 
 `to_dict()` / `from_dict()` give the plain-JSON layout stored in result records (`csdlib.records`).
 """
@@ -24,6 +26,11 @@ def _add_lists(a: list[int], b: list[int]) -> list[int]:
     return [(a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(n)]
 
 
+def _add_ranks(a: list[list[int]], b: list[list[int]]) -> list[list[int]]:
+    n = max(len(a), len(b))
+    return [_add_lists(a[d] if d < len(a) else [], b[d] if d < len(b) else []) for d in range(n)]
+
+
 @dataclass
 class LevelStats:
     """Reviews of one level: drafted / accepted tokens in total and per draft position."""
@@ -34,13 +41,17 @@ class LevelStats:
     accepted: int = 0
     drafted_per_position: list[int] = field(default_factory=list)
     accepted_per_position: list[int] = field(default_factory=list)
+    accepted_by_rank: list[list[int]] = field(default_factory=list)   # tree drafts: [depth][rank - 1]
 
-    def add_review(self, drafted: int, accepted: int) -> None:
+    def add_review(self, drafted: int, accepted: int, ranks: list[int] | None = None) -> None:
+        """One review; `ranks`: tree drafts only, the branch rank of each accepted token (depth order)."""
         self.reviews += 1
         self.drafted += drafted
         self.accepted += accepted
         self.drafted_per_position = _add_lists(self.drafted_per_position, [1] * drafted)
         self.accepted_per_position = _add_lists(self.accepted_per_position, [1] * accepted)
+        if ranks:
+            self.accepted_by_rank = _add_ranks(self.accepted_by_rank, [[0] * (r - 1) + [1] for r in ranks])
 
     @property
     def acceptance(self) -> float | None:
@@ -52,7 +63,8 @@ class LevelStats:
                           self.reviews + other.reviews, self.drafted + other.drafted,
                           self.accepted + other.accepted,
                           _add_lists(self.drafted_per_position, other.drafted_per_position),
-                          _add_lists(self.accepted_per_position, other.accepted_per_position))
+                          _add_lists(self.accepted_per_position, other.accepted_per_position),
+                          _add_ranks(self.accepted_by_rank, other.accepted_by_rank))
 
 
 @dataclass

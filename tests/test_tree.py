@@ -1,0 +1,178 @@
+"""Tree drafts: one forward over a token tree gives each node the logits of its own chain, the cache keeps
+the accepted path only, and tree cascades give the target's greedy output, token for token."""
+
+import random
+
+import pytest
+import torch
+
+import csdlib
+from csdlib import BigramTable, CachedTarget, HFModel, MaG, Tree, build_target_cache
+from csdlib.errors import CSDValueError
+
+from test_cascade import _family, random_case
+from tiny import VOCAB, hf_greedy, llama, t5
+
+N_DECODER_CASES = 180
+N_T5_CASES = 120
+
+
+@pytest.fixture(scope="module")
+def llama_family():
+    return _family("llama")
+
+
+@pytest.fixture(scope="module")
+def t5_family():
+    return _family("t5")
+
+
+def random_tree(rng: random.Random, n_drafters: int) -> Tree:
+    """Widths 1-4 at the first 0-6 draft positions of each reviewing level, MaG continuations 0-3."""
+    rows = [[rng.randint(1, 4) for _ in range(rng.randint(0, 6))] for _ in range(max(1, n_drafters))]
+    return Tree(rows, extend=rng.randint(0, 3))
+
+
+def check_tree_case(seed: int, target, pool, table):
+    drafters, k_matrix, lenience, prompt, max_new, eos_at = random_case(seed, pool, table)
+    tree = random_tree(random.Random(-seed), len(drafters))
+    ref = hf_greedy(target, prompt, max_new)
+    eos = None
+    if eos_at is not None:                     # make a token of the target's output the EOS
+        ref_new = ref[0].tolist()[(1 if target.config.is_encoder_decoder else len(prompt)):]
+        eos = ref_new[int(eos_at * len(ref_new))]
+        ref = hf_greedy(target, prompt, max_new, eos=eos)
+    out = csdlib.generate(HFModel(target, name="target"), drafters, prompt, k_matrix=k_matrix, lenience=lenience,
+                          max_new_tokens=max_new, eos_token_id=eos, tree=tree)
+    case = f"seed={seed} drafters={[d.name for d in drafters]} K={k_matrix} l={lenience} eos={eos} tree={tree}"
+    assert out.sequences.tolist() == ref.tolist(), case
+    assert out.stats.new_tokens == len(out.new_tokens)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(N_DECODER_CASES))
+def test_tree_greedy_equals_hf_decoder_only(seed, llama_family):
+    check_tree_case(seed, *llama_family)
+
+
+@pytest.mark.parametrize("seed", range(N_T5_CASES))
+def test_tree_greedy_equals_hf_encoder_decoder(seed, t5_family):
+    check_tree_case(1000 + seed, *t5_family)
+
+
+@pytest.mark.parametrize("make", [llama, t5])
+def test_tree_logits_are_each_nodes_chain_logits(make):
+    """Row 1 + t of one tree forward = the logits after the chain root -> node t, fed as a chain."""
+    model = make(0)
+    tree_model, chain_model = HFModel(model), HFModel(model)
+    prompt = list(range(10, 20))
+    seq = tree_model.start(prompt)
+    chain_model.start(prompt)
+    tree_model.logits(seq + [5, 6], 1)                 # a cache that holds more than the prefix: cropped
+    tokens, parents = [3, 4, 7, 8, 9, 10, 3], [-1, 0, -1, 2, 1, 0, 3]
+    logits = tree_model.tree_logits(seq + [5], tokens, parents)
+    assert logits.shape == (1 + len(tokens), VOCAB)
+    for t in range(-1, len(tokens)):
+        path, node = [], t
+        while node >= 0:
+            path, node = [tokens[node]] + path, parents[node]
+        chain_model.start(prompt)
+        ref = chain_model.logits(seq + [5] + path, 1)[0]
+        torch.testing.assert_close(logits[1 + t], ref, rtol=0, atol=1e-10)
+    # the cache keeps the path 7 -> 8 -> 3 only: the next forward sees exactly that chain
+    tree_model.keep_path([2, 3, 6])
+    fed = tree_model.tokens_fed
+    after = tree_model.logits(seq + [5, 7, 8, 3, 11], 1)
+    assert tree_model.tokens_fed - fed == 1            # only the new token was fed
+    chain_model.start(prompt)
+    torch.testing.assert_close(after, chain_model.logits(seq + [5, 7, 8, 3, 11], 1), rtol=0, atol=1e-10)
+
+
+def test_a_tree_whose_path_is_not_kept_is_dropped():
+    model = llama(0)
+    m, ref = HFModel(model), HFModel(model)
+    seq = m.start([1, 2, 3])
+    m.tree_logits(seq, [4, 5, 6], [-1, -1, 1])
+    out = m.logits(seq + [5, 6, 7], 2)                 # no keep_path: the whole tree is dropped
+    ref.start([1, 2, 3])
+    torch.testing.assert_close(out, ref.logits(seq + [5, 6, 7], 2), rtol=0, atol=1e-10)
+    with pytest.raises(CSDValueError, match="call tree_logits first"):
+        m.keep_path([0])
+
+
+def test_width_one_everywhere_is_the_chain(llama_family):
+    """A tree of width 1 is the chain: same tokens, calls, tokens fed and acceptance."""
+    target, pool, table = llama_family
+    prompt = list(range(30, 60))
+    runs = [csdlib.generate(HFModel(target, name="t"), [HFModel(pool[1], name="d"), MaG(table, k=4)], prompt,
+                            k_matrix=[[3, 2], [0, 3]], max_new_tokens=40, tree=tree)
+            for tree in (None, Tree([[1, 1, 1, 1, 1, 1], [1, 1, 1]], extend=3))]
+    assert runs[0].new_tokens == runs[1].new_tokens
+    assert runs[0].stats == runs[1].stats
+
+
+def test_ranks_count_every_accepted_token_of_a_tree_review(llama_family):
+    """With a width > 1 at every draft position, every review of the target is a tree review: the
+    accepted tokens by depth and rank sum to the accepted tokens per position, and a good drafter's
+    second candidates are accepted somewhere."""
+    target, pool, table = llama_family
+    outs = [csdlib.generate(HFModel(target, name="t"), [HFModel(pool[2], name="d")], list(range(s, s + 20)),
+                            k_matrix=[[4]], max_new_tokens=48, tree=Tree([[3] * 4])) for s in range(0, 60, 12)]
+    level = csdlib.Stats.merge_all(o.stats for o in outs).levels[0]
+    assert [sum(by_rank) for by_rank in level.accepted_by_rank] == level.accepted_per_position
+    assert sum(level.accepted_by_rank[0][1:]) > 0
+
+
+def test_cached_target_reviews_trees_as_the_real_target(tmp_path, llama_family):
+    """The replayed target makes every decision the real one makes: same tokens, calls, tokens fed."""
+    target, pool, table = llama_family
+    prompts = [list(range(s, s + 16)) for s in range(0, 40, 10)]
+    cached = build_target_cache(HFModel(target, name="t"), prompts, 40, tmp_path / "cache.jsonl")
+    tree = Tree([[3, 2, 2, 2]], extend=2)
+    for prompt in prompts:
+        runs = [csdlib.generate(t, [HFModel(pool[2], name="d"), MaG(table, k=3)], prompt, k_matrix=[[2, 2], [0, 2]],
+                                max_new_tokens=40, eos_token_id=[], tree=tree)
+                for t in (HFModel(target, name="t"), CachedTarget.load(tmp_path / "cache.jsonl"))]
+        assert runs[0].new_tokens == runs[1].new_tokens
+        assert runs[0].stats == runs[1].stats
+    assert cached.name == "t"
+
+
+@pytest.mark.parametrize("tree, message", [
+    (Tree([[0]]), r"widths\[0\]\[0\] must be an int >= 1"),
+    (Tree([[2]], extend=-1), "extend must be an int >= 0"),
+    (Tree([[2], [2], [2]]), "3 width rows for 1 reviewing level"),
+    ("wide", "expected None, a csdlib.Tree or a list of width rows"),
+    (Tree([2, 2]), "widths must be a list of rows"),
+])
+def test_bad_trees_are_refused(tree, message):
+    target, drafter = llama(0), llama(1)
+    with pytest.raises(CSDValueError, match=message):
+        csdlib.generate(target, [drafter], [1, 2, 3], k_matrix=[[2]], max_new_tokens=4, tree=tree)
+
+
+def test_tree_is_greedy_only():
+    with pytest.raises(CSDValueError, match="greedy decoding only"):
+        csdlib.generate(llama(0), [llama(1)], [1, 2, 3], k_matrix=[[2]], max_new_tokens=4, do_sample=True,
+                        tree=Tree([[2]]))
+
+
+def test_a_reviewer_without_tree_logits_is_refused():
+    class ChainOnly(HFModel):
+        tree_logits = None
+    with pytest.raises(CSDValueError, match="cannot verify a tree"):
+        csdlib.generate(ChainOnly(llama(0), name="t"), [llama(1)], [1, 2, 3], k_matrix=[[2]], max_new_tokens=4,
+                        tree=[[2]])
+
+
+def test_mag_continues_branches_for_free():
+    """Each extra candidate of the target's tree is continued by MaG's tokens: with extend=3 the tree
+    fed to the target holds 4 tokens per extra candidate where it could."""
+    target, drafter = llama(0), llama(1)
+    table = BigramTable.from_sequences([list(range(VOCAB))], VOCAB)
+    fed = {}
+    for extend in (0, 3):
+        out = csdlib.generate(HFModel(target, name="t"), [HFModel(drafter, name="d"), MaG(table, k=3)], [5, 6, 7],
+                              k_matrix=[[2, 0], [0, 1]], max_new_tokens=30, tree=Tree([[2, 2]], extend=extend))
+        fed[extend] = out.stats.tokens_fed["t"]
+    assert fed[3] > fed[0]
