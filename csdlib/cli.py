@@ -139,6 +139,9 @@ def _tune_parser(sub, families) -> None:
     t.add_argument("--mag-k-max", type=flags.at_least(1), default=None, help="largest MaG entry (default: MaG's k)")
     t.add_argument("--timeout", type=flags.positive, default=100.0, help="stop searching after this many seconds")
     t.add_argument("--seed", type=int, default=0, help="Optuna's seed")
+    t.add_argument("--tree-max", type=flags.int_triple, default=(4, 6, 4), metavar="W,D,E",
+                   help="tree drafts searched for the target's review: up to W candidates at each of the first "
+                        "D draft positions, each continued by up to E MaG tokens (1,0,0: chains only)")
     _threads(t)
     t.add_argument("--latency-file", default=None, help="latency calibration (default: data/latency/<machine>.json)")
     t.add_argument("--cache", default=None,

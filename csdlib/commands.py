@@ -72,7 +72,8 @@ def cmd_run(args) -> int:
     texts = dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples)   # fails first, fast
     fam = family_from_args(args, device)
     prompts = [(i, fam.tokenizer(t)["input_ids"]) for i, t in enumerate(texts)]
-    methods = standard_methods(fam.drafters, k_matrix=fam.k_matrix, lenience=fam.lenience, sd_k=args.sd_k)
+    methods = standard_methods(fam.drafters, k_matrix=fam.k_matrix, lenience=fam.lenience, sd_k=args.sd_k,
+                               tree=getattr(fam, "tree", None))
     methods = [m for m in methods if not args.methods or m.name in args.methods]
     latency = stored_latency([fam.target, *fam.drafters], threads=threads)   # `csd calibrate` stores it
     name = args.name or f"{args.dataset}-{args.split}-n{args.n_samples}-t{args.max_new_tokens}"
@@ -276,12 +277,13 @@ def cmd_tune(args) -> int:
     print(f"target cache: {cache} ({len(prompts)} prompts, {time.perf_counter() - tic:.1f} s)")
     tuned = optimize(cached, fam.drafters, prompts, args.objective, n_trials=args.n_trials, k_max=args.k_max,
                      mag_k_max=args.mag_k_max, max_new_tokens=args.max_new_tokens, latency=latency, start=start,
-                     seed=args.seed, timeout=args.timeout, progress=not args.quiet)
+                     seed=args.seed, timeout=args.timeout, progress=not args.quiet,
+                     tree_max=tuple(args.tree_max))
     n_run = sum(t.state.is_finished() for t in tuned.study.trials)      # not the queued starts left over
     print(f"{n_run} trials in {tuned.seconds:.1f} s ({threads} thread(s), {machine_id()})")
     _print_start(args, cached, fam.drafters, prompts, start, latency)
-    print(f"best:  k_matrix={tuned.k_matrix} lenience={tuned.lenience:g} mag_k={tuned.mag_k}: "
-          f"{args.objective} {tuned.value:.3f}")
+    print(f"best:  k_matrix={tuned.k_matrix} lenience={tuned.lenience:g} mag_k={tuned.mag_k} "
+          f"tree={tuned.tree}: {args.objective} {tuned.value:.3f}")
     _save_tuned(args, tuned, threads, latency, fam.path if args.target is None else None, len(prompts))
     return 0
 
@@ -304,7 +306,8 @@ def _save_tuned(args, tuned, threads: int, latency, family_dir, n_prompts: int) 
 
     chosen_by = (f"csd tune --objective {args.objective} --prompts {args.prompts} --offset {args.offset} "
                  f"--max-new-tokens {args.max_new_tokens} --n-trials {args.n_trials} --k-max {args.k_max} "
-                 f"--timeout {args.timeout:g} --seed {args.seed} --threads {threads}"
+                 f"--timeout {args.timeout:g} --seed {args.seed} --threads {threads} "
+                 f"--tree-max {','.join(map(str, args.tree_max))}"
                  + (f" --dtype {args.dtype}" if args.dtype else "") + " (GSM8K dev prompts "
                  f"{args.offset}..{args.offset + n_prompts - 1}, greedy; machine {machine_id()}; Optuna TPE, "
                  f"{tuned.seconds:.0f} s)")

@@ -66,9 +66,10 @@ class Method:
         return not self.drafters
 
 
-def standard_methods(drafters, *, k_matrix, lenience: float = 1.0, sd_k: int = 4) -> list[Method]:
+def standard_methods(drafters, *, k_matrix, lenience: float = 1.0, sd_k: int = 4, tree=None) -> list[Method]:
     """AR, SD with each drafter alone (k = sd_k for a neural drafter, MaG's own k for MaG), and CSD with
-    all drafters (`k_matrix`, `lenience`)."""
+    all drafters (`k_matrix`, `lenience`); with a `tree` (`csdlib.Tree`) also "tree CSD", the same
+    cascade with tree drafts."""
     methods = [Method("AR")]
     for d in drafters:
         if is_free(d):
@@ -76,6 +77,8 @@ def standard_methods(drafters, *, k_matrix, lenience: float = 1.0, sd_k: int = 4
         else:
             methods.append(Method(f"SD({d.name})", [d], [[sd_k]]))
     methods.append(Method("CSD", list(drafters), k_matrix, lenience))
+    if tree is not None:
+        methods.append(Method("tree CSD", list(drafters), k_matrix, lenience, {"tree": tree}))
     return methods
 
 

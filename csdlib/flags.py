@@ -31,6 +31,17 @@ def at_least(low, kind=int):
     return parse
 
 
+def int_triple(text) -> tuple[int, int, int]:
+    """W,D,E: three integers, W >= 1, D >= 0, E >= 0 (`csd tune --tree-max`)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or values[0] < 1 or min(values[1:]) < 0:
+        raise argparse.ArgumentTypeError(f"expected W,D,E: three integers, W >= 1, D >= 0, E >= 0, got {text!r}")
+    return values
+
+
 def positive(text) -> float:
     try:
         value = float(text)

@@ -19,7 +19,10 @@ pruned (MedianPruner), and settings already evaluated are not run again. The obj
 `"latency"` (predicted wall-clock speedup over AR from the calibrated latency model,
 `csdlib.latency.predict_wall_time`) or the name of a cost table (SWI under it, e.g. "parameters").
 MaG's draft size is its k-matrix column (MaG proposes what its entry asks for, at most its k); in seed
-mode, where MaG always proposes its own k, that k is searched instead.
+mode, where MaG always proposes its own k, that k is searched instead. With `tree_max=(width, depth,
+extend)` the target's tree drafts are searched too (`csdlib.Tree`: `width` candidates at each of the
+first `depth` draft positions, each continued by `extend` MaG tokens); width 1 is the chain, which is
+always tried first, so the tuner never picks a tree that it predicts slower than the chain.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import cost as costs_mod
-from .cascade import generate, is_free, replays
+from .cascade import Tree, generate, is_free, replays
 from .errors import CSDValueError
 from .latency import predict_ar_wall_time, predict_wall_time, stored_latency
 from .stats import Stats
@@ -35,8 +38,9 @@ from .stats import Stats
 
 def evaluate_cascade(target, drafters, prompts, k_matrix, lenience: float = 1.0, *,
                      max_new_tokens: int = 64, cost_table: dict | None = None, latency: dict | None = None,
-                     on_prompt=None) -> dict:
-    """Run the cascade greedily on `prompts` (lists of token ids) and aggregate.
+                     on_prompt=None, tree=None) -> dict:
+    """Run the cascade greedily on `prompts` (lists of token ids) and aggregate (`tree`: tree drafts,
+    `csdlib.Tree`).
 
     Returns a dict: ``swi`` ({cost table: SWI}, a ratio of totals; tables are ``parameters`` or the
     given `cost_table` under ``custom``), ``stats`` (the summed `csdlib.Stats`: calls, tokens fed, ...
@@ -55,7 +59,7 @@ def evaluate_cascade(target, drafters, prompts, k_matrix, lenience: float = 1.0,
     total, ar_s, result = Stats(), 0.0, {}
     for i, ids in enumerate(prompts):
         out = generate(target, drafters, list(ids), k_matrix=k_matrix, lenience=lenience,
-                       max_new_tokens=max_new_tokens)
+                       max_new_tokens=max_new_tokens, tree=tree)
         total = total.merge(out.stats)
         if latency is not None:
             ar_s += predict_ar_wall_time(latency[target.name], len(ids), len(out.new_tokens))
@@ -73,6 +77,7 @@ def _summary(target, tables, total: Stats, k_matrix, lenience, latency, ar_s):
         "swi": swi, "stats": total, "acceptance": [lv.acceptance for lv in total.levels],
         "tokens_per_target_call": total.new_tokens / target_calls if target_calls else None,
         "k_matrix": [list(r) for r in k_matrix], "lenience": float(lenience),
+        "tokens_fed_per_target_call": total.tokens_fed.get(target.name, 0) / target_calls if target_calls else None,
     }
     if latency is not None:
         r["predicted_s"] = predict_wall_time(total, latency)
@@ -116,11 +121,22 @@ class Tuned:
     evaluation: dict = field(default_factory=dict)
     study: object = None
     seconds: float = 0.0
+    tree: Tree | None = None
 
     def as_default(self) -> dict:
         """The `default` entry of a family.json."""
-        return {"k_matrix": self.k_matrix, "lenience": self.lenience, "mag_k": self.mag_k,
+        tree = None if self.tree is None else {"widths": [list(r) for r in self.tree.widths],
+                                               "extend": self.tree.extend}
+        return {"k_matrix": self.k_matrix, "lenience": self.lenience, "mag_k": self.mag_k, "tree": tree,
                 "objective": self.objective, "value": self.value}
+
+
+def tree_of(params: dict) -> Tree | None:
+    """The target's tree of a trial's parameters `tree_width`, `tree_depth`, `tree_extend` (None: chain)."""
+    width, depth = int(params.get("tree_width", 1)), int(params.get("tree_depth", 0))
+    if width <= 1 or depth <= 0:
+        return None
+    return Tree([[width] * depth], extend=int(params.get("tree_extend", 0)))
 
 
 def k_matrix_from_params(params: dict, n: int) -> list[list[int]]:
@@ -162,6 +178,8 @@ def search(n_drafters: int, score, *, n_trials: int = 60, k_max: int = 8, mag_co
         lenience = trial.suggest_float("lenience", lenience_range[0], lenience_range[1], step=0.5) \
             if lenience_range is not None else 1.0
         extra = {name: trial.suggest_int(name, lo, hi) for name, (lo, hi) in (extra_int or {}).items()}
+        if extra.get("tree_width", 2) == 1:  # a chain: its depth and extend do not matter
+            extra.update(tree_depth=1, tree_extend=0)
         key = (str(effective_k_matrix(k)), lenience, str(sorted(extra.items())))
         if key in memo:                      # TPE proposes a setting again: no need to rerun it
             return memo[key]
@@ -186,7 +204,8 @@ def search(n_drafters: int, score, *, n_trials: int = 60, k_max: int = 8, mag_co
 def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials: int = 60, k_max: int = 8,
              mag_k_max: int | None = None, lenience_range: tuple | None = (1.0, 6.0), max_new_tokens: int = 64,
              latency: dict | None = None, start: tuple | None = None, sd_starts=(2, 4), seed: int = 0,
-             prune: bool = True, timeout: float | None = None, progress: bool = False) -> Tuned:
+             prune: bool = True, timeout: float | None = None, progress: bool = False,
+             tree_max: tuple | None = None) -> Tuned:
     """Search the k-matrix, lenience and MaG's draft size that maximise `objective` on `prompts`.
 
     Args:
@@ -205,6 +224,8 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
             that the result is never worse than those on `prompts` either: a 4-level cascade has 10
             entries, and a budget of a few dozen trials may not find a one-entry matrix by chance.
         seed: the sampler's seed. n_trials / timeout: the budget.
+        tree_max: (width, depth, extend) maxima of the target's tree drafts searched with the rest (None:
+            chains only); every start is tried as a chain.
 
     Returns a `Tuned`: `k_matrix`, `lenience`, `mag_k` (the MaG k to use), `value`, the best setting's
     full `evaluation` (`evaluate_cascade` on all prompts) and the Optuna `study`.
@@ -223,7 +244,10 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
     latency, tables = _objective_basis(objective, [target, *drafters], latency)
     seed_mode_mag = mag is not None and mag.seed_mode
     mag_max = mag_k_max or (mag.k if mag is not None else k_max)
-    extra_int = {"mag_k": (1, mag_max)} if seed_mode_mag else None
+    extra_int = {"mag_k": (1, mag_max)} if seed_mode_mag else {}
+    if tree_max is not None and tree_max[0] > 1 and tree_max[1] > 0:
+        extra_int.update(tree_width=(1, tree_max[0]), tree_depth=(1, tree_max[1]),
+                         tree_extend=(0, tree_max[2] if mag is not None else 0))
     old_k = mag.k if mag is not None else None
     if lenience_range is not None and n < 2:
         lenience_range = None                 # one drafter: the target reviews strictly, no inner level
@@ -233,7 +257,7 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
             mag.k = extra.get("mag_k", mag_max)
         return evaluate_cascade(target, drafters, ps, k, lenience, max_new_tokens=max_new_tokens,
                                 cost_table=tables[objective] if tables else None, latency=latency,
-                                on_prompt=on_prompt)
+                                on_prompt=on_prompt, tree=tree_of(extra))
 
     def value_of(r):
         return r["predicted_speedup"] if latency is not None else r["swi"]["custom"]
@@ -248,6 +272,8 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
             p["lenience"] = min(max(float(l0), lenience_range[0]), lenience_range[1])
         if seed_mode_mag:
             p["mag_k"] = min(old_k, mag_max)
+        if "tree_width" in extra_int:                  # starts are chains
+            p.update(tree_width=1, tree_depth=1, tree_extend=0)
         return p
 
     starts = ([start] if start is not None else []) + [(sd, 1.0) for sd in _sd_matrices(n, sd_starts)]
@@ -257,12 +283,13 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
                        lenience_range=lenience_range, extra_int=extra_int, seed=seed, start=start_params,
                        prune=prune, timeout=timeout, progress=progress)
         k, lenience, mag_k = _setting(study.best_trial.params, n, mag)
-        evaluation = evaluate(k, lenience, {"mag_k": mag_k} if mag is not None else {})
+        extra = {**study.best_trial.params, **({"mag_k": mag_k} if mag is not None else {})}
+        evaluation = evaluate(k, lenience, extra)
     finally:
         if mag is not None:
             mag.k = old_k
     return Tuned(k, lenience, mag_k, value_of(evaluation), objective, evaluation, study,
-                 time.perf_counter() - tic)
+                 time.perf_counter() - tic, tree_of(study.best_trial.params))
 
 
 def _objective_basis(objective: str, models, latency: dict | None) -> tuple[dict | None, dict | None]:

@@ -84,10 +84,12 @@ class Family:
     k_matrix: list
     lenience: float
     bigram_path: Path | None = None
+    tree: object = None           # the default's tree drafts (`csdlib.Tree`), None: chains
 
     def __repr__(self) -> str:
         names = ", ".join(d.name for d in self.drafters)
-        return f"Family({self.name!r}: target + [{names}], k_matrix={self.k_matrix}, lenience={self.lenience})"
+        tree = f", tree={self.tree}" if self.tree is not None else ""
+        return f"Family({self.name!r}: target + [{names}], k_matrix={self.k_matrix}, lenience={self.lenience}{tree})"
 
     def prompt_ids(self, question: str) -> list[int]:
         """Token ids of the seed's GSM8K prompt for `question`, exactly as in training (``<s>`` first)."""
@@ -158,7 +160,15 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="fl
         with_float32_logits(hf["target"])
     target = HFModel(hf.pop("target"), name="target")
     drafters = [*(HFModel(m, name=n) for n, m in hf.items()), mag]
-    return Family(name, path, tok, target, drafters, default["k_matrix"], default["lenience"], shared / BIGRAM_FILE)
+    return Family(name, path, tok, target, drafters, default["k_matrix"], default["lenience"], shared / BIGRAM_FILE,
+                  tree_from_json(default.get("tree")))
+
+
+def tree_from_json(value):
+    """A family.json's `"tree": {"widths": [[...]], "extend": e}` as a `csdlib.Tree` (None: chains)."""
+    from .cascade import Tree
+
+    return None if value is None else Tree(tuple(tuple(r) for r in value["widths"]), int(value.get("extend", 0)))
 
 
 def resolve_device(device=None):

@@ -127,3 +127,24 @@ def test_optimize_tries_each_single_drafter_first(setup):
     best = max(evaluate_cascade(cached, drafters, prompts, k, 1.0, max_new_tokens=24, latency=lat)["predicted_speedup"]
                for k in sds)
     assert tuned.value == pytest.approx(best)
+
+
+def test_optimize_searches_trees_and_picks_them_only_where_verifying_is_cheap(setup):
+    """With `tree_max`, tree shapes are searched with the k-matrix. Where a fed token costs nothing the
+    tuner picks a tree (more tokens per target call); where every fed token costs as much as a forward
+    it keeps the chain, which is always tried first: it never picks a tree it predicts slower."""
+    cached, drafters, prompts = setup
+    cheap = {"target": {"a1": 1.0, "a": 1.0, "b": 0.0}, "mid": {"a1": 0.01, "a": 0.01, "b": 0.0},
+             "small": {"a1": 0.01, "a": 0.01, "b": 0.0}, "mag": ZERO_LATENCY}
+    dear = {**cheap, "target": {"a1": 1.0, "a": 1.0, "b": 1.0}}
+    start = ([[2, 0, 0], [0, 0, 0], [0, 0, 0]], 1.0)
+    tuned = {name: optimize(cached, drafters, prompts, "latency", latency=lat, n_trials=40, k_max=3, max_new_tokens=24,
+                            start=start, seed=0, tree_max=(3, 3, 2), lenience_range=None, prune=False)
+             for name, lat in (("cheap", cheap), ("dear", dear))}
+    assert tuned["cheap"].tree is not None and tuned["dear"].tree is None
+    chain = evaluate_cascade(cached, drafters, prompts, tuned["cheap"].k_matrix, max_new_tokens=24, latency=cheap)
+    assert tuned["cheap"].value > chain["predicted_speedup"]          # the tree beats its own chain
+    assert tuned["cheap"].evaluation["tokens_per_target_call"] > chain["tokens_per_target_call"]
+    assert tuned["cheap"].as_default()["tree"] == {"widths": [list(r) for r in tuned["cheap"].tree.widths],
+                                                   "extend": tuned["cheap"].tree.extend}
+    assert tuned["dear"].as_default()["tree"] is None

@@ -1,4 +1,5 @@
-"""Stress run: >= 1000 random greedy cascades against transformers' own `generate(do_sample=False)`.
+"""Stress run: >= 1000 random greedy cascades, and 1000 with tree drafts, against transformers' own
+`generate(do_sample=False)`.
 
 Not part of the main suite (marker `stress`, deselected by default); CI runs it after the main suite:
 
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 import csdlib
-from csdlib import BigramTable, HFModel, MaG
+from csdlib import BigramTable, HFModel, MaG, Tree
 
 from tiny import hf_greedy, llama, perturbed, t5
 
@@ -64,33 +65,51 @@ def random_case(rng: random.Random, target, pool):
     return drafters, k_matrix, lenience, prompt, rng.randint(1, 48)
 
 
+def check_random_case(rng: random.Random, kind: str, targets, case: int, tree: bool = False):
+    target, pool = rng.choice(targets)
+    drafters, k_matrix, lenience, prompt, max_new = random_case(rng, target, pool)
+    free = hf_greedy(target, prompt, max_new)[0].tolist()
+    new = free[(1 if kind == "t5" else len(prompt)):]
+    eos, ref = None, free
+    choice = rng.random()
+    if choice < 0.4 and new:           # one token of the target's own output is the EOS
+        eos = new[rng.randrange(len(new))]
+    elif choice < 0.55 and new:        # several EOS ids
+        eos = sorted({new[rng.randrange(len(new))], rng.randrange(VOCAB)})
+    if eos is not None:
+        ref = hf_greedy(target, prompt, max_new, eos=eos)[0].tolist()
+    confidence = rng.choice([None, None, 0.2, 0.5, 0.9])      # dynamic draft length or not
+    shape = None
+    if tree:                           # widths 1-4 at the first 0-8 draft positions of each level
+        shape = Tree([[rng.randint(1, 4) for _ in range(rng.randint(0, 8))] for _ in range(max(1, len(drafters)))],
+                     extend=rng.randint(0, 4))
+    out = csdlib.generate(target, drafters, prompt, k_matrix=k_matrix, lenience=lenience,
+                          max_new_tokens=max_new, eos_token_id=eos, confidence=confidence, tree=shape)
+    where = (f"stress seed {SEED} ({kind}, case {case}; replay: CSD_STRESS_SEED={SEED} pytest -m stress): "
+             f"confidence={confidence} tree={shape} "
+             f"drafters={[d.name for d in drafters]} mag_k={[d.k for d in drafters if isinstance(d, MaG)]} "
+             f"K={k_matrix} lenience={lenience} prompt={prompt} max_new_tokens={max_new} eos={eos}")
+    assert out.sequences[0].tolist() == ref, where
+    assert len(out.new_tokens) == out.stats.new_tokens, where
+    top = out.stats.levels[0]
+    if drafters:      # each review adds its accepted tokens + 1 (the last one may be cut after EOS)
+        assert len(out.new_tokens) <= top.accepted + top.reviews <= len(out.new_tokens) + 1, where
+
+
 @pytest.mark.parametrize("kind", ["llama", "t5"])
 def test_random_greedy_cascades_equal_generate(kind):
     torch.set_num_threads(1)
     rng = random.Random(f"{SEED}-{kind}")
     targets = pools(kind, rng)
     for case in range(CASES):
-        target, pool = rng.choice(targets)
-        drafters, k_matrix, lenience, prompt, max_new = random_case(rng, target, pool)
-        free = hf_greedy(target, prompt, max_new)[0].tolist()
-        new = free[(1 if kind == "t5" else len(prompt)):]
-        eos, ref = None, free
-        choice = rng.random()
-        if choice < 0.4 and new:           # one token of the target's own output is the EOS
-            eos = new[rng.randrange(len(new))]
-        elif choice < 0.55 and new:        # several EOS ids
-            eos = sorted({new[rng.randrange(len(new))], rng.randrange(VOCAB)})
-        if eos is not None:
-            ref = hf_greedy(target, prompt, max_new, eos=eos)[0].tolist()
-        confidence = rng.choice([None, None, 0.2, 0.5, 0.9])      # dynamic draft length or not
-        out = csdlib.generate(target, drafters, prompt, k_matrix=k_matrix, lenience=lenience,
-                              max_new_tokens=max_new, eos_token_id=eos, confidence=confidence)
-        where = (f"stress seed {SEED} ({kind}, case {case}; replay: CSD_STRESS_SEED={SEED} pytest -m stress): "
-                 f"confidence={confidence} "
-                 f"drafters={[d.name for d in drafters]} mag_k={[d.k for d in drafters if isinstance(d, MaG)]} "
-                 f"K={k_matrix} lenience={lenience} prompt={prompt} max_new_tokens={max_new} eos={eos}")
-        assert out.sequences[0].tolist() == ref, where
-        assert len(out.new_tokens) == out.stats.new_tokens, where
-        top = out.stats.levels[0]
-        if drafters:      # each review adds its accepted tokens + 1 (the last one may be cut after EOS)
-            assert len(out.new_tokens) <= top.accepted + top.reviews <= len(out.new_tokens) + 1, where
+        check_random_case(rng, kind, targets, case)
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_random_tree_cascades_equal_generate(kind):
+    """The same with tree drafts (`csdlib.Tree`): 2 x 500 more cascades."""
+    torch.set_num_threads(1)
+    rng = random.Random(f"{SEED}-{kind}-tree")
+    targets = pools(kind, rng)
+    for case in range(CASES):
+        check_random_case(rng, kind, targets, case, tree=True)

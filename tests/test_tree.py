@@ -176,3 +176,17 @@ def test_mag_continues_branches_for_free():
                               k_matrix=[[2, 0], [0, 1]], max_new_tokens=30, tree=Tree([[2, 2]], extend=extend))
         fed[extend] = out.stats.tokens_fed["t"]
     assert fed[3] > fed[0]
+
+
+def test_a_tuned_tree_goes_through_family_json_into_the_methods():
+    from csdlib.experiment import standard_methods
+    from csdlib.tuning import Tuned
+    from csdlib.zoo import tree_from_json
+
+    tuned = Tuned([[2]], 1.0, None, 1.3, "latency", tree=Tree(((3, 3, 2),), extend=2))
+    assert tree_from_json(tuned.as_default()["tree"]) == tuned.tree
+    assert tree_from_json(None) is None
+    drafter = HFModel(llama(1), name="d")
+    names = [m.name for m in standard_methods([drafter], k_matrix=[[2]], tree=tuned.tree)]
+    assert names == ["AR", "SD(d)", "CSD", "tree CSD"]
+    assert standard_methods([drafter], k_matrix=[[2]], tree=tuned.tree)[-1].generate_kwargs == {"tree": tuned.tree}
