@@ -14,6 +14,8 @@ first `--prompts` GSM8K dev prompts:
   (from `--ks`, chosen by the latency model on `--tune-prompts` separate dev prompts, from dev item 250
   on, against the target-output cache: no prompt of the measurement is used to choose);
 - `CSD`: csdlib's cascade with the family's default (`family.json`, e.g. chosen by `csd tune`);
+- `tree CSD`: the same cascade with tree drafts (`csdlib.Tree`; `--tree`: the family's tuned tree, else
+  width 3 at every draft position of the target's review with 3 MaG tokens per branch);
 - `HF assisted(<drafter>)`: transformers' assisted generation with each neural drafter, its default
   schedule and a constant k (the drafter's best k above, confidence threshold off);
 - `HF prompt lookup`: `prompt_lookup_num_tokens=--lookup`.
@@ -47,7 +49,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from csdlib import Stats, generate, zoo  # noqa: E402
+from csdlib import Stats, Tree, generate, zoo  # noqa: E402
 from csdlib.precision import audit, counts, describe, hardware, has_float32_logits  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
 from csdlib.cascade import is_free  # noqa: E402
@@ -85,6 +87,9 @@ def parse_args(argv=None):
                         "the script started (loading, calibration and tuning included); the table says how "
                         "many prompts were measured")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when present)")
+    p.add_argument("--tree", default="auto",
+                   help="tree CSD's tree: W:E (width W at every draft position of the target's review, E MaG "
+                        "tokens per branch), auto (the family's tuned tree, else 3:3) or off")
     p.add_argument("--out", required=True, help="folder for speed.md, speed.csv, speed.json")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -147,9 +152,10 @@ def build_methods(fam, args, chosen, eos):
     target, drafters = fam.target, list(fam.drafters)
     hf_target, mag = target.model, next((d for d in drafters if is_free(d)), None)
 
-    def csd(ds, k, lenience=1.0):
+    def csd(ds, k, lenience=1.0, tree=None):
         def run(prompt):
-            o = generate(target, ds, prompt, k_matrix=k, lenience=lenience, max_new_tokens=args.max_new_tokens)
+            o = generate(target, ds, prompt, k_matrix=k, lenience=lenience, max_new_tokens=args.max_new_tokens,
+                         tree=tree)
             return o.new_tokens, o.stats
         return run
 
@@ -169,6 +175,9 @@ def build_methods(fam, args, chosen, eos):
         label = "MaG" if d is mag else d.name
         methods[f"SD({label}) k={chosen[d.name]}"] = ("csdlib SD", csd([d], [[chosen[d.name]]]))
     methods["CSD"] = ("csdlib CSD", csd(drafters, fam.k_matrix, fam.lenience))
+    tree = tree_of_flag(args.tree, fam)
+    if tree is not None:
+        methods[f"tree CSD {tree_label(tree)}"] = ("csdlib CSD", csd(drafters, fam.k_matrix, fam.lenience, tree))
     for d in drafters:
         if d is mag:
             continue
@@ -178,6 +187,23 @@ def build_methods(fam, args, chosen, eos):
             assistant_confidence_threshold=0.0))
     methods[f"HF prompt lookup({args.lookup})"] = ("hf peer", hf(prompt_lookup_num_tokens=args.lookup))
     return methods
+
+
+def tree_of_flag(flag: str, fam):
+    """`--tree`: off, auto (the family's tuned tree, else 3:3) or W:E over the target row's draft."""
+    if flag == "off":
+        return None
+    if flag == "auto":
+        if fam.tree is not None:
+            return fam.tree
+        flag = "3:3"
+    width, extend = (int(v) for v in flag.split(":"))
+    return Tree([[width] * sum(fam.k_matrix[0])], extend=extend)
+
+
+def tree_label(tree) -> str:
+    """w<widths>e<extend>, e.g. w3333e3."""
+    return "w" + "".join(map(str, tree.widths[0])) + f"e{tree.extend}"
 
 
 def run_interleaved(methods, prompts, target, device, warmup, log, max_seconds=None):

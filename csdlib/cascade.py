@@ -137,6 +137,7 @@ class Output:
     sequences: torch.Tensor   # (1, L): decoder-only: prompt + new tokens; enc-dec: decoder tokens from start
     new_tokens: list[int]     # the target's own continuation, cut at max_new_tokens / after EOS
     stats: Stats = field(default_factory=Stats)
+    trees: list = field(default_factory=list)   # tree drafts: every verified tree (see Cascade.review_tree)
 
 
 def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1.0,
@@ -276,6 +277,7 @@ class Cascade:
         self.names = _unique_names(self.models)
         self.reviews = []                  # (level, start, drafted, accepted, ranks or None) of every review
         self.alts = []                     # tree drafts: per position, the other candidates [(token, q)]
+        self.trees = []                    # tree drafts: every tree verified (for plots.verified_tree)
         self.switches = [0] * len(self.models)         # per level: forwards right after another model's
         self.last_forward = None                       # the level whose forward ran last
 
@@ -284,7 +286,7 @@ class Cascade:
         for m in self.models[1:]:
             m.start(prompt)
         self.reviews, self.switches, self.last_forward = [], [0] * len(self.models), None
-        self.alts = [[] for _ in seq]
+        self.alts, self.trees = [[] for _ in seq], []
         begin = len(seq)
         limit = begin + max_new_tokens
         while len(seq) < limit:
@@ -294,7 +296,7 @@ class Cascade:
             if hits:                                   # stop after the first EOS
                 seq = seq[:hits[0] + 1]
                 break
-        return Output(torch.tensor([seq]), seq[begin:], self._stats(len(seq), begin))
+        return Output(torch.tensor([seq]), seq[begin:], self._stats(len(seq), begin), self.trees)
 
     def _stats(self, end: int, begin: int) -> Stats:
         """Calls of every model, and acceptance counted only at positions before `end` (the output's
@@ -418,6 +420,8 @@ class Cascade:
         self.note(start, rows, new)
         depth = max(len(path) for path in _paths(parents))
         self.reviews.append((i, start, depth, len(path), [ranks[t] for t in path]))
+        self.trees.append({"level": i, "start": start, "tokens": tokens, "parents": parents, "ranks": ranks,
+                           "path": path, "next": new[-1]})
         return seq, q
 
     def grow_tree(self, i: int, seq: list[int], q: list, start: int, cap: int):

@@ -6,6 +6,8 @@ Figure, optionally saved to `path` (parent folders created).
 - `acceptance_tables(df)`: tidy per-level and per-position acceptance frames from result records.
 - `acceptance_per_level(df)`, `acceptance_per_position(df)`, `accepted_per_target_call(df)`,
   `cost_breakdown(df)`: seaborn figures from `records.load_results` records.
+- `verified_tree(tree, decode)`: one tree a level verified (`Output.trees`), its accepted path in colour;
+  `accepted_by_rank(level)`: accepted tokens by depth and branch rank (`LevelStats.accepted_by_rank`).
 """
 
 from __future__ import annotations
@@ -175,3 +177,48 @@ def tuning_plot(result: dict, history: list[dict] | None = None, table: str = "p
     axes[1].set_title("each setting tried")
     fig.tight_layout()
     return fig
+
+
+def verified_tree(tree: dict, decode=str, path=None, title: str | None = None):
+    """One verified token tree (an entry of `Output.trees`): depth left to right, the chain on top, each
+    node its token (`decode(id)`) and branch rank; the accepted path and the reviewer's own next token in
+    colour."""
+    plt = _plt()
+    tokens, parents, ranks, accepted = tree["tokens"], tree["parents"], tree["ranks"], set(tree["path"])
+    depth, rows, row_of = [], [], {}
+    for t, parent in enumerate(parents):           # rows: a node shares its parent's row if it is rank 1
+        depth.append(0 if parent < 0 else depth[parent] + 1)
+        row_of[t] = row_of.get(parent, 0) if ranks[t] == 1 else max(row_of.values(), default=0) + 1
+        rows.append(row_of[t])
+    fig, ax = plt.subplots(figsize=(1.3 * (max(depth) + 3), 0.55 * (max(rows) + 2)))
+    for t, parent in enumerate(parents):
+        x0, y0 = (depth[parent], -rows[parent]) if parent >= 0 else (-1, 0)
+        ax.plot([x0, depth[t]], [y0, -rows[t]], color="tab:green" if t in accepted else "0.75", zorder=1)
+    for t, token in enumerate(tokens):
+        ax.text(depth[t], -rows[t], f"{decode(token)!r}" + (f" #{ranks[t]}" if ranks[t] > 1 else ""),
+                ha="center", va="center", fontsize=8, zorder=2,
+                bbox=dict(boxstyle="round", fc="honeydew" if t in accepted else "white",
+                          ec="tab:green" if t in accepted else "0.6"))
+    last = max(accepted, key=lambda t: depth[t], default=None)
+    x, y = (depth[last], -rows[last]) if last is not None else (-1, 0)
+    ax.text(x + 1, y, f"{decode(tree['next'])!r}", ha="center", va="center", fontsize=8,
+            bbox=dict(boxstyle="round", fc="lightyellow", ec="tab:orange"))
+    ax.text(-1, 0, "prefix", ha="center", va="center", fontsize=8, bbox=dict(boxstyle="round", fc="0.9"))
+    ax.set_xlim(-1.6, max(depth) + 1.8)
+    ax.set_ylim(-max(rows) - 0.8, 0.8)
+    ax.axis("off")
+    title = title or (f"level {tree['level']} verified {len(tokens)} tokens in one forward:\nkept "
+                      f"{len(accepted)} (green) and its own next token (orange); #r: branch rank r")
+    return _finish(fig, ax, path, xlabel="", ylabel="", title=title)
+
+
+def accepted_by_rank(level, path=None, title: str | None = None):
+    """Accepted tokens by depth, stacked by branch rank (1: the chain's own token; from
+    `LevelStats.accepted_by_rank`)."""
+    plt = _plt()
+    frame = pd.DataFrame([{f"rank {r + 1}": n for r, n in enumerate(by_rank)} for by_rank in level.accepted_by_rank])
+    frame = frame.fillna(0).rename_axis("depth")
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    frame.plot.bar(stacked=True, ax=ax, colormap="viridis")
+    return _finish(fig, ax, path, xlabel="depth in the tree (0: the first draft token)", ylabel="accepted tokens",
+                   title=title or f"level {level.level} ({level.model}): which branch was accepted", legend="branch")

@@ -347,7 +347,7 @@ def save_default(family_dir, default: dict, dtype: str = "float32") -> None:
 
 
 def predicted_vs_measured(target, drafters, prompts, k_matrix, lenience: float = 1.0, *, latency: dict,
-                          max_new_tokens: int = 64, warmup: int = 1):
+                          max_new_tokens: int = 64, warmup: int = 1, tree=None):
     """Run AR and the cascade with the real target on `prompts` (AR and the cascade alternate, prompt by
     prompt, after `warmup` untimed runs) and compare the measured wall time with the latency model's
     prediction. Returns a DataFrame: method, measured s, predicted s, error, speedup (measured and
@@ -358,16 +358,17 @@ def predicted_vs_measured(target, drafters, prompts, k_matrix, lenience: float =
 
     if replays(target):
         raise CSDValueError("target: predicted vs measured needs the real target, not a CachedTarget")
-    settings = {"AR": ([], None, 1.0), "cascade": (list(drafters), k_matrix, lenience)}
+    settings = {"AR": ([], None, 1.0, None), "cascade": (list(drafters), k_matrix, lenience, tree)}
     for _ in range(warmup):
-        for ds, k, l in settings.values():
-            generate(target, ds, list(prompts[0]), k_matrix=k, lenience=l, max_new_tokens=min(16, max_new_tokens))
+        for ds, k, l, t in settings.values():
+            generate(target, ds, list(prompts[0]), k_matrix=k, lenience=l, max_new_tokens=min(16, max_new_tokens),
+                     tree=t)
     rows = {name: {"measured s": 0.0, "predicted s": 0.0, "equal": True} for name in settings}
     for ids in prompts:
         outs = {}
-        for name, (ds, k, l) in settings.items():
+        for name, (ds, k, l, t) in settings.items():
             tic = time.perf_counter()
-            out = generate(target, ds, list(ids), k_matrix=k, lenience=l, max_new_tokens=max_new_tokens)
+            out = generate(target, ds, list(ids), k_matrix=k, lenience=l, max_new_tokens=max_new_tokens, tree=t)
             rows[name]["measured s"] += time.perf_counter() - tic
             rows[name]["predicted s"] += predict_wall_time(out.stats, latency)
             outs[name] = out.new_tokens

@@ -7,7 +7,9 @@ with the real target)::
                 measure_with=fam.target)
 
 The sliders carry `tuning.optimize`'s parameter names (``k<i>_<j>``: row i = the reviewing level, target
-first; column j = drafter j) and are read back with `tuning.k_matrix_from_params`.
+first; column j = drafter j) and are read back with `tuning.k_matrix_from_params`; the tree-size sliders
+(``tree_width``, ``tree_depth``, ``tree_extend``: the target's tree drafts, width 1 = chain) with
+`tuning.tree_of`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ def k_matrix_sliders(drafter_names, k_matrix, lenience: float = 1.0, *, k_max: i
     return sliders
 
 
+def tree_sliders(tree=None, *, width_max: int = 4, depth_max: int = 8, extend_max: int = 4) -> dict:
+    """{parameter name: slider} for the target's tree drafts (`tuning.tree_of` reads them back): its
+    width (1: the chain), the draft positions that branch, and MaG tokens continuing each branch."""
+    row = tree.widths[0] if tree is not None and tree.widths else ()
+    return {"tree_width": widgets.IntSlider(value=max(row, default=1), min=1, max=width_max, description="tree width"),
+            "tree_depth": widgets.IntSlider(value=len(row) or 1, min=1, max=depth_max, description="tree depth"),
+            "tree_extend": widgets.IntSlider(value=tree.extend if tree is not None else 0, min=0, max=extend_max,
+                                             description="tree extend")}
+
+
 class TuningPanel(widgets.VBox):
     """The sliders with their live output (an ``interactive``), the optimize button and its report.
 
@@ -47,13 +59,15 @@ class TuningPanel(widgets.VBox):
 
     def __init__(self, target, drafters, prompts, k_matrix, lenience: float = 1.0, *, latency=None,
                  max_new_tokens: int = 64, k_max: int = 8, objective: str = "latency", n_trials: int = 20,
-                 measure_with=None):
+                 measure_with=None, tree=None, tree_max: tuple = (4, 8, 4)):
         self.target, self.drafters, self.prompts, self.latency = target, drafters, prompts, latency
         self.max_new_tokens, self.k_max, self.objective, self.n_trials = max_new_tokens, k_max, objective, n_trials
         self.measure_with, self.n = measure_with, len(k_matrix)
         self.history, self.best, self._setting = [], tuning.BestSoFar("parameters"), False
         mag_k = drafters[-1].k if is_free(drafters[-1]) else None
         self.sliders = k_matrix_sliders([d.name for d in drafters], k_matrix, lenience, k_max=k_max, mag_k=mag_k)
+        self.tree_max = tree_max
+        self.sliders.update(tree_sliders(tree, width_max=tree_max[0], depth_max=tree_max[1], extend_max=tree_max[2]))
         self.interactive = widgets.interactive(self._show, **self.sliders)     # evaluates the initial setting
         self.button = widgets.Button(description="optimize",
                                      tooltip=f"tuning.optimize, {n_trials} trials, objective {objective}")
@@ -69,32 +83,38 @@ class TuningPanel(widgets.VBox):
     def lenience(self) -> float:
         return self.sliders["lenience"].value
 
+    @property
+    def tree(self):
+        return tuning.tree_of({k: s.value for k, s in self.sliders.items()})
+
     def _show(self, **values):
         """The sliders' callback (their values by name): evaluate the setting, print it with the best so
         far, plot. (Only keyword arguments: `interactive` shows the sliders in their order.)"""
         if self._setting:
             return
-        k, lenience = tuning.k_matrix_from_params(values, self.n), values["lenience"]
+        k, lenience, tree = tuning.k_matrix_from_params(values, self.n), values["lenience"], tuning.tree_of(values)
         r = tuning.evaluate_cascade(self.target, self.drafters, self.prompts, k, lenience,
-                                    max_new_tokens=self.max_new_tokens, latency=self.latency)
+                                    max_new_tokens=self.max_new_tokens, latency=self.latency, tree=tree)
         self.history.append(r)
         self.best.update(r)
         speedup = f"predicted speedup {r['predicted_speedup']:.3f}, " if "predicted_speedup" in r else ""
-        print(f"k_matrix={k} lenience={lenience:g}: {speedup}SWI {r['swi']['parameters']:.3f}, "
+        print(f"k_matrix={k} lenience={lenience:g} tree={tree}: {speedup}SWI {r['swi']['parameters']:.3f}, "
               f"tokens/target call {r['tokens_per_target_call']:.2f}")
         print(self.best)
         fig = plots.tuning_plot(r, self.history, table=self.objective)
         plt.show()
         plt.close(fig)
 
-    def set(self, k_matrix, lenience: float) -> None:
-        """Move the sliders to a setting and evaluate it once."""
+    def set(self, k_matrix, lenience: float, tree=None) -> None:
+        """Move the sliders to a setting (tree None: the chain) and evaluate it once."""
         self._setting = True
         try:
             for i in range(self.n):
                 for j in range(i, self.n):
                     self.sliders[f"k{i}_{j}"].value = k_matrix[i][j]
             self.sliders["lenience"].value = lenience
+            for name, slider in tree_sliders(tree).items():
+                self.sliders[name].value = slider.value
         finally:
             self._setting = False
         self.interactive.update()
@@ -106,13 +126,13 @@ class TuningPanel(widgets.VBox):
             self.report.clear_output()
             tuned = tuning.optimize(self.target, self.drafters, self.prompts, self.objective, n_trials=self.n_trials,
                                     k_max=self.k_max, latency=self.latency, start=(self.k_matrix, self.lenience),
-                                    max_new_tokens=self.max_new_tokens)
-            self.set(tuned.k_matrix, tuned.lenience)
+                                    max_new_tokens=self.max_new_tokens, tree_max=self.tree_max)
+            self.set(tuned.k_matrix, tuned.lenience, tuned.tree)
             print(f"optimize: {len(tuned.study.trials)} trials in {tuned.seconds:.1f} s -> k_matrix={tuned.k_matrix}, "
-                  f"lenience={tuned.lenience:g}, {self.objective} {tuned.value:.3f}")
+                  f"lenience={tuned.lenience:g}, tree={tuned.tree}, {self.objective} {tuned.value:.3f}")
             if self.measure_with is not None:
                 print("measuring with the real target ...")
                 display(tuning.predicted_vs_measured(self.measure_with, self.drafters, self.prompts, tuned.k_matrix,
                                                      tuned.lenience, latency=self.latency,
-                                                     max_new_tokens=self.max_new_tokens).round(3))
+                                                     max_new_tokens=self.max_new_tokens, tree=tuned.tree).round(3))
         return tuned

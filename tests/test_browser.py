@@ -329,7 +329,7 @@ def check_notebook(browser, url, repo, name, shots, timings, seen):
 
         if name.startswith("04"):
             sliders = browser.find_elements(By.CSS_SELECTOR, ".widget-slider .noUi-handle")
-            assert len(sliders) == 7, f"expected 6 k-matrix sliders and the lenience, found {len(sliders)}"
+            assert len(sliders) == 10, f"expected 6 k-matrix sliders, the lenience and 3 tree sliders, found {len(sliders)}"
             text0, img0 = slider_output(browser)
             assert "SWI" in text0 and img0, text0
             assert js(browser, "return [...PANEL.querySelectorAll('.widget-output img')].every(i => i.naturalWidth > 0)")
@@ -342,7 +342,7 @@ def check_notebook(browser, url, repo, name, shots, timings, seen):
             k00 = json.loads((zoo.FAMILY_DIRS[zoo.DEFAULT_FAMILY] / "family.json").read_text())["default"]["k_matrix"][0][0]
             assert f"k_matrix=[[{k00 + 1}," in text1 and img1 != img0, (k00, text1)   # one step up from the default
             # mouse: drag the lenience slider to the left
-            ActionChains(browser).drag_and_drop_by_offset(sliders[-1], -60, 0).perform()
+            ActionChains(browser).drag_and_drop_by_offset(sliders[6], -60, 0).perform()
             wait_for(browser, lambda d: slider_output(d)[0] != text1 and js(d, IDLE) == "idle", 30,
                      "the mouse move to be evaluated")
             text2, img2 = slider_output(browser)

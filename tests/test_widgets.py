@@ -13,6 +13,7 @@ import torch
 import tiny
 from csdlib import BigramTable, HFModel, MaG, tuning
 from csdlib.cache import build_target_cache
+from csdlib import Tree
 from csdlib.widgets import TuningPanel, k_matrix_sliders
 
 K = [[2, 1, 3], [0, 1, 2], [0, 0, 2]]          # target, mid, small reviewing; drafters mid, small, MaG
@@ -71,7 +72,7 @@ def test_panel_evaluates_each_move_with_k_matrix_from_params(cascade, monkeypatc
     assert panel.history[-1]["predicted_speedup"] == expected["predicted_speedup"]
     assert panel.best.best is max(panel.history, key=lambda r: r["swi"]["parameters"])
     text = capsys.readouterr().out          # (outside a kernel the output widget lets it through)
-    assert "k_matrix=[[3, 1, 3], [0, 1, 2], [0, 0, 2]] lenience=2: predicted speedup" in text
+    assert "k_matrix=[[3, 1, 3], [0, 1, 2], [0, 0, 2]] lenience=2 tree=None: predicted speedup" in text
     assert f"SWI {expected['swi']['parameters']:.3f}" in text and str(panel.best) in text
     panel.set([[1, 0, 0], [0, 0, 0], [0, 0, 0]], 1.0)                              # moves 5 sliders ...
     assert len(panel.history) == 4 and panel.history[-1]["k_matrix"] == [[1, 0, 0], [0, 0, 0], [0, 0, 0]]
@@ -83,9 +84,30 @@ def test_optimize_button_moves_the_sliders_to_the_result(cascade, capsys):
                         n_trials=4, measure_with=target)
     panel.button.click()
     tuned = tuning.optimize(cached, drafters, prompts, "latency", n_trials=4, k_max=4, latency=latency,
-                            start=(K, 1.0), max_new_tokens=12)
-    assert panel.k_matrix == tuned.k_matrix and panel.lenience == tuned.lenience
+                            start=(K, 1.0), max_new_tokens=12, tree_max=(4, 8, 4))
+    assert panel.k_matrix == tuned.k_matrix and panel.lenience == tuned.lenience and panel.tree == tuned.tree
     assert len(panel.history) == 2 and panel.history[-1]["k_matrix"] == tuned.k_matrix   # evaluated once
     report = capsys.readouterr().out.split("optimize: ")[1]
     assert report.startswith(f"{len(tuned.study.trials)} trials in ") and f"-> k_matrix={tuned.k_matrix}" in report
     assert "measuring with the real target" in report and "measured s" in report    # predicted_vs_measured
+
+
+def test_tree_sliders_shape_the_targets_tree(cascade):
+    """The tree sliders: width 1 is the chain; a wider tree is evaluated as `tuning.tree_of` reads it and
+    feeds the target more tokens per call; `set` moves them to a tree and back to the chain."""
+    target, cached, drafters, prompts, latency = cascade
+    panel = TuningPanel(cached, drafters, prompts, K, 1.0, latency=latency, max_new_tokens=12, k_max=6)
+    assert [panel.sliders[n].description for n in ("tree_width", "tree_depth", "tree_extend")] == [
+        "tree width", "tree depth", "tree extend"]
+    assert panel.tree is None and panel.sliders["tree_width"].value == 1
+    panel.sliders["tree_depth"].value = 3
+    panel.sliders["tree_width"].value = 3
+    assert panel.tree == Tree([[3, 3, 3]], extend=0)
+    expected = tuning.evaluate_cascade(cached, drafters, prompts, K, 1.0, max_new_tokens=12, latency=latency,
+                                       tree=panel.tree)
+    assert panel.history[-1]["stats"] == expected["stats"]
+    assert panel.history[-1]["tokens_fed_per_target_call"] > panel.history[0]["tokens_fed_per_target_call"]
+    panel.set(K, 1.0, Tree([[2, 2]], extend=1))
+    assert panel.tree == Tree([[2, 2]], extend=1)
+    panel.set(K, 1.0)
+    assert panel.tree is None
