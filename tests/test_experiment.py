@@ -216,7 +216,7 @@ def test_a_broken_method_is_wrong_in_records_and_summary(setup, monkeypatch):
     from csdlib.experiment import divergences
 
     def accept_all(self, i, seq, q, start):
-        self.reviews.append((i, start, len(seq) - start, len(seq) - start))
+        self.reviews.append((i, start, len(seq) - start, len(seq) - start, None))
         return seq + [int(self.models[i].logits(seq, 1)[0].argmax())], q + [1.0] * (len(seq) - len(q) + 1)
 
     target, drafters, ps = setup

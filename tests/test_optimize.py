@@ -138,7 +138,7 @@ def test_optimize_searches_trees_and_picks_them_only_where_verifying_is_cheap(se
              "small": {"a1": 0.01, "a": 0.01, "b": 0.0}, "mag": ZERO_LATENCY}
     dear = {**cheap, "target": {"a1": 1.0, "a": 1.0, "b": 1.0}}
     start = ([[2, 0, 0], [0, 0, 0], [0, 0, 0]], 1.0)
-    tuned = {name: optimize(cached, drafters, prompts, "latency", latency=lat, n_trials=40, k_max=3, max_new_tokens=24,
+    tuned = {name: optimize(cached, drafters, prompts, "latency", latency=lat, n_trials=20, k_max=3, max_new_tokens=24,
                             start=start, seed=0, tree_max=(3, 3, 2), lenience_range=None, prune=False)
              for name, lat in (("cheap", cheap), ("dear", dear))}
     assert tuned["cheap"].tree is not None and tuned["dear"].tree is None

@@ -111,7 +111,7 @@ def test_audit_says_tie_at_a_constructed_tie():
 def test_audit_says_wrong_for_a_broken_verifier(monkeypatch):
     """A verifier that accepts every drafted token: its outputs differ at margins far above a tie."""
     def accept_all(self, i, seq, q, start):
-        self.reviews.append((i, start, len(seq) - start, len(seq) - start))
+        self.reviews.append((i, start, len(seq) - start, len(seq) - start, None))
         logits = self.models[i].logits(seq, 1)
         return seq + [int(logits[0].argmax())], q + [1.0] * (len(seq) - len(q) + 1)
 
