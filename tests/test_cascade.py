@@ -49,8 +49,10 @@ def random_case(seed: int, pool, table):
     return drafters, k_matrix, lenience, prompt, rng.randint(1, 64), eos_at
 
 
-def check_case(seed: int, target, pool, table):
+def check_case(seed: int, target, pool, table, tree=None):
+    """One random case against `generate()`; `tree(n_drafters)` gives tree drafts (tests/test_tree.py)."""
     drafters, k_matrix, lenience, prompt, max_new, eos_at = random_case(seed, pool, table)
+    tree = tree(len(drafters)) if tree is not None else None
     ref = hf_greedy(target, prompt, max_new)
     ref_new = ref[0].tolist()[(1 if target.config.is_encoder_decoder else len(prompt)):]
     eos = None
@@ -59,8 +61,10 @@ def check_case(seed: int, target, pool, table):
         ref = hf_greedy(target, prompt, max_new, eos=eos)
     confidence = random.Random(-seed).choice([None, None, 0.3, 0.7, 0.95])   # dynamic draft length or not
     out = csdlib.generate(HFModel(target, name="target"), drafters, prompt, k_matrix=k_matrix,
-                          lenience=lenience, max_new_tokens=max_new, eos_token_id=eos, confidence=confidence)
-    case = f"seed={seed} drafters={[d.name for d in drafters]} K={k_matrix} l={lenience} eos={eos} c={confidence}"
+                          lenience=lenience, max_new_tokens=max_new, eos_token_id=eos, confidence=confidence,
+                          tree=tree)
+    case = (f"seed={seed} drafters={[d.name for d in drafters]} K={k_matrix} l={lenience} eos={eos} c={confidence} "
+            f"tree={tree}")
     assert out.sequences.tolist() == ref.tolist(), case
     assert out.new_tokens == out.sequences[0].tolist()[len(out.sequences[0]) - len(out.new_tokens):]
     assert out.stats.new_tokens == len(out.new_tokens)

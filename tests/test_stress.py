@@ -96,20 +96,11 @@ def check_random_case(rng: random.Random, kind: str, targets, case: int, tree: b
         assert len(out.new_tokens) <= top.accepted + top.reviews <= len(out.new_tokens) + 1, where
 
 
+@pytest.mark.parametrize("tree", [False, True], ids=["chain", "tree"])     # tree drafts: 2 x 500 more
 @pytest.mark.parametrize("kind", ["llama", "t5"])
-def test_random_greedy_cascades_equal_generate(kind):
+def test_random_greedy_cascades_equal_generate(kind, tree):
     torch.set_num_threads(1)
-    rng = random.Random(f"{SEED}-{kind}")
+    rng = random.Random(f"{SEED}-{kind}" + ("-tree" if tree else ""))
     targets = pools(kind, rng)
     for case in range(CASES):
-        check_random_case(rng, kind, targets, case)
-
-
-@pytest.mark.parametrize("kind", ["llama", "t5"])
-def test_random_tree_cascades_equal_generate(kind):
-    """The same with tree drafts (`csdlib.Tree`): 2 x 500 more cascades."""
-    torch.set_num_threads(1)
-    rng = random.Random(f"{SEED}-{kind}-tree")
-    targets = pools(kind, rng)
-    for case in range(CASES):
-        check_random_case(rng, kind, targets, case, tree=True)
+        check_random_case(rng, kind, targets, case, tree=tree)

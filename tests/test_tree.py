@@ -10,8 +10,8 @@ import csdlib
 from csdlib import BigramTable, CachedTarget, HFModel, MaG, Tree, build_target_cache
 from csdlib.errors import CSDValueError
 
-from test_cascade import _family, random_case
-from tiny import VOCAB, hf_greedy, llama, t5
+from test_cascade import _family, check_case
+from tiny import VOCAB, llama, t5
 
 N_DECODER_CASES = 180
 N_T5_CASES = 120
@@ -34,20 +34,8 @@ def random_tree(rng: random.Random, n_drafters: int) -> Tree:
 
 
 def check_tree_case(seed: int, target, pool, table):
-    drafters, k_matrix, lenience, prompt, max_new, eos_at = random_case(seed, pool, table)
-    tree = random_tree(random.Random(-seed), len(drafters))
-    ref = hf_greedy(target, prompt, max_new)
-    eos = None
-    if eos_at is not None:                     # make a token of the target's output the EOS
-        ref_new = ref[0].tolist()[(1 if target.config.is_encoder_decoder else len(prompt)):]
-        eos = ref_new[int(eos_at * len(ref_new))]
-        ref = hf_greedy(target, prompt, max_new, eos=eos)
-    out = csdlib.generate(HFModel(target, name="target"), drafters, prompt, k_matrix=k_matrix, lenience=lenience,
-                          max_new_tokens=max_new, eos_token_id=eos, tree=tree)
-    case = f"seed={seed} drafters={[d.name for d in drafters]} K={k_matrix} l={lenience} eos={eos} tree={tree}"
-    assert out.sequences.tolist() == ref.tolist(), case
-    assert out.stats.new_tokens == len(out.new_tokens)
-    return out
+    """test_cascade's random case (drafters, k-matrix, lenience, EOS, confidence) with a random tree."""
+    return check_case(seed, target, pool, table, tree=lambda n: random_tree(random.Random(f"tree-{seed}"), n))
 
 
 @pytest.mark.parametrize("seed", range(N_DECODER_CASES))
