@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .errors import CSDValueError, MissingFileError
-from .models import HFModel, common_prefix
+from .models import HFModel, common_prefix, tree_depths
 
 __all__ = ["prompt_key", "build_target_cache", "CachedTarget"]
 
@@ -172,10 +172,7 @@ class CachedTarget:
         if seq[self._begin:] != self._tokens[:first]:
             raise CSDValueError(f"CachedTarget {self.name!r}: asked to continue a sequence that is not the "
                                 "cached greedy output; a cached target can only be the cascade's target")
-        depth = []
-        for parent in parents:
-            depth.append(0 if parent < 0 else depth[parent] + 1)
-        rows = [first] + [first + 1 + d for d in depth]
+        rows = [first] + [first + 1 + d for d in tree_depths(parents)]
         if max(rows) >= len(self._tokens):
             raise CSDValueError(f"max_new_tokens: the target cache holds {len(self._tokens)} tokens for this "
                                 f"prompt, {max(rows) + 1} needed; rebuild it with a larger max_new_tokens")

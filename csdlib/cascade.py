@@ -51,7 +51,7 @@ from transformers import (GenerationConfig, LogitsProcessorList, TemperatureLogi
                           TopPLogitsWarper)
 
 from .errors import CSDValueError
-from .models import as_model
+from .models import as_model, tree_depths
 from .stats import Stats
 
 
@@ -363,9 +363,9 @@ class Cascade:
         for _ in range(n):
             logits = self.logits(i, seq, 1).cpu()
             if self.sampler is None:
-                token = int(logits[0].argmax())
-                qs.append(float(logits[0].softmax(-1)[token]))
-                self.note(len(seq), logits.softmax(-1), [token])
+                token, p = int(logits[0].argmax()), logits.softmax(-1)
+                qs.append(float(p[0, token]))
+                self.note(len(seq), p, [token])
             else:
                 p = self.sampler.probs(logits)[0]
                 token = self.sampler.draw(p)
@@ -418,7 +418,7 @@ class Cascade:
         rows = p[[0] + [t + 1 for t in path]]
         seq, q = seq[:start] + new, q[:start] + rows.gather(1, torch.tensor(new)[:, None])[:, 0].tolist()
         self.note(start, rows, new)
-        depth = max(len(path) for path in _paths(parents))
+        depth = max(tree_depths(parents)) + 1          # the tree's deepest draft position + 1
         self.reviews.append((i, start, depth, len(path), [ranks[t] for t in path]))
         self.trees.append({"level": i, "start": start, "tokens": tokens, "parents": parents, "ranks": ranks,
                            "path": path, "next": new[-1]})
@@ -484,14 +484,6 @@ class Cascade:
 
 
 # ---------------------------------------------------------------- stats and argument checks
-
-
-def _paths(parents: list[int]):
-    """Every root path of a tree given by parent indices (node lists, root first), the empty one too."""
-    paths = {-1: []}
-    for t, parent in enumerate(parents):
-        paths[t] = paths[parent] + [t]
-    return paths.values()
 
 
 def _check_tree(tree, models, sampler) -> Tree | None:

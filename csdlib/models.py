@@ -50,6 +50,14 @@ def _as_set(value) -> set[int]:
     return {int(value)}
 
 
+def tree_depths(parents: list[int]) -> list[int]:
+    """Depth of each node of a token tree given by parent indices (-1: the root; parents come first)."""
+    depth = []
+    for parent in parents:
+        depth.append(0 if parent < 0 else depth[parent] + 1)
+    return depth
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     """Length of the longest common prefix of two token lists."""
     n = min(len(a), len(b))
@@ -150,9 +158,8 @@ class HFModel:
         its ancestors only. The nodes stay in the cache until `keep_path` (or the next call drops them)."""
         keep = self._reuse(seq, 1)
         fed, m = seq[keep:] + list(tokens), len(seq) - keep     # m prefix tokens, then the tree
-        depth, sees = [], torch.eye(len(tokens), dtype=torch.bool)
+        depth, sees = tree_depths(parents), torch.eye(len(tokens), dtype=torch.bool)
         for t, parent in enumerate(parents):           # a node sees what its parent sees, and itself
-            depth.append(0 if parent < 0 else depth[parent] + 1)
             if parent >= 0:
                 sees[t] |= sees[parent]
         allowed = torch.ones(len(fed), keep + len(fed), dtype=torch.bool).tril(keep)   # causal
