@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from csdlib import Stats, Tree, generate, zoo  # noqa: E402
 from csdlib.precision import audit, counts, describe, hardware, has_float32_logits  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
-from csdlib.cascade import is_free  # noqa: E402
+from csdlib.protocol import is_free  # noqa: E402
 from csdlib.cost import parameter_costs, swi  # noqa: E402
 from csdlib.latency import calibrate_latency, machine_id, model_seconds, predict_wall_time  # noqa: E402
 from csdlib.datasets import TUNE_OFFSET, load_gsm8k  # noqa: E402

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from csdlib import generate, zoo  # noqa: E402
-from csdlib.cascade import is_free  # noqa: E402
+from csdlib.protocol import is_free  # noqa: E402
 from csdlib.datasets import load_gsm8k  # noqa: E402
 from csdlib.precision import audit, counts, describe, hardware  # noqa: E402
 

@@ -63,8 +63,8 @@ def deeper(k_matrix, depth: int):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     fam = zoo.load(args.family)
+    torch.set_num_threads(args.threads)
     dev = load_gsm8k("dev", args.data_dir)
     prompts = [fam.prompt_ids(x["question"]) for x in dev[:args.prompts]]
     cache = Path("tmp") / f"tree-target-cache-{fam.name}-float32-t{args.max_new_tokens}.jsonl"

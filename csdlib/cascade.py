@@ -44,70 +44,16 @@ distribution is no longer its own `p`, and it has no closed form), so it is refu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 import torch
-from transformers import (GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
-                          TopPLogitsWarper)
 
+from .checks import (check_confidence, check_k_matrix, check_lenience, check_max_new_tokens, check_models,
+                     check_prompt, eos_set, unique_names)
 from .errors import CSDValueError
 from .models import as_model, tree_depths
+from .protocol import FreeDrafter, Model, Reviewer, fingerprint, is_free, replays  # noqa: F401 (re-exported)
+from .sampling import Sampler, accept_prob, resolve_sampling  # noqa: F401 (re-exported)
 from .stats import Stats
-
-
-# ---------------------------------------------------------------- what the cascade talks to
-
-
-@runtime_checkable
-class Model(Protocol):
-    """A cascade member. Neural models (`csdlib.HFModel`) review with `logits`; a *free* drafter such as
-    MaG (`free = True`: no forward pass, cost 0, point-mass proposals) can only be the bottom drafter and
-    decides itself how many tokens to `propose` when the cascade asks for `need`. Every member carries
-    its own counters since `start()` (the cascade's `Stats` reads them) and its `fingerprint()`."""
-    name: str
-    vocab_size: int
-    cost: float           # cost of one call in the parameter cost model (0 for a free drafter)
-    calls: int            # calls (forwards, or a free drafter's proposals)
-    tokens_fed: int       # tokens fed to its forwards (prefill included; 0 for a free drafter)
-    one_token_calls: int  # forwards that fed exactly one token
-    encoder_calls: int    # encoder forwards (one per prompt for an encoder-decoder model)
-
-    def start(self, prompt_ids: list[int]): ...
-
-    def fingerprint(self) -> str: ...    # a short hash of its behaviour (records and calibrations are keyed by it)
-
-
-class Reviewer(Model, Protocol):
-    free: bool            # False (or absent)
-    replays: bool         # True (or absent) for a stand-in that replays cached greedy outputs (CachedTarget)
-    is_encoder_decoder: bool
-
-    def logits(self, seq: list[int], n: int) -> torch.Tensor: ...
-
-
-class FreeDrafter(Model, Protocol):
-    free: bool            # True
-
-    def propose(self, seq: list[int], need: int) -> tuple[list[int], list]: ...
-
-
-def is_free(model) -> bool:
-    """True for a free drafter (MaG): proposes point masses, costs nothing, cannot review."""
-    return bool(getattr(model, "free", False))
-
-
-def replays(model) -> bool:
-    """True for a target that replays cached greedy outputs (`CachedTarget`): it cannot sample, and its
-    calls run no forward (wall times mean nothing)."""
-    return bool(getattr(model, "replays", False))
-
-
-def fingerprint(model) -> str:
-    """The member's `fingerprint()`: a short hash of its behaviour (an HF model's config,
-    generation_config and every weight; MaG's table and k; a `CachedTarget`'s target's)."""
-    if not callable(getattr(model, "fingerprint", None)):
-        raise CSDValueError(f"model: cannot fingerprint {type(model).__name__}; it has no fingerprint() method")
-    return model.fingerprint()
 
 
 @dataclass(frozen=True)
@@ -192,80 +138,20 @@ def generate(target, drafters, prompt_ids, *, k_matrix=None, lenience: float = 1
             raise CSDValueError("temperature / top_k / top_p: only used with do_sample=True")
         sampler = None
     cascade = Cascade([target, *drafters], k_matrix, lenience, sampler, confidence, tree)
-    prompt = _check_prompt(prompt_ids)
-    max_new_tokens = _check_max_new_tokens(max_new_tokens, prompt, cascade.models)
-    eos = target.eos_token_ids if eos_token_id is None else _eos_set(eos_token_id)
+    prompt = check_prompt(prompt_ids)
+    max_new_tokens = check_max_new_tokens(max_new_tokens, prompt, cascade.models)
+    eos = target.eos_token_ids if eos_token_id is None else eos_set(eos_token_id)
     return cascade.generate(prompt, max_new_tokens, eos)
-
-
-#: generation_config fields that change sampling and that the cascade does not apply: refused.
-_UNSUPPORTED = {"min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "top_h": None,
-                "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None,
-                "suppress_tokens": None, "begin_suppress_tokens": None}
-
-
-def resolve_sampling(target, temperature=None, top_k=None, top_p=None) -> dict:
-    """temperature / top_k / top_p exactly as `target.generate(do_sample=True, ...)` resolves them:
-    the caller's value, else the target's `generation_config`, else transformers' global default."""
-    config = getattr(target, "generation_config", None)
-    defaults = GenerationConfig._get_default_generation_params()
-    given = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-    settings = {}
-    for key, value in given.items():
-        if value is None and config is not None:
-            value = getattr(config, key, None)
-        settings[key] = defaults[key] if value is None else value
-    for key, neutral in _UNSUPPORTED.items():
-        value = getattr(config, key, None) if config is not None else None
-        if value is not None and value != neutral:
-            raise CSDValueError(f"target: its generation_config sets {key}={value!r}, which the cascade does not "
-                                f"apply; set model.generation_config.{key} = {neutral!r} first")
-    return settings
-
-
-class Sampler:
-    """Sampling settings: transformers' warpers turn logits into the distribution p that is sampled
-    (the same warpers, in the same order, as `generate(do_sample=True)`)."""
-
-    def __init__(self, temperature=1.0, top_k=0, top_p=1.0, seed=None, generator=None):
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise CSDValueError(f"temperature: expected a number > 0, got {temperature!r}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise CSDValueError(f"top_k: expected an int >= 0 (0: no top-k filter), got {top_k!r}")
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-            raise CSDValueError(f"top_p: expected a number in (0, 1], got {top_p!r}")
-        self.settings = {"temperature": float(temperature), "top_k": top_k, "top_p": float(top_p)}
-        self.warpers = LogitsProcessorList(
-            ([TemperatureLogitsWarper(float(temperature))] if temperature != 1.0 else [])
-            + ([TopKLogitsWarper(top_k)] if top_k != 0 else [])
-            + ([TopPLogitsWarper(float(top_p))] if top_p < 1.0 else []))
-        self.generator = generator if generator is not None else torch.Generator()
-        if generator is None:
-            self.generator.manual_seed(seed) if seed is not None else self.generator.seed()
-
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Rows of logits -> rows of sampling distributions (the warpers ignore input_ids)."""
-        return self.warpers(None, logits).softmax(-1)
-
-    def draw(self, probs: torch.Tensor) -> int:
-        return int(torch.multinomial(probs, 1, generator=self.generator))
-
-    def uniform(self, n: int) -> torch.Tensor:
-        return torch.rand(n, generator=self.generator)
-
-
-def _accept_prob(p_x: torch.Tensor, q_x: torch.Tensor) -> torch.Tensor:
-    return (p_x / q_x).clamp(max=1.0)              # min(1, p/q)
 
 
 class Cascade:
     def __init__(self, models, k_matrix, lenience: float = 1.0, sampler: Sampler | None = None,
                  confidence: float | None = None, tree: Tree | None = None):
-        self.models = _check_models(models)
+        self.models = check_models(models)
         self.tree = _check_tree(tree, self.models, sampler)
-        self.k = _check_k_matrix(k_matrix, len(models) - 1)
-        self.lenience = _check_lenience(lenience)
-        self.confidence = _check_confidence(confidence)
+        self.k = check_k_matrix(k_matrix, len(models) - 1)
+        self.lenience = check_lenience(lenience)
+        self.confidence = check_confidence(confidence)
         if sampler is not None and self.confidence is not None:
             raise CSDValueError("confidence: dynamic draft length is implemented for greedy decoding only; "
                                 "leave it None with do_sample=True")
@@ -274,7 +160,7 @@ class Cascade:
                                 "acceptance at an inner level changes the distribution its tokens are "
                                 "drawn from, and the target's review would no longer be lossless")
         self.sampler = sampler
-        self.names = _unique_names(self.models)
+        self.names = unique_names(self.models)
         self.reviews = []                  # (level, start, drafted, accepted, ranks or None) of every review
         self.alts = []                     # tree drafts: per position, the other candidates [(token, q)]
         self.trees = []                    # tree drafts: every tree verified (for plots.verified_tree)
@@ -470,7 +356,7 @@ class Cascade:
         q_rows = torch.stack([torch.nn.functional.one_hot(x, p.shape[-1]).to(p.dtype) if d is None else d
                               for x, d in zip(drafted, q[start:])]) if len(drafted) else p[:0]
         idx = torch.arange(len(drafted))
-        ok = self.sampler.uniform(len(drafted)) < _accept_prob(p[idx, drafted], q_rows[idx, drafted])
+        ok = self.sampler.uniform(len(drafted)) < accept_prob(p[idx, drafted], q_rows[idx, drafted])
         n = int(ok.cumprod(0).sum())                   # accepted prefix length
         if n < len(drafted):                           # rejected: draw from norm(max(p - q, 0))
             residual = (p[n] - q_rows[n]).clamp(min=0)
@@ -483,7 +369,7 @@ class Cascade:
         return seq, q
 
 
-# ---------------------------------------------------------------- stats and argument checks
+# ---------------------------------------------------------------- the tree's argument check (the others: checks.py)
 
 
 def _check_tree(tree, models, sampler) -> Tree | None:
@@ -511,109 +397,3 @@ def _check_tree(tree, models, sampler) -> Tree | None:
         if any(w > 1 for w in rows[i]) and not callable(getattr(m, "tree_logits", None)):
             raise CSDValueError(f"tree: level {i} ({m.name!r}) cannot verify a tree: it has no tree_logits()")
     return Tree(tuple(tuple(r) for r in rows), tree.extend)
-
-
-def _unique_names(models) -> list[str]:
-    names, seen = [], {}
-    for m in models:
-        name = str(m.name)
-        seen[name] = seen.get(name, 0) + 1
-        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
-    return names
-
-
-def _eos_set(eos) -> set[int]:
-    if isinstance(eos, int):
-        return {eos}
-    try:
-        return {int(e) for e in eos}
-    except TypeError:
-        raise CSDValueError(f"eos_token_id: expected an int or a list of ints, got {eos!r}") from None
-
-
-def _check_models(models):
-    target = models[0]
-    if is_free(target) or not hasattr(target, "logits"):
-        raise CSDValueError(f"target: {target.name!r} cannot be the target (a free drafter such as MaG has no "
-                            "distribution to review with)")
-    for pos, m in enumerate(models[1:-1], start=1):
-        if is_free(m) or not hasattr(m, "logits"):
-            raise CSDValueError(f"drafters[{pos - 1}]: {m.name!r} can only be the last drafter (a free drafter "
-                                "such as MaG cannot review)")
-    if len({id(m) for m in models}) < len(models):
-        raise CSDValueError("drafters: the same model object appears twice; wrap it twice "
-                            "(HFModel(hf_model, name=...)) so each level keeps its own cache")
-    for pos, m in enumerate(models[1:]):
-        if m.vocab_size != target.vocab_size:
-            raise CSDValueError(f"drafters[{pos}] ({m.name!r}) has vocabulary size {m.vocab_size}, "
-                                f"expected the target's {target.vocab_size}")
-    kinds = {m.is_encoder_decoder for m in models if not is_free(m)}
-    if len(kinds) > 1:
-        raise CSDValueError("drafters: mixing decoder-only and encoder-decoder models is not supported")
-    return models
-
-
-def _check_k_matrix(k_matrix, n: int) -> list[list[int]]:
-    if n == 0 and (k_matrix is None or len(k_matrix) == 0):
-        return []
-    if k_matrix is None:
-        raise CSDValueError(f"k_matrix: required with drafters; expected a {n}x{n} upper-triangular matrix")
-    rows = [list(r) if hasattr(r, "__len__") else None for r in
-            (k_matrix.tolist() if hasattr(k_matrix, "tolist") else k_matrix)]
-    if any(r is None for r in rows) or any(len(r) != len(rows) for r in rows):
-        raise CSDValueError(f"k_matrix: expected a square matrix (a list of equal-length rows), got {k_matrix!r}")
-    if len(rows) != n:
-        raise CSDValueError(f"k_matrix: expected {n}x{n} for {n} drafter(s), got {len(rows)}x{len(rows)}")
-    for i, r in enumerate(rows):
-        for j, v in enumerate(r):
-            number = isinstance(v, (int, float)) and not isinstance(v, bool)
-            if not number or not float(v).is_integer() or v < 0:
-                raise CSDValueError(f"k_matrix[{i}][{j}]: expected a non-negative integer, got {v!r}")
-            if j < i and v != 0:
-                raise CSDValueError(f"k_matrix[{i}][{j}]: expected 0 below the diagonal (upper-triangular), got {v!r}")
-    return [[int(v) for v in r] for r in rows]
-
-
-def _check_confidence(confidence) -> float | None:
-    if confidence is None:
-        return None
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
-        raise CSDValueError(f"confidence: expected None or a number in (0, 1), got {confidence!r}")
-    return float(confidence)
-
-
-def _check_lenience(lenience) -> float:
-    if isinstance(lenience, bool) or not isinstance(lenience, (int, float)) or not lenience >= 1:
-        raise CSDValueError(f"lenience: expected a number >= 1, got {lenience!r}")
-    return float(lenience)
-
-
-def _check_prompt(prompt_ids) -> list[int]:
-    if isinstance(prompt_ids, torch.Tensor):
-        if prompt_ids.dim() == 2:
-            if prompt_ids.shape[0] != 1:
-                raise CSDValueError(f"prompt_ids: batch size 1 expected, got shape {tuple(prompt_ids.shape)}")
-            prompt_ids = prompt_ids[0]
-        prompt_ids = prompt_ids.tolist()
-    prompt = list(prompt_ids)
-    if not prompt:
-        raise CSDValueError("prompt_ids: expected at least one token, got an empty prompt")
-    if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        raise CSDValueError("prompt_ids: expected a list of int token ids")
-    return prompt
-
-
-def _check_max_new_tokens(max_new_tokens, prompt: list[int], models) -> int:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise CSDValueError(f"max_new_tokens: expected a non-negative int, got {max_new_tokens!r}")
-    for m in models:
-        bad = [t for t in prompt if not 0 <= t < m.vocab_size]
-        if bad:
-            raise CSDValueError(f"prompt_ids: token id {bad[0]} is outside {m.name!r}'s vocabulary of {m.vocab_size}")
-        limit = getattr(m, "max_positions", None)
-        need = max(len(prompt), 1 + max_new_tokens) if getattr(m, "is_encoder_decoder", False) \
-            else len(prompt) + max_new_tokens
-        if limit is not None and need > limit:
-            raise CSDValueError(f"max_new_tokens: prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) "
-                                f"needs {need} positions, more than {m.name!r}'s limit of {limit}")
-    return max_new_tokens

@@ -35,7 +35,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from .cascade import is_free
+from .protocol import is_free
 from .errors import CSDValueError
 
 #: The seed's `model_parameters` table, with LLaMA-7B at parameter scale (see the module docstring).

@@ -39,10 +39,11 @@ from tqdm.auto import tqdm
 
 from . import cost as costs_mod
 from .cache import prompt_key
-from .cascade import fingerprint, generate, is_free, replays
-from .precision import VERDICTS, audit
+from .cascade import generate
 from .errors import CSDValueError
 from .latency import predict_wall_time
+from .precision import VERDICTS, audit
+from .protocol import fingerprint, is_free, replays
 from .records import (append_record, config_hash, context_of, cut_torn_tail, digest, environment,
                       read_all_records, to_frame)
 from .stats import Stats

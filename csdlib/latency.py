@@ -33,8 +33,9 @@ from __future__ import annotations
 import statistics
 import time
 
-from .cascade import Cascade, fingerprint, is_free
+from .cascade import Cascade
 from .errors import CSDValueError
+from .protocol import fingerprint, is_free
 
 LATENCY_FORMAT = "csdlib.latency"
 LATENCY_NS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)

@@ -27,8 +27,9 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .cascade import fingerprint, replays, resolve_sampling
 from .errors import CSDValueError
+from .protocol import fingerprint, replays
+from .sampling import resolve_sampling
 
 
 def environment(target=None) -> dict:

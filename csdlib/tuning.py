@@ -30,9 +30,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import cost as costs_mod
-from .cascade import Tree, generate, is_free, replays
+from .cascade import Tree, generate
 from .errors import CSDValueError
 from .latency import predict_ar_wall_time, predict_wall_time, stored_latency
+from .protocol import is_free, replays
 from .stats import Stats
 
 
@@ -233,21 +234,11 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
     import time
 
     tic = time.perf_counter()
-    drafters = list(drafters)
+    drafters, prompts = list(drafters), [list(p) for p in prompts]
     n = len(drafters)
-    if n == 0:
-        raise CSDValueError("drafters: nothing to tune without drafters")
-    prompts = [list(p) for p in prompts]
-    if not prompts:
-        raise CSDValueError("prompts: expected at least one prompt")
-    mag = drafters[-1] if is_free(drafters[-1]) else None
+    mag, mag_max, extra_int = _search_space(drafters, prompts, k_max, mag_k_max, tree_max)
     latency, tables = _objective_basis(objective, [target, *drafters], latency)
-    seed_mode_mag = mag is not None and mag.seed_mode
-    mag_max = mag_k_max or (mag.k if mag is not None else k_max)
-    extra_int = {"mag_k": (1, mag_max)} if seed_mode_mag else {}
-    if tree_max is not None and tree_max[0] > 1 and tree_max[1] > 0:
-        extra_int.update(tree_width=(1, tree_max[0]), tree_depth=(1, tree_max[1]),
-                         tree_extend=(0, tree_max[2] if mag is not None else 0))
+    seed_mode_mag = "mag_k" in extra_int
     old_k = mag.k if mag is not None else None
     if lenience_range is not None and n < 2:
         lenience_range = None                 # one drafter: the target reviews strictly, no inner level
@@ -290,6 +281,22 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
             mag.k = old_k
     return Tuned(k, lenience, mag_k, value_of(evaluation), objective, evaluation, study,
                  time.perf_counter() - tic, tree_of(study.best_trial.params))
+
+
+def _search_space(drafters, prompts, k_max: int, mag_k_max: int | None, tree_max: tuple | None):
+    """(MaG or None, the largest MaG column entry, the extra integer parameters searched: MaG's own k
+    in seed mode; the target's tree width, depth and extend)."""
+    if not drafters:
+        raise CSDValueError("drafters: nothing to tune without drafters")
+    if not prompts:
+        raise CSDValueError("prompts: expected at least one prompt")
+    mag = drafters[-1] if is_free(drafters[-1]) else None
+    mag_max = mag_k_max or (mag.k if mag is not None else k_max)
+    extra_int = {"mag_k": (1, mag_max)} if mag is not None and mag.seed_mode else {}
+    if tree_max is not None and tree_max[0] > 1 and tree_max[1] > 0:
+        extra_int.update(tree_width=(1, tree_max[0]), tree_depth=(1, tree_max[1]),
+                         tree_extend=(0, tree_max[2] if mag is not None else 0))
+    return mag, mag_max, extra_int
 
 
 def _objective_basis(objective: str, models, latency: dict | None) -> tuple[dict | None, dict | None]:

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 from IPython.display import display
 
 from . import plots, tuning
-from .cascade import is_free
+from .protocol import is_free
 
 
 def k_matrix_sliders(drafter_names, k_matrix, lenience: float = 1.0, *, k_max: int = 8,

@@ -181,7 +181,7 @@ def test_entry_larger_than_k_takes_several_calls():
 
 
 def test_compat_mag_is_in_seed_mode_and_modes_fingerprint_apart(tmp_path):
-    from csdlib.cascade import fingerprint
+    from csdlib.protocol import fingerprint
     from csdlib.compat import get_mag_model
 
     (tmp_path / "t.json").write_text(json.dumps(list(range(1, V)) + [0]))

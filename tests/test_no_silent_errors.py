@@ -12,7 +12,7 @@ import csdlib
 from csdlib import BigramTable, HFModel, MaG
 from csdlib import experiment, records
 from csdlib.cache import build_target_cache
-from csdlib.cascade import fingerprint
+from csdlib.protocol import fingerprint
 from csdlib.errors import CSDValueError, MissingFileError
 from csdlib.experiment import Method, run, standard_methods, summarize
 from csdlib.records import read_records
@@ -120,7 +120,7 @@ def test_measured_costs_are_measured_once_per_results_file(fam, tmp_path, monkey
 
 
 def test_sampling_settings_resolve_as_generate_does():
-    from csdlib.cascade import resolve_sampling
+    from csdlib.sampling import resolve_sampling
 
     model = tiny.llama(0)
     assert resolve_sampling(HFModel(model)) == {"temperature": 1.0, "top_k": 50, "top_p": 1.0}

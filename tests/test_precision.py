@@ -224,7 +224,7 @@ def test_stress_random_half_precision_cascades(kind, dtype):
 def test_latency_calibrations_and_target_caches_are_keyed_by_dtype(tmp_path):
     """A calibration or a target cache made in float32 is never used for the same weights in bfloat16."""
     from csdlib.cache import build_target_cache
-    from csdlib.cascade import fingerprint
+    from csdlib.protocol import fingerprint
     from csdlib.errors import CSDValueError
 
     fp32 = HFModel(llama(9, vocab=VOCAB).float(), name="t")

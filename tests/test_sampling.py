@@ -170,7 +170,7 @@ def test_cascade_sampling_matches_target_distribution(decoder_family, seed, samp
 
 
 def test_broken_acceptance_is_detected(decoder_family, monkeypatch):
-    monkeypatch.setattr(csdlib.cascade, "_accept_prob", lambda p_x, q_x: torch.ones_like(p_x))
+    monkeypatch.setattr(csdlib.cascade, "accept_prob", lambda p_x, q_x: torch.ones_like(p_x))
     tokens, _ = cascade_counts(decoder_family, 3_000, seed=3)
     assert gof_pvalue(joint(tokens, 0, 1), exact_joint(decoder_family[0])) < 0.01
 
