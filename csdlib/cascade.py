@@ -165,6 +165,8 @@ class Cascade:
         self.alts = []                     # tree drafts: per position, the other candidates [(token, q)]
         self.trees = []                    # tree drafts: every tree verified (for plots.verified_tree)
         self.switches = [0] * len(self.models)         # per level: forwards right after another model's
+        self.tree_calls = [0] * len(self.models)       # per level: tree forwards ...
+        self.tree_tokens = [0] * len(self.models)      # ... and the tokens they fed
         self.last_forward = None                       # the level whose forward ran last
 
     def generate(self, prompt: list[int], max_new_tokens: int, eos: set[int]) -> Output:
@@ -172,6 +174,7 @@ class Cascade:
         for m in self.models[1:]:
             m.start(prompt)
         self.reviews, self.switches, self.last_forward = [], [0] * len(self.models), None
+        self.tree_calls, self.tree_tokens = [0] * len(self.models), [0] * len(self.models)
         self.alts, self.trees = [[] for _ in seq], []
         begin = len(seq)
         limit = begin + max_new_tokens
@@ -193,6 +196,8 @@ class Cascade:
             stats.calls[name], stats.tokens_fed[name] = m.calls, m.tokens_fed
             stats.encoder_calls[name], stats.one_token_calls[name] = m.encoder_calls, m.one_token_calls
             stats.switch_calls[name] = switches
+        for name, calls, fed in zip(self.names, self.tree_calls, self.tree_tokens):
+            stats.tree_calls[name], stats.tree_tokens_fed[name] = calls, fed
         for level, start, drafted, accepted, ranks in self.reviews:
             if start < end:
                 room = end - start
@@ -232,10 +237,15 @@ class Cascade:
         return self.models[i].logits(seq, n)
 
     def tree_logits(self, i: int, seq: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
-        """Level i's logits after seq and after each node of a token tree below it (one forward)."""
+        """Level i's logits after seq and after each node of a token tree below it (one forward; counted
+        apart for the latency model: a tree forward costs more than a chain forward of as many tokens)."""
         self.switches[i] += int(self.last_forward != i)
         self.last_forward = i
-        return self.models[i].tree_logits(seq, tokens, parents)
+        before = self.models[i].tokens_fed
+        logits = self.models[i].tree_logits(seq, tokens, parents)
+        self.tree_calls[i] += 1
+        self.tree_tokens[i] += self.models[i].tokens_fed - before
+        return logits
 
     def propose(self, i: int, seq: list[int], n: int):
         """Level i's (the bottom drafter's) own tokens, and q for each (greedy: q(x); sampling: the

@@ -10,8 +10,8 @@ by 3-10 %, so it is left out). Calibrated per model, device and thread count on 
 (`calibrate_latency`, or the command `csd calibrate`), stored as JSON and reused. A run's wall time is
 then predicted from its stats alone (`predict_wall_time`):
 
-    sum over models of a1 * one_token_calls + a * (calls - one_token_calls) + b * (tokens_fed - one_token_calls)
-                       + switch * switch_calls
+    sum over models of a1 * one_token_calls + a * (chain calls) + b * (tokens those fed)
+                       + tree_a * tree_calls + tree_b * tree_tokens_fed + switch * switch_calls
 
 A forward that comes right after another model's forward is slower: the other model's weights pushed
 this one's out of the CPU caches. Measured for gsm8k-tiny on 2 threads: mid's one-token forward
@@ -24,6 +24,15 @@ MaG runs no forward, but each of its calls is Python and numpy work (suffix matc
 about 0.05 ms): it is calibrated too (`calibrate_free`), as a constant a1 = a per call (b = 0), so a
 cascade that calls MaG many times is not predicted as if those calls were free.
 
+A forward that verifies a token tree (`csdlib.Tree`) feeds its nodes with a 4D attention mask and
+per-node positions, and is followed by `keep_path` (every layer's keys and values gathered at the
+accepted path): measured for gsm8k-base's target in float32 on 2 threads, a tree review costs 1.03-1.11x
+a chain review feeding as many tokens. A latency model that charged it a + b*n predicted the tuner's tree
+1.2 % faster than its chain; it ran 8 % slower (`benchmarks/speed.py`, 2026-11-30). So trees get their own
+line, tree_a + tree_b*n, timed on the cascade's own tree review (`Cascade.review_tree`, keep_path
+included); a calibration from before has none, and its trees are predicted as chains (`optimize` then
+refuses to search trees).
+
 Calibrations are stored per machine (`default_latency_path`), keyed by model fingerprint, device and
 thread count (`latency_key`); `calibrate_latency` reads them or measures, `stored_latency` only reads.
 """
@@ -33,13 +42,14 @@ from __future__ import annotations
 import statistics
 import time
 
-from .cascade import Cascade
+from .cascade import Cascade, Tree
 from .errors import CSDValueError
 from .protocol import fingerprint, is_free
 
 LATENCY_FORMAT = "csdlib.latency"
 LATENCY_NS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
 ZERO_LATENCY = {"a1": 0.0, "a": 0.0, "b": 0.0, "switch": 0.0}     # the fields of a calibration
+TREE_FIELDS = ("tree_a", "tree_b")      # and of a model timed verifying trees (see calibrate_model)
 
 
 def fit_latency(ns, seconds) -> tuple[float, float]:
@@ -99,8 +109,11 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
     timed call is one greedy review by the cascade's own code (`Cascade.review_greedy`: n - 1 drafted
     tokens, one forward feeding n, softmax, argmax, acceptance), so the cascade's per-call overhead is
     included. With `other` (another HFModel), also `switch`: the median extra time of a one-token
-    review right after a one-token forward of `other` (0 without `other`). Returns {"a1", "a", "b",
-    "switch", "ns", "median_s", "context", "prefill_s"} (seconds)."""
+    review right after a one-token forward of `other` (0 without `other`). A model that verifies trees
+    (`tree_logits`) also gets (tree_a, tree_b): the line through the medians of tree reviews
+    (`Cascade.review_tree`, `keep_path` included) whose forwards feed n tokens, timed in the same loop.
+    Returns {"a1", "a", "b", "switch", "ns", "median_s", "context", "prefill_s"} (seconds), plus
+    "tree_a", "tree_b", "tree_median_s" for a tree-capable model."""
     import random
 
     import torch
@@ -112,13 +125,15 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
     vocab = model.vocab_size
     prompt = [rng.randrange(vocab) for _ in range(context)]
     tail = [rng.randrange(vocab) for _ in range(max(ns))]
-    cascade = Cascade([model], None)
+    trees = callable(getattr(model, "tree_logits", None))
+    cascade = Cascade([model], None, tree=Tree([[2] * max(ns)]) if trees else None)
     seq0 = model.start(prompt)
     tic = time.perf_counter()
     model.logits(seq0, 1)                                # prefill: the whole prompt in one forward
     prefill = time.perf_counter() - tic
     start = len(seq0)
     times: dict[int, list[float]] = {n: [] for n in ns}
+    tree_times: dict[int, list[float]] = {n: [] for n in ns[1:]}
     order = [n for _ in range(warmup + repeats) for n in ns]
     rng.shuffle(order)
     seen = dict.fromkeys(ns, 0)
@@ -134,8 +149,21 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
                 dt = time.perf_counter() - tic
                 if seen[n] > warmup and (n > 1 or r > 0):
                     times[n].append(dt)
+            if trees and n > 1:                          # a tree of n - 1 nodes: a chain, and side branches
+                chain = n // 2                           # at its first n - 1 - chain positions
+                cascade.alts = [[]] * start + [[(t, 0.5)] for t in tail[chain:n - 1]] + [[]] * chain
+                tic = time.perf_counter()
+                cascade.review_tree(0, seq0 + tail[:chain], q[:start + chain], start, cap=start + max(ns) + 2)
+                dt = time.perf_counter() - tic
+                if seen[n] > warmup:
+                    tree_times[n].append(dt)
     medians = [statistics.median(times[n]) for n in ns]
     a, b = fit_latency(ns[1:], medians[1:])
+    tree_fit = {}
+    if trees:
+        tree_medians = [statistics.median(tree_times[n]) for n in ns[1:]]
+        tree_a, tree_b = fit_latency(ns[1:], tree_medians)
+        tree_fit = {"tree_a": tree_a, "tree_b": tree_b, "tree_median_s": tree_medians}
     switch, cold = 0.0, None
     if other is not None:                                # the same review, right after `other`'s forward
         oseq = other.start([rng.randrange(other.vocab_size) for _ in range(context)])
@@ -150,7 +178,7 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
                     cold.append(time.perf_counter() - tic)
         switch = max(0.0, statistics.median(cold) - medians[0])
     return {"a1": medians[0], "a": a, "b": b, "switch": switch, "ns": ns, "median_s": medians,
-            "context": context, "prefill_s": prefill, "other": getattr(other, "name", None)}
+            "context": context, "prefill_s": prefill, "other": getattr(other, "name", None), **tree_fit}
 
 
 def calibrate_free(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 30, warmup: int = 5,
@@ -212,8 +240,9 @@ def _save_latency(entries: dict, path) -> None:
 
 def calibrate_latency(models, *, path=None, threads: int | None = None, force: bool = False,
                       note: str = "", **kwargs) -> dict[str, dict]:
-    """{model name: {"a1", "a", "b"}} for `models`, read from the latency file when a calibration
-    for the same model fingerprint, device and thread count is there, else measured
+    """{model name: {"a1", "a", "b", "switch"} (and "tree_a", "tree_b")} for `models`, read from the
+    latency file when a calibration for the same model fingerprint, device and thread count is there
+    (with its tree line, for a model that verifies trees), else measured
     (`calibrate_model`; a free drafter such as MaG: `calibrate_free`) and stored. A model that neither
     reviews nor proposes (none of csdlib's) gets zeros. `force` re-measures. `threads` (default: torch's current setting)
     is set for the measurement. kwargs go to `calibrate_model`."""
@@ -236,7 +265,8 @@ def calibrate_latency(models, *, path=None, threads: int | None = None, force: b
                 out[m.name] = dict(ZERO_LATENCY)
                 continue
             key = latency_key(m, threads)
-            if force or not set(ZERO_LATENCY) <= set(entries.get(key, {})):   # absent, or from an older format
+            wanted = set(ZERO_LATENCY) | (set(TREE_FIELDS) if callable(getattr(m, "tree_logits", None)) else set())
+            if force or not wanted <= set(entries.get(key, {})):     # absent, or from an older format
                 others = [o for o in models if o is not m and hasattr(o, "logits") and not is_free(o)]
                 other = max(others, key=lambda o: o.cost) if others else None
                 fit = (calibrate_free(m, **{k: v for k, v in kwargs.items() if k in ("context", "ns", "seed")})
@@ -246,7 +276,7 @@ def calibrate_latency(models, *, path=None, threads: int | None = None, force: b
                                 "loadavg_1min": load, "note": note,
                                 "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
                 changed = True
-            out[m.name] = {k: entries[key][k] for k in ZERO_LATENCY}
+            out[m.name] = _fields(entries[key])
     finally:
         torch.set_num_threads(before)
     if changed:
@@ -265,8 +295,14 @@ def stored_latency(models, *, path=None, threads: int | None = None) -> dict[str
         entry = entries.get(latency_key(m, threads))
         if entry is None or not set(ZERO_LATENCY) <= set(entry):
             return None
-        out[m.name] = {k: entry[k] for k in ZERO_LATENCY}
+        out[m.name] = _fields(entry)
     return out
+
+
+def _fields(entry: dict) -> dict:
+    """What the latency model reads of a stored calibration: a1, a, b, switch (and tree_a, tree_b when
+    the model was timed verifying trees)."""
+    return {k: entry[k] for k in (*ZERO_LATENCY, *TREE_FIELDS) if k in entry}
 
 
 def forward_seconds(latency: dict, n: int) -> float:
@@ -276,9 +312,13 @@ def forward_seconds(latency: dict, n: int) -> float:
 
 def model_seconds(stats, name: str, latency: dict) -> float:
     """Predicted seconds of the forwards of model `name` in `stats` (a `Stats`), without the switch
-    penalty: a1 * one_token_calls + a * (other calls) + b * (tokens those fed)."""
+    penalty: a1 * one_token_calls + a * (chain calls) + b * (tokens those fed) + tree_a * tree_calls +
+    tree_b * (tokens those fed); a calibration without a tree line charges tree forwards a + b*n."""
     lat, calls, ones = latency[name], stats.calls[name], stats.one_token_calls.get(name, 0)
-    return lat["a1"] * ones + lat["a"] * (calls - ones) + lat["b"] * (stats.tokens_fed.get(name, 0) - ones)
+    trees, tree_fed = stats.tree_calls.get(name, 0), stats.tree_tokens_fed.get(name, 0)
+    chain_fed = stats.tokens_fed.get(name, 0) - ones - tree_fed
+    return (lat["a1"] * ones + lat["a"] * (calls - ones - trees) + lat["b"] * chain_fed
+            + lat.get("tree_a", lat["a"]) * trees + lat.get("tree_b", lat["b"]) * tree_fed)
 
 
 def predict_wall_time(stats, latency: dict) -> float:

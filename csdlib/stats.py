@@ -6,8 +6,10 @@
 
 `calls` counts every forward pass of each model (review or propose; MaG's proposals count as calls
 too, at cost 0); `tokens_fed` the tokens those forwards fed, `one_token_calls` how many of them fed
-exactly one token and `switch_calls` how many came right after another model's forward (the latency
-model, `csdlib.latency`, needs all four). `levels` has one entry per reviewing level (every model but the last; the target alone for
+exactly one token and `switch_calls` how many came right after another model's forward;
+`tree_calls` / `tree_tokens_fed` count the forwards that verified a token tree (`csdlib.Tree`) and the
+tokens they fed (a tree forward costs more than a chain forward of as many tokens: the latency model,
+`csdlib.latency`, needs all of these). `levels` has one entry per reviewing level (every model but the last; the target alone for
 AR), with drafted / accepted counts in total and per draft position (position 0 = the first token
 after the accepted prefix). Only positions up to the output's EOS count. With tree drafts
 (`csdlib.Tree`), `accepted_by_rank[d][r - 1]` counts the accepted tokens at depth d that were a branch of
@@ -77,14 +79,15 @@ class Stats:
     levels: list[LevelStats] = field(default_factory=list)
     one_token_calls: dict[str, int] = field(default_factory=dict)
     switch_calls: dict[str, int] = field(default_factory=dict)
+    tree_calls: dict[str, int] = field(default_factory=dict)
+    tree_tokens_fed: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, names: list[str]) -> "Stats":
         """Zero counters for models `names` (target first)."""
         reviewers = names[:max(1, len(names) - 1)]
         return cls(0, dict.fromkeys(names, 0), dict.fromkeys(names, 0), dict.fromkeys(names, 0),
-                   [LevelStats(i, n) for i, n in enumerate(reviewers)], dict.fromkeys(names, 0),
-                   dict.fromkeys(names, 0))
+                   [LevelStats(i, n) for i, n in enumerate(reviewers)], *(dict.fromkeys(names, 0) for _ in range(4)))
 
     def merge(self, other: "Stats") -> "Stats":
         """Sum of two Stats (models and levels matched by name and index)."""
@@ -99,7 +102,8 @@ class Stats:
         return Stats(self.new_tokens + other.new_tokens, add(self.calls, other.calls),
                      add(self.tokens_fed, other.tokens_fed), add(self.encoder_calls, other.encoder_calls),
                      levels, add(self.one_token_calls, other.one_token_calls),
-                     add(self.switch_calls, other.switch_calls))
+                     add(self.switch_calls, other.switch_calls), add(self.tree_calls, other.tree_calls),
+                     add(self.tree_tokens_fed, other.tree_tokens_fed))
 
     @classmethod
     def merge_all(cls, stats) -> "Stats":
@@ -122,11 +126,12 @@ class Stats:
                      for name in PER_MODEL}
         return cls(int(d.get("new_tokens", 0)), per_model["calls"], per_model["tokens_fed"],
                    per_model["encoder_calls"], [LevelStats(**lv) for lv in d.get("levels", [])],
-                   per_model["one_token_calls"], per_model["switch_calls"])
+                   per_model["one_token_calls"], per_model["switch_calls"], per_model["tree_calls"],
+                   per_model["tree_tokens_fed"])
 
 
 #: the per-model counters of `Stats` (dicts model name -> count)
-PER_MODEL = ("calls", "tokens_fed", "encoder_calls", "one_token_calls", "switch_calls")
+PER_MODEL = ("calls", "tokens_fed", "encoder_calls", "one_token_calls", "switch_calls", "tree_calls", "tree_tokens_fed")
 
 
 def _nested(d: dict) -> dict:

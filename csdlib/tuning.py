@@ -238,6 +238,10 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
     n = len(drafters)
     mag, mag_max, extra_int = _search_space(drafters, prompts, k_max, mag_k_max, tree_max)
     latency, tables = _objective_basis(objective, [target, *drafters], latency)
+    if "tree_width" in extra_int and latency is not None and "tree_a" not in latency[target.name]:
+        raise CSDValueError(f"tree_max: the latency calibration of {target.name!r} has no tree line (tree_a, "
+                            "tree_b; calibrated before trees were timed), so trees would be predicted as cheap "
+                            "as chains; recalibrate (csd calibrate --force) or pass tree_max=None")
     seed_mode_mag = "mag_k" in extra_int
     old_k = mag.k if mag is not None else None
     if lenience_range is not None and n < 2:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tiny
-from csdlib import BigramTable, HFModel, MaG, Stats, generate
+from csdlib import BigramTable, HFModel, MaG, Stats, Tree, generate
 from csdlib import latency
 from csdlib.cache import build_target_cache
 from csdlib.errors import CSDValueError
@@ -78,6 +78,15 @@ def test_tokens_fed_ar_and_cached_target_replays_them_exactly(models, tmp_path):
         assert fast.switch_calls == real.switch_calls
         assert real.tokens_fed["target"] > real.calls["target"] > real.one_token_calls["target"]
         assert real.tokens_fed["mag"] == 0
+        assert real.tree_calls == {"target": 0, "mid": 0, "mag": 0}
+    # tree drafts: the tree forwards and their tokens are counted apart, the same replayed as real
+    tree = Tree([[2, 2, 2]], extend=1)
+    real = evaluate_cascade(target, [mid, mag], prompts, [[3, 2], [0, 2]], 2.0, max_new_tokens=24, tree=tree)["stats"]
+    fast = evaluate_cascade(cached, [mid, mag], prompts, [[3, 2], [0, 2]], 2.0, max_new_tokens=24, tree=tree)["stats"]
+    assert fast.tree_calls == real.tree_calls and fast.tree_tokens_fed == real.tree_tokens_fed
+    assert 0 < real.tree_calls["target"] <= real.calls["target"] - 1                  # the prefill is a chain
+    assert real.tree_tokens_fed["target"] >= 2 * real.tree_calls["target"] and real.tree_calls["mid"] == 0
+    assert Stats.from_dict(real.to_dict()) == real
 
 
 def test_predict_wall_time_and_ar():
@@ -96,6 +105,12 @@ def test_predict_wall_time_and_ar():
     assert latency.latency_costs(lat) == {"t": 4.0, "d": 1.0, "mag": 0.0}
     with pytest.raises(CSDValueError, match="no calibration for model"):
         latency.predict_wall_time(Stats(calls={"x": 1}, tokens_fed={"x": 1}), lat)
+    # tree forwards: their own line; a calibration without one prices them as chains
+    trees = Stats(calls={"t": 3}, tokens_fed={"t": 20}, one_token_calls={"t": 0}, tree_calls={"t": 2},
+                  tree_tokens_fed={"t": 16})
+    assert latency.predict_wall_time(trees, lat) == pytest.approx(3 * 5 + 0.5 * 20)
+    lat["t"].update(tree_a=7.0, tree_b=0.75)
+    assert latency.predict_wall_time(trees, lat) == pytest.approx(1 * 5 + 0.5 * 4 + 2 * 7.0 + 0.75 * 16)
 
 
 def test_calibration_is_stored_keyed_and_reused(models, tmp_path, monkeypatch):
@@ -104,6 +119,8 @@ def test_calibration_is_stored_keyed_and_reused(models, tmp_path, monkeypatch):
     lat = latency.calibrate_latency([target, mid, mag], path=path, threads=1, repeats=2, warmup=0,
                                  ns=(1, 2, 3), context=8)
     assert set(lat) == {"target", "mid", "mag"} and lat["target"]["a1"] > 0
+    # a model that verifies trees gets its tree line too (timed on the cascade's tree review); MaG none
+    assert {"tree_a", "tree_b"} <= set(lat["target"]) & set(lat["mid"]) and "tree_a" not in lat["mag"]
     # MaG runs no forward but its calls take time: one constant per call, much less than a forward
     assert 0 < lat["mag"]["a1"] == lat["mag"]["a"] < lat["mid"]["a1"] and lat["mag"]["b"] == 0
     data = json.loads(path.read_text())
@@ -112,6 +129,8 @@ def test_calibration_is_stored_keyed_and_reused(models, tmp_path, monkeypatch):
     assert {e["name"]: e.get("other") for e in data["entries"].values()} == {"target": "mid", "mid": "target",
                                                                              "mag": None}
     assert all(e["switch"] >= 0 for e in data["entries"].values())
+    assert all(len(e["tree_median_s"]) == 2 and min(e["tree_median_s"]) > 0 for e in data["entries"].values()
+               if e["name"] != "mag")                                     # n = 2 and 3
     keys = sorted(data["entries"])
     assert keys == sorted([latency.latency_key(target, 1), latency.latency_key(mid, 1), latency.latency_key(mag, 1)])
     assert all(k.endswith("|cpu|1threads") for k in keys)
@@ -124,6 +143,13 @@ def test_calibration_is_stored_keyed_and_reused(models, tmp_path, monkeypatch):
     assert latency.stored_latency([other], path=path, threads=1) is None
     cached = build_target_cache(target, [[1, 2, 3]], 4, tmp_path / "c.jsonl")
     assert latency.stored_latency([cached], path=path, threads=1) == {"target": lat["target"]}
+    # an entry stored before trees were timed is measured again, once
+    data["entries"][latency.latency_key(target, 1)].pop("tree_a")
+    path.write_text(json.dumps(data))
+    monkeypatch.undo()
+    again = latency.calibrate_latency([target, mid, mag], path=path, threads=1, repeats=2, warmup=0, ns=(1, 2, 3),
+                                      context=8)
+    assert again["mid"] == lat["mid"] and again["target"] != lat["target"] and "tree_a" in again["target"]
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(CSDValueError, match="not a csdlib latency file"):
         latency.load_latency(tmp_path / "bad.json")

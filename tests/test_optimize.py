@@ -132,19 +132,32 @@ def test_optimize_tries_each_single_drafter_first(setup):
 def test_optimize_searches_trees_and_picks_them_only_where_verifying_is_cheap(setup):
     """With `tree_max`, tree shapes are searched with the k-matrix. Where a fed token costs nothing the
     tuner picks a tree (more tokens per target call); where every fed token costs as much as a forward
-    it keeps the chain, which is always tried first: it never picks a tree it predicts slower."""
+    it keeps the chain, which is always tried first: it never picks a tree it predicts slower. A tree
+    forward has its own line (tree_a + tree_b*n): with chains as cheap as before but a tree forward twice
+    a chain's, the chain is kept too."""
     cached, drafters, prompts = setup
-    cheap = {"target": {"a1": 1.0, "a": 1.0, "b": 0.0}, "mid": {"a1": 0.01, "a": 0.01, "b": 0.0},
-             "small": {"a1": 0.01, "a": 0.01, "b": 0.0}, "mag": ZERO_LATENCY}
-    dear = {**cheap, "target": {"a1": 1.0, "a": 1.0, "b": 1.0}}
+    cheap = {"target": {"a1": 1.0, "a": 1.0, "b": 0.0, "tree_a": 1.0, "tree_b": 0.0},
+             "mid": {"a1": 0.01, "a": 0.01, "b": 0.0}, "small": {"a1": 0.01, "a": 0.01, "b": 0.0}, "mag": ZERO_LATENCY}
+    dear = {**cheap, "target": {"a1": 1.0, "a": 1.0, "b": 1.0, "tree_a": 1.0, "tree_b": 1.0}}
+    dear_trees = {**cheap, "target": {"a1": 1.0, "a": 1.0, "b": 0.0, "tree_a": 2.0, "tree_b": 0.0}}
     start = ([[2, 0, 0], [0, 0, 0], [0, 0, 0]], 1.0)
     tuned = {name: optimize(cached, drafters, prompts, "latency", latency=lat, n_trials=20, k_max=3, max_new_tokens=24,
                             start=start, seed=0, tree_max=(3, 3, 2), lenience_range=None, prune=False)
-             for name, lat in (("cheap", cheap), ("dear", dear))}
-    assert tuned["cheap"].tree is not None and tuned["dear"].tree is None
+             for name, lat in (("cheap", cheap), ("dear", dear), ("dear_trees", dear_trees))}
+    assert tuned["cheap"].tree is not None and tuned["dear"].tree is None and tuned["dear_trees"].tree is None
     chain = evaluate_cascade(cached, drafters, prompts, tuned["cheap"].k_matrix, max_new_tokens=24, latency=cheap)
     assert tuned["cheap"].value > chain["predicted_speedup"]          # the tree beats its own chain
     assert tuned["cheap"].evaluation["tokens_per_target_call"] > chain["tokens_per_target_call"]
     assert tuned["cheap"].as_default()["tree"] == {"widths": [list(r) for r in tuned["cheap"].tree.widths],
                                                    "extend": tuned["cheap"].tree.extend}
     assert tuned["dear"].as_default()["tree"] is None
+
+
+def test_optimize_refuses_trees_without_a_tree_line(setup):
+    """A calibration from before trees were timed would price a tree forward as a chain's: refused."""
+    cached, drafters, prompts = setup
+    lat = {"target": {"a1": 1.0, "a": 1.0, "b": 0.0}, "mid": {"a1": 0.01, "a": 0.01, "b": 0.0},
+           "small": {"a1": 0.01, "a": 0.01, "b": 0.0}, "mag": ZERO_LATENCY}
+    with pytest.raises(CSDValueError, match=r"tree_max: the latency calibration of 'target' has no tree line"):
+        optimize(cached, drafters, prompts, "latency", latency=lat, n_trials=2, max_new_tokens=8, tree_max=(2, 2, 0))
+    optimize(cached, drafters, prompts, "latency", latency=lat, n_trials=2, max_new_tokens=8)   # chains: fine

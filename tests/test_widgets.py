@@ -29,7 +29,7 @@ def cascade(tmp_path_factory):
     prompts = [torch.randint(0, target.vocab_size, (n,), generator=g).tolist() for n in (5, 9)]
     cached = build_target_cache(target, prompts, 12, tmp_path_factory.mktemp("widgets") / "cache.jsonl")
     # a made-up latency model (seconds): predicted speedups without a calibration run
-    latency = {m.name: {"a1": c, "a": c, "b": c / 10, "switch": 0.0}
+    latency = {m.name: {"a1": c, "a": c, "b": c / 10, "switch": 0.0, "tree_a": 1.1 * c, "tree_b": c / 10}
                for m, c in ((target, 1e-2), (mid, 2e-3), (small, 1e-3), (mag, 1e-5))}
     return target, cached, [mid, small, mag], prompts, latency
 
