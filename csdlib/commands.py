@@ -243,8 +243,10 @@ def cmd_calibrate(args) -> int:
                             note=args.note, repeats=args.repeats, context=args.context)
     print(f"latency file: {args.out or default_latency_path()} ({threads} thread(s), {args.dtype or 'float32'})")
     for name, v in lat.items():
+        tree = (f"; a tree of n tokens: {v['tree_a'] * 1e3:7.3f} ms + n x {v['tree_b'] * 1e3:6.4f} ms"
+                if "tree_a" in v else "")
         print(f"  {name:<8} one token {v['a1'] * 1e3:7.3f} ms; n >= 2 tokens: {v['a'] * 1e3:7.3f} ms "
-              f"+ n x {v['b'] * 1e3:6.4f} ms")
+              f"+ n x {v['b'] * 1e3:6.4f} ms{tree}")
     return 0
 
 

@@ -10,7 +10,7 @@ from csdlib.cache import build_target_cache
 from csdlib.cost import expected_speedup
 from csdlib.latency import ZERO_LATENCY
 from csdlib.errors import CSDValueError
-from csdlib.tuning import evaluate_cascade, k_matrix_from_params, optimize, search
+from csdlib.tuning import evaluate_cascade, k_matrix_from_params, optimize, search, tree_of
 
 
 def test_search_finds_the_optimum_of_a_separable_landscape():
@@ -145,6 +145,11 @@ def test_optimize_searches_trees_and_picks_them_only_where_verifying_is_cheap(se
                             start=start, seed=0, tree_max=(3, 3, 2), lenience_range=None, prune=False)
              for name, lat in (("cheap", cheap), ("dear", dear), ("dear_trees", dear_trees))}
     assert tuned["cheap"].tree is not None and tuned["dear"].tree is None and tuned["dear_trees"].tree is None
+    # a tree is chosen only when predicted `tree_margin` better than the best chain tried
+    gain = tuned["cheap"].value / max(t.value for t in tuned["cheap"].study.trials if tree_of(t.params) is None)
+    wary = optimize(cached, drafters, prompts, "latency", latency=cheap, n_trials=20, k_max=3, max_new_tokens=24,
+                    start=start, seed=0, tree_max=(3, 3, 2), lenience_range=None, prune=False, tree_margin=gain - 1 + 0.01)
+    assert gain > 1.01 and wary.tree is None and wary.value == pytest.approx(tuned["cheap"].value / gain)
     chain = evaluate_cascade(cached, drafters, prompts, tuned["cheap"].k_matrix, max_new_tokens=24, latency=cheap)
     assert tuned["cheap"].value > chain["predicted_speedup"]          # the tree beats its own chain
     assert tuned["cheap"].evaluation["tokens_per_target_call"] > chain["tokens_per_target_call"]
