@@ -41,6 +41,7 @@ import platform
 import sys
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -90,6 +91,9 @@ def parse_args(argv=None):
     p.add_argument("--tree", default="auto",
                    help="tree CSD's tree: W:E (width W at every draft position of the target's review, E MaG "
                         "tokens per branch), auto (the family's tuned tree, else 3:3) or off")
+    p.add_argument("--peers", choices=["default", "all"], default="all",
+                   help="transformers' assisted generation with each drafter on its default schedule (default), "
+                        "or also with SD's constant k (all)")
     p.add_argument("--out", required=True, help="folder for speed.md, speed.csv, speed.json")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -182,9 +186,10 @@ def build_methods(fam, args, chosen, eos):
         if d is mag:
             continue
         methods[f"HF assisted({d.name}) default"] = ("hf peer", assisted(d))
-        methods[f"HF assisted({d.name}) k={chosen[d.name]}"] = ("hf peer", assisted(
-            d, num_assistant_tokens=chosen[d.name], num_assistant_tokens_schedule="constant",
-            assistant_confidence_threshold=0.0))
+        if args.peers == "all":
+            methods[f"HF assisted({d.name}) k={chosen[d.name]}"] = ("hf peer", assisted(
+                d, num_assistant_tokens=chosen[d.name], num_assistant_tokens_schedule="constant",
+                assistant_confidence_threshold=0.0))
     methods[f"HF prompt lookup({args.lookup})"] = ("hf peer", hf(prompt_lookup_num_tokens=args.lookup))
     return methods
 
@@ -287,7 +292,9 @@ def measure(args, dtype, device, log) -> dict:
     df = table(rows, methods, target, models, latency)
     ties = [{"method": n, **v} for n, r in rows.items() for v in r["verdicts"] if v["verdict"] != "identical"]
     return {"dtype": dtype, "df": df, "prompts": len(rows["HF greedy"]["verdicts"]), "ties": ties, "sd_k": chosen, "k_matrix": fam.k_matrix,
-            "lenience": fam.lenience, "latency": latency, "tune": (TUNE_OFFSET, TUNE_OFFSET + len(tune) - 1),
+            "lenience": fam.lenience, "mag_k": next((d.k for d in fam.drafters if is_free(d)), None),
+            "tree": tree_label(tree) if (tree := tree_of_flag(args.tree, fam)) is not None else None,
+            "latency": latency, "tune": (TUNE_OFFSET, TUNE_OFFSET + len(tune) - 1),
             "float32_logits": has_float32_logits(target)}
 
 
@@ -347,6 +354,7 @@ def main(argv=None) -> int:
     pd.concat([r["df"].assign(dtype=r["dtype"]) for r in runs]).to_csv(out_dir / "speed.csv")
     (out_dir / "speed.json").write_text(json.dumps({
         "family": args.family, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens, **machine,
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command, "runs": [{**{k: v for k, v in r.items() if k != "df"},
                                       "rows": json.loads(r["df"].reset_index().to_json(orient="records"))}
                                      for r in runs]}, indent=1, default=str) + "\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -42,7 +43,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     dev = load_gsm8k("dev", args.data_dir)[:args.prompts]
     result = {"command": "python benchmarks/ties.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              **hardware(), "settings": {}}
+              **hardware(), "torch": torch.__version__, "threads": args.threads, "settings": {},
+              "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     for f32 in (False, True):
         fam = zoo.load(args.family, dtype=args.dtype, float32_logits=f32)
         target, ds = fam.target, fam.drafters

@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import platform
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -104,6 +105,10 @@ def main(argv=None) -> int:
              f"{json.dumps(machine)}. Default k-matrix {fam.k_matrix}.", "",
              df.drop(columns=["seconds"]).to_markdown(index=False, floatfmt=".2f")]
     (out / "tree.md").write_text("\n".join(lines) + "\n")
+    (out / "tree.json").write_text(json.dumps({
+        "family": fam.name, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+        "k_matrix": fam.k_matrix, "command": command, **machine,
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=1) + "\n")
     if ranks is not None:
         width, k_name, level = ranks
         accepted_by_rank(level, out / "ranks.png", title=f"{fam.name}: which branch the target accepted "

@@ -252,6 +252,8 @@ def calibrate_latency(models, *, path=None, threads: int | None = None, force: b
 
     import torch
 
+    from .precision import hardware
+
     path = Path(path) if path is not None else default_latency_path()
     entries = load_latency(path)
     before = torch.get_num_threads()
@@ -273,6 +275,8 @@ def calibrate_latency(models, *, path=None, threads: int | None = None, force: b
                        if free else calibrate_model(m, other=other, **kwargs))
                 load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
                 entries[key] = {**fit, "name": m.name, "device": _device_of(m), "threads": threads,
+                                "dtype": str(getattr(getattr(m, "model", None), "dtype", "")).replace("torch.", "") or None,
+                                "cpu": hardware().get("cpu"), "cpu_isa": hardware().get("cpu_isa"),
                                 "loadavg_1min": load, "note": note,
                                 "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
                 changed = True
