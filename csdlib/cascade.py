@@ -25,8 +25,8 @@ also accepted when `p(x) > q(x) / lenience`.
 
 **Tree drafts** (`tree=Tree(...)`, greedy): a reviewing level verifies a token tree instead of a chain,
 in one forward pass (`HFModel.tree_logits`): the draft chain, plus at chosen draft positions the best
-other candidates of the model that chose the chain's token there (a neural drafter's top-n; MaG's
-tokens have none), each continued by the bottom free drafter. It keeps the longest root path of its
+other candidates of the model that chose the chain's token there (a neural drafter's top-n; MaG's other
+max-gram continuations and its bigram successor), each continued by the bottom free drafter. It keeps the longest root path of its
 own choices (lenient at inner levels, as in the chain) plus one token of its own, and only that path in
 its KV cache. The target still accepts only its argmax: the output stays the target's greedy output.
 
@@ -253,7 +253,7 @@ class Cascade:
         point masses."""
         if is_free(self.models[i]):
             tokens, _ = self.models[i].propose(seq, n)
-            self.note(len(seq), [None] * len(tokens), tokens)        # point masses: no alternatives
+            self.note_free(i, seq, tokens)
             return tokens, [1.0 if self.sampler is None else None] * len(tokens)
         seq, tokens, qs = list(seq), [], []
         for _ in range(n):
@@ -358,6 +358,17 @@ class Cascade:
             best = [] if row is None else zip(*[x.tolist() for x in row.topk(min(self.tree.most, len(row)))])
             alts.append([(int(t), float(v)) for v, t in best if t != token][:self.tree.most - 1])
         self.alts = self.alts[:start] + alts
+
+    def note_free(self, i: int, seq: list[int], tokens: list[int]) -> None:
+        """Tree drafts: a free drafter's tokens are point masses; its other candidates at each position
+        come from its `alternatives` (MaG: other max-gram continuations, the bigram successor), each a
+        point mass too (q = 1)."""
+        model = self.models[i]
+        if self.tree is None or self.tree.most < 2 or not callable(getattr(model, "alternatives", None)):
+            return self.note(len(seq), [None] * len(tokens), tokens)
+        alts = [[(t, 1.0) for t in model.alternatives(seq + tokens[:j], self.tree.most) if t != token][:self.tree.most - 1]
+                for j, token in enumerate(tokens)]
+        self.alts = self.alts[:len(seq)] + alts
 
     def review_sampling(self, i: int, seq: list[int], q: list, start: int):
         """Speculative sampling: seq[start:] drawn from q is turned into tokens drawn from level i's p."""

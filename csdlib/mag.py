@@ -137,6 +137,31 @@ def _longest_suffix_match(haystack: np.ndarray, seq: np.ndarray, n: int) -> list
     return haystack[e + 1:e + 1 + n].tolist()
 
 
+def _successors(haystack: np.ndarray, seq: np.ndarray, n: int) -> list[int]:
+    """Up to n distinct tokens that followed occurrences, in haystack, of suffixes of seq: the longest
+    suffix's first (earliest occurrence first), then shorter suffixes'. The first is what
+    `_longest_suffix_match` continues with."""
+    if len(seq) == 0 or len(haystack) < 2:
+        return []
+    ends = np.flatnonzero(haystack[:-1] == seq[-1])
+    found, length = [ends], 1
+    while len(ends) and length < len(seq):
+        starts = ends - length
+        ends = ends[(starts >= 0) & (haystack[np.maximum(starts, 0)] == seq[-length - 1])]
+        if len(ends) == 0:
+            break
+        found.append(ends)
+        length += 1
+    out: list[int] = []
+    for ends in reversed(found):                           # longest match first
+        for t in haystack[ends + 1].tolist():
+            if t not in out:
+                out.append(t)
+                if len(out) == n:
+                    return out
+    return out
+
+
 class MaG:
     """Max-Gram drafter: prompt max-gram, then sequence max-gram, then bigram table. Costs nothing.
 
@@ -201,6 +226,19 @@ class MaG:
     def draft_size(self, need: int) -> int:
         """Tokens one call proposes when the cascade asks for `need`: min(need, k), or k in seed mode."""
         return self.k if self.seed_mode else max(0, min(int(need), self.k))
+
+    def alternatives(self, seq: list[int], n: int) -> list[int]:
+        """Up to n candidates for the token after `seq`, best first (tree drafts): what followed the
+        suffix matches in the prompt (longest match first, earliest occurrence first), then in the
+        sequence itself, then the bigram table's successor of the last token. The first is the token
+        MaG would propose. One call (counted)."""
+        self.calls += 1
+        arr = np.asarray(seq, dtype=np.int64)
+        out = _successors(np.asarray(self._prompt, dtype=np.int64), arr, n)
+        for t in _successors(arr, arr, n) + ([self.table[int(arr[-1])]] if len(arr) else []):
+            if t not in out and len(out) < n:
+                out.append(t)
+        return out
 
     def propose(self, seq: list[int], n: int) -> tuple[list[int], list[float]]:
         """`draft_size(n)` tokens after `seq`, each a point mass (q = 1). The cascade asks again while

@@ -189,3 +189,43 @@ def test_compat_mag_is_in_seed_mode_and_modes_fingerprint_apart(tmp_path):
     assert mag.seed_mode and mag.k == 10
     assert fingerprint(mag) != fingerprint(MaG(mag.table, k=10))
     assert fingerprint(mag) == fingerprint(MaG(mag.table, k=10, seed_mode=True))
+
+
+def test_alternatives_are_other_continuations_best_first():
+    """Tree drafts ask MaG for its other candidates: the longest prompt match's continuations (earliest
+    first), then shorter matches', then the sequence's own matches, then the bigram successor; the first
+    is what MaG proposes; each call counts."""
+    mag = MaG(table([(3, 44)]), k=2)
+    prompt = [9, 3, 7, 8, 1, 3, 6, 5, 3, 2]
+    mag.start(prompt)
+    seq = [20, 1, 3]
+    assert mag.draft(prompt, seq, k=1) == [6]
+    # [1, 3] is followed by 6; [3] alone by 7, 6, 2; then the bigram table's 44
+    assert mag.alternatives(seq, 5) == [6, 7, 2, 44]
+    assert mag.alternatives(seq, 2) == [6, 7]
+    assert mag.alternatives([20, 11, 12, 11], 3) == [12, 0]   # the sequence's own match, then the bigram's default
+    assert mag.calls == 3
+    mag.start([])
+    assert mag.alternatives([], 3) == []
+
+
+def test_a_tree_over_mag_drafts_branches_at_its_other_candidates():
+    """SD(MaG) with a tree: MaG's other candidates become branches the target can take (rank 2), and
+    the output stays the target's greedy output."""
+    import torch
+
+    import csdlib
+    from csdlib import HFModel, Tree
+    from tiny import VOCAB, llama
+
+    target = HFModel(llama(0), name="t")
+    g = torch.Generator().manual_seed(0)
+    text = torch.randint(0, 8, (200,), generator=g).tolist()      # a small alphabet: many repeats
+    mag = MaG(BigramTable.from_sequences([text], VOCAB), k=3)
+    prompt = text[:40]
+    ar = csdlib.generate(target, [], prompt, max_new_tokens=40)
+    out = csdlib.generate(target, [mag], prompt, k_matrix=[[3]], max_new_tokens=40, tree=Tree([[3, 3, 3]]))
+    assert out.new_tokens == ar.new_tokens
+    ranks = out.stats.levels[0].accepted_by_rank
+    assert sum(row[1] + row[2] for row in ranks if len(row) > 2) > 0           # branches were taken
+    assert any(r > 1 for t in out.trees for r in t["ranks"])
