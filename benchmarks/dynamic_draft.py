@@ -11,7 +11,6 @@ neural drafter at k = 4 and a cascade with the neural drafters' row filled, each
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -24,14 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from csdlib import generate, zoo  # noqa: E402
 from csdlib.datasets import load_gsm8k  # noqa: E402
 
+from common import gsm8k_parser  # noqa: E402
+
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--family", default="gsm8k-tiny")
-    p.add_argument("--prompts", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--data-dir", default=None)
+    p = gsm8k_parser(__doc__, family="gsm8k-tiny", prompts=16, threads=os.cpu_count())
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     fam = zoo.load(a.family)

@@ -11,7 +11,6 @@ time, so a busy machine gives the same table. Writes ties.md and ties.json under
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from datetime import datetime, timezone
@@ -27,17 +26,13 @@ from csdlib.protocol import is_free  # noqa: E402
 from csdlib.datasets import load_gsm8k  # noqa: E402
 from csdlib.precision import audit, counts, describe, hardware  # noqa: E402
 
+from common import gsm8k_parser  # noqa: E402
 from speed import cut_at_eos, hf_generate  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--family", default="gsm8k-base")
+    p = gsm8k_parser(__doc__, family="gsm8k-base", prompts=50, threads=2)
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--prompts", type=int, default=50)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
