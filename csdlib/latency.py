@@ -48,6 +48,7 @@ from .protocol import fingerprint, is_free
 
 LATENCY_FORMAT = "csdlib.latency"
 LATENCY_NS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
+TREE_NS = (2, 4, 8, 16, 32, 48, 64)       # trees feed more: up to about 100 tokens for width 4 over 8 positions
 ZERO_LATENCY = {"a1": 0.0, "a": 0.0, "b": 0.0, "switch": 0.0}     # the fields of a calibration
 TREE_FIELDS = ("tree_a", "tree_b")      # and of a model timed verifying trees (see calibrate_model)
 
@@ -101,7 +102,7 @@ def latency_key(model, threads: int | None = None) -> str:
 
 
 def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 15, warmup: int = 3,
-                    seed: int = 0, other=None) -> dict:
+                    seed: int = 0, other=None, tree_ns=TREE_NS) -> dict:
     """Time forwards of `model` (an `HFModel`) feeding n tokens with a KV cache holding `context` tokens,
     for each n in `ns` (interleaved in random order, so a change of machine load hits every n alike;
     n = 1 as runs of 4 one-token forwards, the 2nd to 4th timed, as they come in decoding and drafting);
@@ -111,7 +112,9 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
     included. With `other` (another HFModel), also `switch`: the median extra time of a one-token
     review right after a one-token forward of `other` (0 without `other`). A model that verifies trees
     (`tree_logits`) also gets (tree_a, tree_b): the line through the medians of tree reviews
-    (`Cascade.review_tree`, `keep_path` included) whose forwards feed n tokens, timed in the same loop.
+    (`Cascade.review_tree`, `keep_path` included) whose forwards feed n tokens, n in `tree_ns` (wider
+    than `ns`: a tree feeds far more tokens than a chain, and over 2..16 tokens the line is too flat to
+    extrapolate: measured, it predicted a 47-token tree forward at half its time).
     Returns {"a1", "a", "b", "switch", "ns", "median_s", "context", "prefill_s"} (seconds), plus
     "tree_a", "tree_b", "tree_median_s" for a tree-capable model."""
     import random
@@ -124,16 +127,15 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
     rng = random.Random(seed)
     vocab = model.vocab_size
     prompt = [rng.randrange(vocab) for _ in range(context)]
-    tail = [rng.randrange(vocab) for _ in range(max(ns))]
+    tail = [rng.randrange(vocab) for _ in range(max([*ns, *tree_ns]))]
     trees = callable(getattr(model, "tree_logits", None))
-    cascade = Cascade([model], None, tree=Tree([[2] * max(ns)]) if trees else None)
+    cascade = Cascade([model], None, tree=Tree([[2] * len(tail)]) if trees else None)
     seq0 = model.start(prompt)
     tic = time.perf_counter()
     model.logits(seq0, 1)                                # prefill: the whole prompt in one forward
     prefill = time.perf_counter() - tic
     start = len(seq0)
     times: dict[int, list[float]] = {n: [] for n in ns}
-    tree_times: dict[int, list[float]] = {n: [] for n in ns[1:]}
     order = [n for _ in range(warmup + repeats) for n in ns]
     rng.shuffle(order)
     seen = dict.fromkeys(ns, 0)
@@ -149,21 +151,9 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
                 dt = time.perf_counter() - tic
                 if seen[n] > warmup and (n > 1 or r > 0):
                     times[n].append(dt)
-            if trees and n > 1:                          # a tree of n - 1 nodes: a chain, and side branches
-                chain = n // 2                           # at its first n - 1 - chain positions
-                cascade.alts = [[]] * start + [[(t, 0.5)] for t in tail[chain:n - 1]] + [[]] * chain
-                tic = time.perf_counter()
-                cascade.review_tree(0, seq0 + tail[:chain], q[:start + chain], start, cap=start + max(ns) + 2)
-                dt = time.perf_counter() - tic
-                if seen[n] > warmup:
-                    tree_times[n].append(dt)
     medians = [statistics.median(times[n]) for n in ns]
     a, b = fit_latency(ns[1:], medians[1:])
-    tree_fit = {}
-    if trees:
-        tree_medians = [statistics.median(tree_times[n]) for n in ns[1:]]
-        tree_a, tree_b = fit_latency(ns[1:], tree_medians)
-        tree_fit = {"tree_a": tree_a, "tree_b": tree_b, "tree_median_s": tree_medians}
+    tree_fit = _time_trees(cascade, seq0, tail, sorted(set(tree_ns)), repeats, warmup, rng) if trees else {}
     switch, cold = 0.0, None
     if other is not None:                                # the same review, right after `other`'s forward
         oseq = other.start([rng.randrange(other.vocab_size) for _ in range(context)])
@@ -179,6 +169,33 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
         switch = max(0.0, statistics.median(cold) - medians[0])
     return {"a1": medians[0], "a": a, "b": b, "switch": switch, "ns": ns, "median_s": medians,
             "context": context, "prefill_s": prefill, "other": getattr(other, "name", None), **tree_fit}
+
+
+def _time_trees(cascade, seq0: list[int], tail: list[int], tree_ns, repeats: int, warmup: int, rng) -> dict:
+    """Tree reviews whose forward feeds n tokens (a chain of n // 2 drafted tokens and a side branch at
+    each of its first positions, n - 1 nodes in all), interleaved in random order; the line through the
+    medians."""
+    import torch
+
+    start = len(seq0)
+    times: dict[int, list[float]] = {n: [] for n in tree_ns}
+    order = [n for _ in range(warmup + repeats) for n in tree_ns]
+    rng.shuffle(order)
+    seen = dict.fromkeys(tree_ns, 0)
+    with torch.no_grad():
+        for n in order:
+            chain = n // 2
+            cascade.alts = [[]] * start + [[(t, 0.5)] for t in tail[chain:n - 1]] + [[]] * chain
+            q = [None] * start + [1.0] * chain
+            tic = time.perf_counter()
+            cascade.review_tree(0, seq0 + tail[:chain], q, start, cap=start + len(tail) + 2)
+            dt = time.perf_counter() - tic
+            seen[n] += 1
+            if seen[n] > warmup:
+                times[n].append(dt)
+    medians = [statistics.median(times[n]) for n in tree_ns]
+    tree_a, tree_b = fit_latency(tree_ns, medians)
+    return {"tree_a": tree_a, "tree_b": tree_b, "tree_ns": list(tree_ns), "tree_median_s": medians}
 
 
 def calibrate_free(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 30, warmup: int = 5,
@@ -267,7 +284,9 @@ def calibrate_latency(models, *, path=None, threads: int | None = None, force: b
                 out[m.name] = dict(ZERO_LATENCY)
                 continue
             key = latency_key(m, threads)
-            wanted = set(ZERO_LATENCY) | (set(TREE_FIELDS) if callable(getattr(m, "tree_logits", None)) else set())
+            # a model that verifies trees needs its tree line, timed over TREE_NS (an entry timed over 2..16
+            # tokens only has no "tree_ns": measured again)
+            wanted = set(ZERO_LATENCY) | ({*TREE_FIELDS, "tree_ns"} if callable(getattr(m, "tree_logits", None)) else set())
             if force or not wanted <= set(entries.get(key, {})):     # absent, or from an older format
                 others = [o for o in models if o is not m and hasattr(o, "logits") and not is_free(o)]
                 other = max(others, key=lambda o: o.cost) if others else None

@@ -117,7 +117,7 @@ def test_calibration_is_stored_keyed_and_reused(models, tmp_path, monkeypatch):
     target, mid, mag = models
     path = tmp_path / "lat.json"
     lat = latency.calibrate_latency([target, mid, mag], path=path, threads=1, repeats=2, warmup=0,
-                                 ns=(1, 2, 3), context=8)
+                                 ns=(1, 2, 3), context=8, tree_ns=(2, 8))
     assert set(lat) == {"target", "mid", "mag"} and lat["target"]["a1"] > 0
     # a model that verifies trees gets its tree line too (timed on the cascade's tree review); MaG none
     assert {"tree_a", "tree_b"} <= set(lat["target"]) & set(lat["mid"]) and "tree_a" not in lat["mag"]
@@ -129,8 +129,8 @@ def test_calibration_is_stored_keyed_and_reused(models, tmp_path, monkeypatch):
     assert {e["name"]: e.get("other") for e in data["entries"].values()} == {"target": "mid", "mid": "target",
                                                                              "mag": None}
     assert all(e["switch"] >= 0 for e in data["entries"].values())
-    assert all(len(e["tree_median_s"]) == 2 and min(e["tree_median_s"]) > 0 for e in data["entries"].values()
-               if e["name"] != "mag")                                     # n = 2 and 3
+    assert all(e["tree_ns"] == [2, 8] and min(e["tree_median_s"]) > 0 for e in data["entries"].values()
+               if e["name"] != "mag")
     keys = sorted(data["entries"])
     assert keys == sorted([latency.latency_key(target, 1), latency.latency_key(mid, 1), latency.latency_key(mag, 1)])
     assert all(k.endswith("|cpu|1threads") for k in keys)
@@ -148,7 +148,7 @@ def test_calibration_is_stored_keyed_and_reused(models, tmp_path, monkeypatch):
     path.write_text(json.dumps(data))
     monkeypatch.undo()
     again = latency.calibrate_latency([target, mid, mag], path=path, threads=1, repeats=2, warmup=0, ns=(1, 2, 3),
-                                      context=8)
+                                      context=8, tree_ns=(2, 8))
     assert again["mid"] == lat["mid"] and again["target"] != lat["target"] and "tree_a" in again["target"]
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(CSDValueError, match="not a csdlib latency file"):
