@@ -33,14 +33,19 @@ from .sampling import resolve_sampling
 
 
 def environment(target=None) -> dict:
-    """Where measurements are made: machine, device, torch threads and library versions. Records made
-    under another environment are never reused (wall times and measured costs differ)."""
+    """Where measurements are made: machine, CPU and its bf16 units, device, torch threads and library
+    versions. Records made under another environment are never reused (wall times and measured costs
+    differ)."""
     import transformers
+
+    from .precision import hardware
 
     device = getattr(target, "device", None) or torch.device("cpu")
     device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    cpu = hardware()
     return {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+            "cpu": cpu["cpu"], "cpu_isa": cpu["cpu_isa"],
             "device": f"{device.type}: {name}", "threads": torch.get_num_threads(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__, "csdlib": __version__}}

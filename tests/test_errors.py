@@ -154,13 +154,14 @@ def test_recipe_and_loader_errors_name_the_argument():
 
 
 def test_the_core_imports_none_of_the_other_layers():
-    """Layering: notebooks/plots -> runs (experiment, tuning, cli, compat) -> core (cascade, models, mag,
-    stats), metrics (cost), data (datasets, zoo, recipe); the core imports only itself."""
+    """Layering: notebooks/plots -> runs (experiment, tuning, cli, compat) -> core (cascade and its protocol,
+    sampling settings and argument checks, models, mag, stats), metrics (cost), data (datasets, zoo,
+    recipe); the core imports only itself."""
     import ast
     import pathlib
 
     root = pathlib.Path(csdlib.__file__).parent
-    core = {"cascade", "models", "mag", "stats", "errors"}
+    core = {"cascade", "protocol", "sampling", "checks", "models", "mag", "stats", "errors"}
     for name in sorted(core):
         tree = ast.parse((root / f"{name}.py").read_text())
         imported = {node.module.split(".")[0] for node in ast.walk(tree)
