@@ -135,23 +135,14 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
     model.logits(seq0, 1)                                # prefill: the whole prompt in one forward
     prefill = time.perf_counter() - tic
     start = len(seq0)
-    times: dict[int, list[float]] = {n: [] for n in ns}
-    order = [n for _ in range(warmup + repeats) for n in ns]
-    rng.shuffle(order)
-    seen = dict.fromkeys(ns, 0)
-    with torch.no_grad():
-        for n in order:
-            seq = seq0 + tail[:n - 1]                    # n - 1 drafted tokens: the forward feeds n
-            q = [None] * start + [1.0] * (n - 1)
-            seen[n] += 1
-            # one-token forwards come in runs (AR, a drafter drafting): time the 2nd to 4th of a run
-            for r in range(4 if n == 1 else 1):
-                tic = time.perf_counter()
-                cascade.review_greedy(0, seq, q, start)
-                dt = time.perf_counter() - tic
-                if seen[n] > warmup and (n > 1 or r > 0):
-                    times[n].append(dt)
-    medians = [statistics.median(times[n]) for n in ns]
+
+    def review(n):                                       # n - 1 drafted tokens: the forward feeds n
+        seq, q = seq0 + tail[:n - 1], [None] * start + [1.0] * (n - 1)
+        # one-token forwards come in runs (AR, a drafter drafting): time the 2nd to 4th of a run
+        times = [_timed(cascade.review_greedy, 0, seq, q, start) for _ in range(4 if n == 1 else 1)]
+        return times[1:] if n == 1 else times
+
+    medians = _medians(ns, review, repeats, warmup, rng)
     a, b = fit_latency(ns[1:], medians[1:])
     tree_fit = _time_trees(cascade, seq0, tail, sorted(set(tree_ns)), repeats, warmup, rng) if trees else {}
     switch, cold = 0.0, None
@@ -171,29 +162,44 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
             "context": context, "prefill_s": prefill, "other": getattr(other, "name", None), **tree_fit}
 
 
+def _timed(f, *args, **kwargs) -> float:
+    tic = time.perf_counter()
+    f(*args, **kwargs)
+    return time.perf_counter() - tic
+
+
+def _medians(ns, timed, repeats: int, warmup: int, rng) -> list[float]:
+    """For each n in ns, the median of the seconds `timed(n)` returns (a list), over `repeats` calls after
+    `warmup` untimed ones; the calls of all n interleaved in random order, so that a change of machine
+    load hits every n alike."""
+    import torch
+
+    times: dict[int, list[float]] = {n: [] for n in ns}
+    order = [n for _ in range(warmup + repeats) for n in ns]
+    rng.shuffle(order)
+    seen = dict.fromkeys(ns, 0)
+    with torch.no_grad():
+        for n in order:
+            dts = timed(n)
+            seen[n] += 1
+            if seen[n] > warmup:
+                times[n] += dts
+    return [statistics.median(times[n]) for n in ns]
+
+
 def _time_trees(cascade, seq0: list[int], tail: list[int], tree_ns, repeats: int, warmup: int, rng) -> dict:
     """Tree reviews whose forward feeds n tokens (a chain of n // 2 drafted tokens and a side branch at
     each of its first positions, n - 1 nodes in all), interleaved in random order; the line through the
     medians."""
-    import torch
-
     start = len(seq0)
-    times: dict[int, list[float]] = {n: [] for n in tree_ns}
-    order = [n for _ in range(warmup + repeats) for n in tree_ns]
-    rng.shuffle(order)
-    seen = dict.fromkeys(tree_ns, 0)
-    with torch.no_grad():
-        for n in order:
-            chain = n // 2
-            cascade.alts = [[]] * start + [[(t, 0.5)] for t in tail[chain:n - 1]] + [[]] * chain
-            q = [None] * start + [1.0] * chain
-            tic = time.perf_counter()
-            cascade.review_tree(0, seq0 + tail[:chain], q, start, cap=start + len(tail) + 2)
-            dt = time.perf_counter() - tic
-            seen[n] += 1
-            if seen[n] > warmup:
-                times[n].append(dt)
-    medians = [statistics.median(times[n]) for n in tree_ns]
+
+    def review(n):
+        chain = n // 2
+        cascade.alts = [[]] * start + [[(t, 0.5)] for t in tail[chain:n - 1]] + [[]] * chain
+        return [_timed(cascade.review_tree, 0, seq0 + tail[:chain], [None] * start + [1.0] * chain, start,
+                       cap=start + len(tail) + 2)]
+
+    medians = _medians(tree_ns, review, repeats, warmup, rng)
     tree_a, tree_b = fit_latency(tree_ns, medians)
     return {"tree_a": tree_a, "tree_b": tree_b, "tree_ns": list(tree_ns), "tree_median_s": medians}
 
