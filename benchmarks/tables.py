@@ -1,0 +1,416 @@
+"""Every measured table of README.md and docs/: the command that measures it and the code that writes it.
+
+    python benchmarks/tables.py                      # rewrite every table from its results files (seconds)
+    python benchmarks/tables.py --check              # exit 1 if a page's table is not what its results give
+    python benchmarks/tables.py --measure speed-gsm8k-base tree-tokens   # run those commands, then rewrite
+    python benchmarks/tables.py --measure all        # every command (about 2 hours on 2 cores)
+    python benchmarks/tables.py --list               # each table: its page, results and command
+
+A table lives in its page between two markers, and nobody edits it by hand:
+
+    <!-- table NAME: benchmarks/tables.py writes this -->
+    ...
+    <!-- /table NAME -->
+
+Each table's caption is written from its results file too (date, CPU and its bf16 units, threads, dtype,
+prompts, command), so a table and what it says about itself cannot drift apart. Results live in
+`data/results/` (committed); a table whose command needs hardware this machine lacks (the GPU run) is
+rendered from the results it left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path("data/results")
+
+
+@dataclass
+class Table:
+    name: str
+    pages: tuple            # the pages that hold it (relative to the repository)
+    results: str            # the results file it is written from
+    commands: tuple         # what measures it (run by --measure, from the repository root)
+    render: object          # results path -> markdown (caption + table)
+    minutes: float = 0      # about how long the commands take on 2 cores
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _json(path) -> dict:
+    d = json.loads((ROOT / path).read_text())
+    d.setdefault("measured_at", None)
+    d["_path"] = str(path)
+    return d
+
+
+def _day(d: dict) -> str:
+    """The day a result was measured; for files from before the scripts recorded it, the day it was committed."""
+    if d.get("measured_at"):
+        return d["measured_at"][:10]
+    log = subprocess.run(["git", "log", "--diff-filter=A", "-1", "--format=%cs", "--", d["_path"]], cwd=ROOT,
+                         capture_output=True, text=True)
+    return f"committed {log.stdout.strip()}" if log.stdout.strip() else "date not recorded"
+
+
+def _machine(d: dict) -> str:
+    isa = {"AMX-BF16": "AMX-BF16", "AVX512-BF16": "AVX512-BF16", "neither": "no bf16 units"}.get(
+        d.get("cpu_isa"), "bf16 units not recorded")
+    gpu = f", GPU {d['gpu']}" if d.get("gpu") else ""
+    return f"{d.get('cpu', 'CPU not recorded')} ({isa}){gpu}, torch {d.get('torch', '?')}"
+
+
+def _error(v) -> str:
+    return "-" if v is None or v != v else f"{v:+.1%}"
+
+
+def _x(v) -> str:
+    return "-" if v is None or v != v else f"{v:.2f}"
+
+
+def _captioned(d: dict, text: str, df: pd.DataFrame, commands=None) -> str:
+    """When and where (from the results file), what (`text`), the command, then the table."""
+    commands = "\n".join(commands or [d["command"]])
+    return f"{_day(d)}, {_machine(d)}, {text}\n\n```bash\n{commands}\n```\n\n" + _markdown(df)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    head = "| " + " | ".join(df.columns) + " |"
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(df.columns))) + "|"
+    return "\n".join([head, rule] + ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)])
+
+
+# ---------------------------------------------------------------- speed.py
+
+
+def _speed_rows(run: dict) -> pd.DataFrame:
+    return pd.DataFrame(run["rows"]).set_index("method")
+
+
+def _audit(df: pd.DataFrame) -> str:
+    return f"{int(df['identical'].sum())} identical / {int(df['tie'].sum())} tie / {int(df['WRONG'].sum())} WRONG"
+
+
+def _speed_caption(d: dict, run: dict) -> str:
+    df = _speed_rows(run)
+    tree = f", tree {run['tree']}" if run.get("tree") else ""
+    return (f"{_day(d)}, {_machine(d)}, {run['dtype']}, {d['threads']} threads, "
+            f"{run['prompts']} GSM8K dev prompts, {d['max_new_tokens']} new tokens, every method interleaved "
+            f"prompt by prompt in one process; CSD: k-matrix `{run['k_matrix']}`, lenience {run['lenience']}, "
+            f"MaG k {run.get('mag_k', '?')}{tree}; every output audited against HF greedy's: {_audit(df)}.\n\n"
+            f"```bash\n{d['command']}\n```")
+
+
+def render_speed(path) -> str:
+    """The whole speed table of one speed.py run (every dtype it measured)."""
+    d, parts = _json(path), []
+    for run in d["runs"]:
+        df = _speed_rows(run)
+        out = pd.DataFrame({
+            "method": df.index, "tokens/s": [f"{v:.1f}" for v in df["tokens/s"]],
+            "x HF greedy": df["x HF greedy"].map(_x), "x best SD": df["x best SD"].map(_x),
+            "x best HF peer": df["x best HF peer"].map(_x),
+            "tokens / target call": df.get("tokens/target call", pd.Series(index=df.index, dtype=float)).map(_x),
+            "predicted vs measured": [_error(v) for v in df.get("prediction error", pd.Series(index=df.index, dtype=float))],
+            "identical / tie / WRONG": [f"{int(r.identical)} / {int(r.tie)} / {int(r.WRONG)}" for r in df.itertuples()]})
+        parts += [_speed_caption(d, run), "", _markdown(out)]
+    return "\n".join(parts)
+
+
+def _pick(df: pd.DataFrame) -> dict:
+    """The rows a summary shows: HF greedy, the best SD, CSD, tree CSD, the best HF peer, prompt lookup."""
+    sd = df[df["kind"] == "csdlib SD"]
+    assisted = df[df.index.str.startswith("HF assisted")]
+    rows = {"HF greedy": "HF greedy", f"best SD: {sd['x HF greedy'].idxmax()}": sd["x HF greedy"].idxmax(),
+            "CSD (the family's default)": "CSD"}
+    rows.update({f"tree CSD ({n.split()[-1]})": n for n in df.index if n.startswith("tree CSD")})
+    rows[f"best HF assisted: {assisted['x HF greedy'].idxmax()}"] = assisted["x HF greedy"].idxmax()
+    rows.update({n: n for n in df.index if n.startswith("HF prompt lookup")})
+    return rows
+
+
+def render_speed_summary(path) -> str:
+    """A few rows of one speed.py run: what a reader compares first."""
+    d = _json(path)
+    run = d["runs"][0]
+    df = _speed_rows(run)
+    rows = _pick(df)
+    out = pd.DataFrame({
+        "method": list(rows), "tokens/s": [f"{df.loc[n, 'tokens/s']:.1f}" for n in rows.values()],
+        "x HF greedy": [_x(df.loc[n, "x HF greedy"]) for n in rows.values()],
+        "x best HF peer": [_x(df.loc[n, "x best HF peer"]) for n in rows.values()],
+        "tokens / target call": [_x(df.loc[n].get("tokens/target call")) for n in rows.values()],
+        "predicted vs measured": [_error(df.loc[n].get("prediction error")) for n in rows.values()]})
+    return _speed_caption(d, run) + "\n\n" + _markdown(out)
+
+
+def render_readme(paths) -> str:
+    """README's table: both families side by side, x HF greedy (best HF peer)."""
+    cols, caps = {}, []
+    for path in paths:
+        d = _json(path)
+        run = d["runs"][0]
+        df = _speed_rows(run)
+        family = d["family"]
+        for label, n in _pick(df).items():
+            key = re.sub(r": .*", "", label)
+            detail = label.split(": ")[1] if ": " in label else ""
+            cols.setdefault(key, {})[family] = (f"{_x(df.loc[n, 'x HF greedy'])}x ({_x(df.loc[n, 'x best HF peer'])})"
+                                                + (f" {detail}" if detail else ""))
+        caps.append(f"{family}: {run['prompts']} prompts, {_audit(df)}, `{d['command']}`")
+    families = [(_json(p))["family"] for p in paths]
+    out = pd.DataFrame([{"method": k, **{f: v.get(f, "-") for f in families}} for k, v in cols.items()])
+    d0 = _json(paths[0])
+    head = (f"Speedup over transformers' greedy `generate` of the same model (in brackets: over the best of "
+            f"assisted generation and prompt lookup), {_day(d0)}, {_machine(d0)}, "
+            f"{d0['runs'][0]['dtype']}, {d0['threads']} threads, {d0['max_new_tokens']} new tokens, methods "
+            f"interleaved prompt by prompt in one process.")
+    return head + "\n\n" + _markdown(out) + "\n\n" + "\n".join(f"- {c}" for c in caps)
+
+
+# ---------------------------------------------------------------- csd run and the other scripts
+
+CSD_RUN = "csd run --threads 2 --results-dir data/results/csd-run-gsm8k-tiny --figures-dir figures"
+
+
+def render_csd_run(path) -> str:
+    """`csd run`'s own table (its .csv), with when and where from its first record."""
+    df = pd.read_csv(ROOT / path)
+    first = json.loads((ROOT / path).with_suffix(".jsonl").read_text().split("\n", 1)[0])
+    env = first["environment"]
+    out = pd.DataFrame({
+        "method": df["method"], "SWI parameters": df["SWI parameters"].map(_x),
+        "SWI measured": df["SWI measured"].map(_x), "wall speedup": df["wall speedup"].map(_x),
+        "tokens/s": df["tokens/s"].map(lambda v: f"{v:.1f}"), "tokens / target call": df["tokens/target call"].map(_x),
+        "acceptance per level": df["acceptance per level"],
+        "identical / tie / WRONG": [f"{r.identical} / {r.tie} / {r.WRONG}" for r in df.itertuples()]})
+    warning = f" The run said: \"{first['load_warning']}\" (the benchmark before it had just finished)." \
+        if first.get("load_warning") else ""
+    return (f"{first['finished_at'][:10]}, {_machine({**env, 'torch': env['versions']['torch']})}, "
+            f"{first['threads']} threads, {len(df) and int(df['samples'].iloc[0])} GSM8K dev prompts, "
+            f"{first['max_new_tokens']} new tokens, the default family.{warning}\n\n```bash\n{CSD_RUN}\n```\n\n"
+            + _markdown(out))
+
+
+
+
+def render_tree_tokens(path) -> str:
+    meta = _json(Path(path).with_name("tree.json"))
+    df = pd.read_csv(ROOT / path)
+    out = pd.DataFrame({"k-matrix": df["k-matrix"], "tree": df["tree"],
+                        "tokens / target call": df["tokens/target call"].map(_x),
+                        "tokens fed / target call": df["tokens fed/target call"].map(lambda v: f"{v:.1f}"),
+                        "x chain, same k": df["x chain, same k"].map(_x), "x default chain": df["x default chain"].map(_x)})
+    what = ("float32, {prompts} GSM8K dev prompts, {max_new_tokens} new tokens, greedy, the target replayed from "
+            "its greedy outputs (its decisions exactly; no timing). `default`: the family's k-matrix `{k_matrix}`; "
+            "`deep 8`: 8 tokens drafted by the first neural drafter.")
+    return _captioned(meta, what.format(**meta), out)
+
+
+def render_acceptance(path) -> str:
+    d = _json(path)
+    levels = list(d["rows"][0]["acceptance"])
+    out = pd.DataFrame([{"setting": r["setting"], **{lv: "-" if r["acceptance"][lv] is None else f"{r['acceptance'][lv]:.3f}"
+                                                     for lv in levels},
+                         "tokens / target call": _x(r["tokens_per_target_call"])} for r in d["rows"]])
+    return _captioned(d, f"float32, 1 thread, {d['family']} with k-matrix `{d['k_matrix']}` at lenience 1 (so "
+                         f"greedy and sampling compare), MaG k {d['mag_k']}, {d['prompts']} GSM8K dev prompts, "
+                         f"{d['max_new_tokens']} new tokens. Acceptance counts tokens, not time: a busy machine "
+                         f"gives the same table.", out)
+
+
+def render_overhead(path) -> str:
+    d = _json(path)
+    text = f"float32, {d['threads']} threads, {d['tokens']} new tokens, median of {d['repeats']} runs."
+    return _captioned(d, text, pd.DataFrame({
+        "setting": [r["setting"] for r in d["rows"]], "wall ms": [f"{r['wall_ms']:.1f}" for r in d["rows"]],
+        "in forwards ms": [f"{r['forward_ms']:.1f}" for r in d["rows"]],
+        "outside the forwards": [f"{r['outside']:.1%}" for r in d["rows"]],
+        "target calls": [r["target_calls"] for r in d["rows"]]}))
+
+
+def render_ties(path) -> str:
+    d = _json(path)
+    rows = []
+    for setting, methods in d["settings"].items():
+        for method, verdicts in methods.items():
+            ties = [v for v in verdicts if v["verdict"] == "tie"]
+            rows.append({"float32 logits": setting, "method": method,
+                         "identical": sum(v["verdict"] == "identical" for v in verdicts), "tie": len(ties),
+                         "WRONG": sum(v["verdict"] == "WRONG" for v in verdicts),
+                         "tie margins": ", ".join(f"{v['margin']:.4g}" for v in ties) or "-"})
+    return _captioned(d, "bfloat16 target, outputs only (no timing).", pd.DataFrame(rows))
+
+
+def render_dtype_speed(paths) -> str:
+    """One speed.py run per dtype, side by side: a few rows."""
+    runs = {}
+    for path in paths:
+        d = _json(path)
+        runs[d["runs"][0]["dtype"]] = (d, _speed_rows(d["runs"][0]))
+    (d32, f32), (d16, b16) = runs["float32"], runs["bfloat16"]
+    rows = []
+    for label, pick in (("HF greedy", "HF greedy"), ("csdlib AR", "AR"), ("SD(mid)", "SD(mid)"),
+                        ("CSD, the family's default for the dtype", "CSD"), ("tree CSD", "tree CSD"),
+                        ("HF assisted(mid), its default schedule", "HF assisted(mid) default"),
+                        ("HF prompt lookup(10)", "HF prompt lookup(10)")):
+        n32 = next((n for n in f32.index if n.startswith(pick)), None)
+        n16 = next((n for n in b16.index if n.startswith(pick)), None)
+        if n32 is None or n16 is None:
+            continue
+        k32, k16 = (f" ({n.split()[-1]})" if n.startswith(("SD(", "tree")) else "" for n in (n32, n16))
+        r = b16.loc[n16]
+        rows.append({"method": label, "float32 tokens/s": f"{f32.loc[n32, 'tokens/s']:.1f}{k32}",
+                     "x HF greedy": _x(f32.loc[n32, "x HF greedy"]),
+                     "bfloat16 tokens/s": f"{r['tokens/s']:.1f}{k16}", "x HF greedy (bf16)": _x(r["x HF greedy"]),
+                     "bf16 audit (identical / tie / WRONG)": f"{int(r['identical'])} / {int(r['tie'])} / {int(r['WRONG'])}"})
+    return (f"{_day(d16)}, {_machine(d16)}, {d16['threads']} threads, gsm8k-base, one speed.py run per dtype "
+            f"(ratios are within a run), {d32['runs'][0]['prompts']} (float32) and {d16['runs'][0]['prompts']} "
+            f"(bfloat16) GSM8K dev prompts, {d32['max_new_tokens']} new tokens; bf16 with float32 target logits; "
+            f"CSD with each dtype's default k-matrix, float32 `{d32['runs'][0]['k_matrix']}`, bfloat16 "
+            f"`{d16['runs'][0]['k_matrix']}`; every output "
+            f"audited against HF greedy's of the same dtype: float32 {_audit(f32)}, bfloat16 {_audit(b16)}.\n\n"
+            f"```bash\n{d32['command']}\n{d16['command']}\n```\n\n" + _markdown(pd.DataFrame(rows)))
+
+
+ORDER = {"target": 0, "tiny": 1, "mid": 2, "small": 3}
+
+
+def _cost_rows(path, label_of) -> list[dict]:
+    """One row per neural model of a latency file: its one-token forward, and a forward over k tokens / that."""
+    entries = sorted((e for e in _json(path)["entries"].values() if e["name"] in ORDER),
+                     key=lambda e: (ORDER[e["name"]], e.get("dtype") or ""))
+    rows = []
+    for e in entries:
+        med = dict(zip(e["ns"], e["median_s"]))
+        rows.append({**label_of(e), "one token": f"{e['a1'] * 1e3:.2f} ms",
+                     **{f"k={n}": f"{med[n] / e['a1']:.2f}x" for n in (2, 4, 8, 16) if n in med}})
+    return rows
+
+
+def render_dtype_cost(path) -> str:
+    d = _json(path)
+    first = next(iter(d["entries"].values()))
+    rows = _cost_rows(path, lambda e: {"model": e["name"], "dtype": e.get("dtype", "?")})
+    return (f"{_day(first)}, {_machine({**d, 'cpu': first.get('cpu', d['machine']), 'cpu_isa': first.get('cpu_isa')})}, "
+            f"{first['threads']} "
+            f"threads; gsm8k-base's models, KV cache after {first['context']} tokens, median of 15 forwards "
+            f"(bfloat16: the target's logits in float32).\n\n```bash\n{first['note']}\n```\n\n"
+            + _markdown(pd.DataFrame(rows)))
+
+
+def render_gpu_cost(paths) -> str:
+    rows = []
+    for path in paths:
+        family = Path(path).stem.replace("latency-", "")
+        rows += _cost_rows(path, lambda e, f=family: {"model": f"{e['name']} ({f})"})
+    d = _json(paths[0])
+    first = next(iter(d["entries"].values()))
+    return (f"{_day(first)}, {d['machine']}, torch {d['torch']}, bfloat16 with float32 target "
+            f"logits, {first['device']}; median forward of each model with a KV cache after {first['context']} "
+            f"tokens (`benchmarks/gpu.sh`).\n\n" + _markdown(pd.DataFrame(rows)))
+
+
+# ---------------------------------------------------------------- the tables
+
+SPEED = "python benchmarks/speed.py --prompts 50 --max-new-tokens 128 --threads 2 --recalibrate --peers default"
+TABLES = [
+    Table("speed-gsm8k-tiny", ("docs/benchmarks.md",), "data/results/speed-gsm8k-tiny/speed.json",
+          (f"{SPEED} --family gsm8k-tiny --out data/results/speed-gsm8k-tiny",), render_speed, 15),
+    Table("speed-gsm8k-base", ("docs/benchmarks.md",), "data/results/speed-gsm8k-base/speed.json",
+          (f"{SPEED} --family gsm8k-base --out data/results/speed-gsm8k-base",), render_speed, 40),
+    Table("trees-wall-clock", ("docs/trees.md",), "data/results/speed-gsm8k-base/speed.json",
+          (), render_speed_summary),
+    Table("readme-speed", ("README.md",), "data/results/speed-gsm8k-tiny/speed.json",
+          (), lambda _: render_readme(["data/results/speed-gsm8k-tiny/speed.json",
+                                       "data/results/speed-gsm8k-base/speed.json"])),
+    Table("csd-run", ("docs/experiments.md",), "data/results/csd-run-gsm8k-tiny/gsm8k-dev-n100-t128.csv",
+          (CSD_RUN,), render_csd_run, 8),
+    Table("tree-tokens", ("docs/trees.md",), "data/results/tree-gsm8k-base/tree.csv",
+          ("python benchmarks/tree.py --family gsm8k-base --prompts 50 --max-new-tokens 128 --threads 2 "
+           "--out data/results/tree-gsm8k-base",), render_tree_tokens, 10),
+    Table("acceptance", ("docs/families.md",), "data/results/acceptance-gsm8k-tiny/acceptance.json",
+          ("python benchmarks/acceptance_sampling.py --prompts 8 --out data/results/acceptance-gsm8k-tiny",),
+          render_acceptance, 3),
+    Table("overhead", ("docs/benchmarks.md",), "data/results/overhead/overhead.json",
+          ("python benchmarks/overhead.py --threads 2 --out data/results/overhead",), render_overhead, 2),
+    Table("ties", ("docs/half-precision.md",), "data/results/ties-gsm8k-base/ties.json",
+          ("python benchmarks/ties.py --family gsm8k-base --dtype bfloat16 --prompts 50 --threads 1 "
+           "--out data/results/ties-gsm8k-base",), render_ties, 20),
+    Table("dtype-cost", ("docs/half-precision.md",), "data/results/dtype-cost-gsm8k-base/latency.json",
+          tuple(f"csd calibrate --family gsm8k-base --dtype {dt} --threads 2 --force --out "
+                f"data/results/dtype-cost-gsm8k-base/latency.json --note 'csd calibrate --family gsm8k-base "
+                f"--dtype float32|bfloat16 --threads 2 --force --out data/results/dtype-cost-gsm8k-base/latency.json'"
+                for dt in ("float32", "bfloat16")), render_dtype_cost, 2),
+    Table("dtype-speed", ("docs/half-precision.md",), "data/results/speed-gsm8k-base-bfloat16/speed.json",
+          ("python benchmarks/speed.py --prompts 50 --max-new-tokens 128 --threads 2 --recalibrate --peers default "
+           "--family gsm8k-base --dtypes bfloat16 --max-seconds 1200 --out data/results/speed-gsm8k-base-bfloat16",),
+          lambda _: render_dtype_speed(["data/results/speed-gsm8k-base/speed.json",
+                                        "data/results/speed-gsm8k-base-bfloat16/speed.json"]), 20),
+    Table("gpu-cost", ("docs/half-precision.md",), "data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json", (),
+          lambda _: render_gpu_cost(["data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json",
+                                     "data/results/gpu-h200-2026-11-29/latency-gsm8k-tiny.json"])),
+]
+
+
+def marked(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- table {re.escape(name)}: benchmarks/tables.py writes this -->\n)(.*?)"
+                      rf"(\n<!-- /table {re.escape(name)} -->)", re.S)
+
+
+def rewrite(tables, check: bool = False) -> list[str]:
+    """Write each table into its pages; returns the pages that were (or, with check, would be) changed."""
+    changed = []
+    for t in tables:
+        text = t.render(t.results)
+        for page in t.pages:
+            path = ROOT / page
+            old = path.read_text()
+            pattern = marked(t.name)
+            if not pattern.search(old):
+                raise SystemExit(f"{page}: no markers for table {t.name!r}")
+            new = pattern.sub(lambda m: m.group(1) + text + m.group(3), old)
+            if new != old:
+                changed.append(f"{page} ({t.name})")
+                if not check:
+                    path.write_text(new)
+    return changed
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--measure", nargs="+", default=[], metavar="NAME", help="run these tables' commands first (all: every one)")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a page is not up to date")
+    p.add_argument("--list", action="store_true", help="list the tables")
+    args = p.parse_args(argv)
+    names = {t.name for t in TABLES}
+    if args.list:
+        for t in TABLES:
+            print(f"{t.name}: {', '.join(t.pages)} <- {t.results}" + "".join(f"\n    {c}" for c in t.commands))
+        return 0
+    todo = [t for t in TABLES if "all" in args.measure or t.name in args.measure]
+    unknown = set(args.measure) - names - {"all"}
+    if unknown:
+        raise SystemExit(f"--measure: unknown table(s) {sorted(unknown)}; known: {sorted(names)}")
+    for t in todo:
+        for command in t.commands:
+            print(f"[{t.name}] {command}  (about {t.minutes:g} min)", flush=True)
+            subprocess.run(shlex.split(command), cwd=ROOT, check=True)
+    changed = rewrite(TABLES, check=args.check)
+    print(("out of date: " if args.check else "rewritten: ") + (", ".join(changed) or "nothing"))
+    return 1 if args.check and changed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
