@@ -240,6 +240,13 @@ def render_overhead(path) -> str:
         "target calls": [r["target_calls"] for r in d["rows"]]}))
 
 
+def render_notebook_times(path) -> str:
+    d = _json(path)
+    rows = pd.DataFrame({"notebook": [f"`{r['notebook']}`" for r in d["rows"]],
+                         "runtime": [f"{r['seconds']:.0f} s" for r in d["rows"]]})
+    return _captioned(d, "1 torch thread (as CI runs them), the defaults of each parameters cell.", rows)
+
+
 def render_ties(path) -> str:
     d = _json(path)
     rows = []
@@ -345,6 +352,8 @@ TABLES = [
           render_acceptance, 3),
     Table("overhead", ("docs/benchmarks.md",), "data/results/overhead/overhead.json",
           ("python benchmarks/overhead.py --threads 2 --out data/results/overhead",), render_overhead, 2),
+    Table("notebook-times", ("docs/notebooks.md",), "data/results/notebook-times/notebook_times.json",
+          ("python benchmarks/notebook_times.py --out data/results/notebook-times",), render_notebook_times, 4),
     Table("ties", ("docs/half-precision.md",), "data/results/ties-gsm8k-base/ties.json",
           ("python benchmarks/ties.py --family gsm8k-base --dtype bfloat16 --prompts 50 --threads 1 "
            "--out data/results/ties-gsm8k-base",), render_ties, 20),
