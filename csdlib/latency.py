@@ -299,9 +299,10 @@ def calibrate_latency(models, *, path=None, threads: int | None = None, force: b
                 fit = (calibrate_free(m, **{k: v for k, v in kwargs.items() if k in ("context", "ns", "seed")})
                        if free else calibrate_model(m, other=other, **kwargs))
                 load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+                dtype, cpu = getattr(getattr(m, "model", None), "dtype", None), hardware()
                 entries[key] = {**fit, "name": m.name, "device": _device_of(m), "threads": threads,
-                                "dtype": str(getattr(getattr(m, "model", None), "dtype", "")).replace("torch.", "") or None,
-                                "cpu": hardware().get("cpu"), "cpu_isa": hardware().get("cpu_isa"),
+                                "dtype": None if dtype is None else str(dtype).replace("torch.", ""),
+                                "cpu": cpu["cpu"], "cpu_isa": cpu["cpu_isa"],
                                 "loadavg_1min": load, "note": note,
                                 "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
                 changed = True
