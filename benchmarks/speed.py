@@ -92,8 +92,8 @@ def parse_args(argv=None):
                    help="tree CSD's tree: W:E (width W at every draft position of the target's review, E MaG "
                         "tokens per branch), auto (the family's tuned tree, else 3:3) or off")
     p.add_argument("--peers", choices=["default", "all"], default="all",
-                   help="transformers' assisted generation with each drafter on its default schedule (default), "
-                        "or also with SD's constant k (all)")
+                   help="which HF assisted-generation peers: 'default' (each drafter on transformers' default "
+                        "schedule) or 'all' (the default, adds each drafter at SD's constant k)")
     p.add_argument("--out", required=True, help="folder for speed.md, speed.csv, speed.json")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
