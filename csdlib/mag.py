@@ -9,6 +9,10 @@ MaG proposes tokens after the current sequence, at (almost) no cost: as many as 
    for decoder-only models the sequence starts with the prompt);
 3. fill the rest greedily from a bigram table: `next[token]` = the most frequent successor of `token`.
 
+For tree drafts, `MaG.alternatives` gives its other candidates for one position: the other max-gram
+continuations, then the table's n most frequent successors (`BigramTable.top`, stored since version 2 of
+the table's format; a table without it gives its one successor).
+
 Only occurrences that have a continuation count, so the sequence never "matches itself" at its own end
 (the seed's code concatenates prompt and sequence, so a decoder-only sequence matched its own copy of
 the prompt and MaG proposed the prompt's beginning again; we do not copy that quirk). Among occurrences
@@ -30,36 +34,56 @@ FORMAT = "csdlib.bigram"
 
 
 class BigramTable:
-    """Greedy next-token table: `next[t]` is the most frequent token after `t` in a corpus.
+    """Next-token table: `next[t]` is the most frequent token after `t` in a corpus, and `top[t]` its
+    `n_best` most frequent successors, best first (tree drafts; -1 pads a row with fewer).
 
     Ties are broken by the lowest token id. A token never seen with a successor maps to `default`,
-    the corpus's most frequent token (lowest id on ties; 0 for an empty corpus).
+    the corpus's most frequent token (lowest id on ties; 0 for an empty corpus), and has no `top` row.
+    `top` is optional: the seed's tables and version 1 of ours store `next` only.
     """
 
-    def __init__(self, next_ids, default: int | None = None):
+    def __init__(self, next_ids, default: int | None = None, top=None):
         self.next = np.asarray(next_ids, dtype=np.int64)
         if self.next.ndim != 1 or len(self.next) == 0:
             raise CSDValueError("next_ids: expected a non-empty 1-D list of token ids")
         if self.next.min() < 0 or self.next.max() >= len(self.next):
             raise CSDValueError(f"next_ids: every entry must be a token id in [0, {len(self.next)})")
         self.default = int(default) if default is not None else None
+        self.top = None if top is None else _check_top(top, self.next)
 
     @property
     def vocab_size(self) -> int:
         return len(self.next)
 
+    @property
+    def n_best(self) -> int:
+        """Successors stored per token: `top`'s width, or 1 (`next` only)."""
+        return 1 if self.top is None else self.top.shape[1]
+
     def __getitem__(self, token: int) -> int:
         return int(self.next[token])
 
+    def successors(self, token: int, n: int) -> list[int]:
+        """Up to n successors of `token`, most frequent first: its `top` row (without padding) if the
+        table has one and the token was seen with a successor, else `[next[token]]`."""
+        if self.top is not None:
+            row = [int(t) for t in self.top[token, :n] if t >= 0]
+            if row:
+                return row
+        return [int(self.next[token])][:n]
+
     def __repr__(self) -> str:
-        return f"BigramTable(vocab_size={self.vocab_size})"
+        return f"BigramTable(vocab_size={self.vocab_size}, n_best={self.n_best})"
 
     @classmethod
-    def from_sequences(cls, sequences, vocab_size: int) -> "BigramTable":
-        """Count successor pairs in token-id sequences (lists or arrays) and keep the most frequent."""
+    def from_sequences(cls, sequences, vocab_size: int, n_best: int = 4) -> "BigramTable":
+        """Count successor pairs in token-id sequences (lists or arrays); keep the n_best most frequent
+        successors of each token (`next`: the first of them)."""
         vocab_size = int(vocab_size)
         if vocab_size < 1:
             raise CSDValueError(f"vocab_size: expected a positive int, got {vocab_size}")
+        if isinstance(n_best, bool) or not isinstance(n_best, (int, np.integer)) or n_best < 1:
+            raise CSDValueError(f"n_best: expected a positive int, got {n_best!r}")
         firsts, seconds, unigram = [], [], np.zeros(vocab_size, dtype=np.int64)
         for seq in sequences:
             seq = np.asarray(seq, dtype=np.int64)
@@ -70,6 +94,7 @@ class BigramTable:
             seconds.append(seq[1:])
         default = int(unigram.argmax())          # argmax takes the lowest id on ties
         nxt = np.full(vocab_size, default, dtype=np.int64)
+        top = np.full((vocab_size, int(n_best)), -1, dtype=np.int64)
         if firsts:
             pairs = np.concatenate(firsts) * vocab_size + np.concatenate(seconds)
             keys, counts = np.unique(pairs, return_counts=True)
@@ -77,15 +102,22 @@ class BigramTable:
             order = np.lexsort((b, -counts, a))   # by token, then most frequent, then lowest id
             a, b = a[order], b[order]
             first = np.r_[True, a[1:] != a[:-1]]
+            rank = np.arange(len(a)) - np.maximum.accumulate(np.where(first, np.arange(len(a)), 0))
+            keep = rank < n_best
+            top[a[keep], rank[keep]] = b[keep]
             nxt[a[first]] = b[first]
-        return cls(nxt, default=default)
+        return cls(nxt, default=default, top=top)
 
     def save(self, path) -> None:
-        """Our format: a JSON object with the table and its metadata (`load` also reads the seed's list)."""
+        """Our format: a JSON object with the table and its metadata (`load` also reads the seed's list).
+        Version 2 adds `top`, one list of successors per token (empty for a token never seen)."""
         data = {"format": FORMAT, "version": 1, "vocab_size": self.vocab_size,
                 "default": self.default, "next": self.next.tolist()}
+        if self.top is not None:
+            data["version"], data["n_best"] = 2, self.n_best
+            data["top"] = [[int(t) for t in row if t >= 0] for row in self.top]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data))
+        Path(path).write_text(json.dumps(data, separators=(",", ":")))
 
     @classmethod
     def load(cls, path, vocab_size: int | None = None) -> "BigramTable":
@@ -97,8 +129,9 @@ class BigramTable:
             data = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CSDValueError(f"bigram table {os.fspath(path)!r} is not valid JSON: {e}") from None
+        top = None
         if isinstance(data, dict) and data.get("format") == FORMAT:
-            next_ids, default = data.get("next"), data.get("default")
+            next_ids, default, top = data.get("next"), data.get("default"), data.get("top")
         elif isinstance(data, list):
             next_ids, default = data, None
         else:
@@ -108,13 +141,42 @@ class BigramTable:
                                                      for t in next_ids):
             raise CSDValueError(f"bigram table {os.fspath(path)!r}: entries must be integer token ids")
         try:
-            table = cls(next_ids, default=default)
+            top = None if top is None else _padded(top, data.get("n_best"))
+            table = cls(next_ids, default=default, top=top)
         except CSDValueError as e:
             raise CSDValueError(f"bigram table {os.fspath(path)!r}: {e}") from None
         if vocab_size is not None and table.vocab_size != vocab_size:
             raise CSDValueError(f"bigram table {os.fspath(path)!r} has vocab_size {table.vocab_size}, "
                                 f"expected {vocab_size} (the model's vocabulary)")
         return table
+
+
+def _padded(rows, width=None) -> np.ndarray:
+    """One list of successor ids per token as a (vocab, width) array padded with -1 (width: at least
+    the longest row's)."""
+    if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for r in rows for t in r):
+        raise CSDValueError("top: expected one list of integer token ids per token")
+    width = max([len(r) for r in rows] + [width if isinstance(width, int) and width > 0 else 1])
+    arr = np.full((len(rows), width), -1, dtype=np.int64)
+    for t, row in enumerate(rows):
+        arr[t, :len(row)] = row
+    return arr
+
+
+def _check_top(top, nxt: np.ndarray) -> np.ndarray:
+    """`top` (an array, or one list of ids per token) as a checked (vocab, n) array padded with -1."""
+    arr = top.astype(np.int64) if isinstance(top, np.ndarray) else _padded(top)
+    if arr.ndim != 2 or arr.shape[0] != len(nxt) or arr.shape[1] < 1:
+        raise CSDValueError(f"top: expected one row of successors per token ({len(nxt)} rows), got shape {arr.shape}")
+    if arr.min() < -1 or arr.max() >= len(nxt):
+        raise CSDValueError(f"top: every successor must be a token id in [0, {len(nxt)}) (-1 pads a row)")
+    if ((arr[:, 1:] >= 0) & (arr[:, :-1] < 0)).any():
+        raise CSDValueError("top: -1 may only pad the end of a row")
+    seen = arr[:, 0] >= 0
+    if (arr[seen, 0] != nxt[seen]).any():
+        raise CSDValueError("top: a token's first successor must be its `next` entry")
+    return arr
 
 
 def _longest_suffix_match(haystack: np.ndarray, seq: np.ndarray, n: int) -> list[int]:
@@ -216,6 +278,8 @@ class MaG:
     def fingerprint(self) -> str:
         """A short hash of what MaG proposes: its table, k and mode."""
         h = hashlib.sha256(self.table.next.tobytes())
+        if self.table.top is not None:         # tree drafts branch at its successors
+            h.update(self.table.top.tobytes())
         # seed mode hashes as before the k-matrix-sized mode existed (same behaviour, same fingerprint)
         h.update(json.dumps([self.k, self.table.default] + ([] if self.seed_mode else ["sized"])).encode())
         return h.hexdigest()[:16]
@@ -230,12 +294,12 @@ class MaG:
     def alternatives(self, seq: list[int], n: int) -> list[int]:
         """Up to n candidates for the token after `seq`, best first (tree drafts): what followed the
         suffix matches in the prompt (longest match first, earliest occurrence first), then in the
-        sequence itself, then the bigram table's successor of the last token. The first is the token
-        MaG would propose. One call (counted)."""
+        sequence itself, then the bigram table's most frequent successors of the last token (as many as
+        it stores). The first is the token MaG would propose. One call (counted)."""
         self.calls += 1
         arr = np.asarray(seq, dtype=np.int64)
         out = _successors(np.asarray(self._prompt, dtype=np.int64), arr, n)
-        for t in _successors(arr, arr, n) + ([self.table[int(arr[-1])]] if len(arr) else []):
+        for t in _successors(arr, arr, n) + (self.table.successors(int(arr[-1]), n) if len(arr) else []):
             if t not in out and len(out) < n:
                 out.append(t)
         return out

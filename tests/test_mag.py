@@ -83,6 +83,41 @@ def test_from_sequences_most_frequent_successor_ties_lowest_id_default_most_freq
     assert t.vocab_size == 10
 
 
+def test_from_sequences_keeps_the_n_best_successors_most_frequent_first():
+    """The n-best row of each token, checked against a plain count of the pairs (ties: lowest id)."""
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(0, 12, int(rng.integers(1, 40))).tolist() for _ in range(30)]
+    t = BigramTable.from_sequences(seqs, vocab_size=15, n_best=3)
+    assert t.n_best == 3 and t.top.shape == (15, 3)
+    for a in range(15):
+        counts = {}
+        for s in seqs:
+            for x, y in zip(s, s[1:]):
+                if x == a:
+                    counts[y] = counts.get(y, 0) + 1
+        expected = sorted(counts, key=lambda y: (-counts[y], y))[:3]
+        assert t.successors(a, 3) == (expected or [t.default])
+        assert t.successors(a, 1) == [t[a]]
+    small = BigramTable.from_sequences([[1, 5, 1, 4, 1, 5, 1, 3]], vocab_size=10)
+    assert small.successors(1, 4) == [5, 3, 4]          # 5 twice; 3 and 4 once: lowest id first
+    assert small.successors(1, 2) == [5, 3]
+    with pytest.raises(ValueError, match="n_best"):
+        BigramTable.from_sequences([[1, 2]], vocab_size=3, n_best=0)
+
+
+def test_a_table_without_top_gives_one_successor_and_bad_tops_are_refused():
+    t = table([(3, 8)])
+    assert t.top is None and t.n_best == 1 and t.successors(3, 4) == [8]
+    nxt = [1, 2, 0]
+    assert BigramTable(nxt, top=[[1, 2], [], [0]]).successors(1, 3) == [2]   # unseen: next
+    for top, match in [([[2], [2], [0]], "first successor"), ([[1], [2]], "one row"),
+                       ([[1, 3], [2], [0]], "token id in"), ("x", "one list"), ([[1, True], [2], [0]], "one list")]:
+        with pytest.raises(ValueError, match=match):
+            BigramTable(nxt, top=top)
+    with pytest.raises(ValueError, match="pad the end"):
+        BigramTable(nxt, top=np.array([[-1, 2], [2, -1], [0, -1]]))
+
+
 def test_from_sequences_rejects_out_of_range_ids():
     with pytest.raises(ValueError, match="sequences"):
         BigramTable.from_sequences([[1, 10]], vocab_size=10)
@@ -93,6 +128,10 @@ def test_save_load_round_trip(tmp_path):
     t.save(tmp_path / "t.json")
     u = BigramTable.load(tmp_path / "t.json", vocab_size=V)
     assert u.next.tolist() == t.next.tolist() and u.default == t.default
+    assert u.top.tolist() == t.top.tolist() and json.loads((tmp_path / "t.json").read_text())["version"] == 2
+    BigramTable(t.next, default=t.default).save(tmp_path / "v1.json")      # version 1: no top
+    v1 = BigramTable.load(tmp_path / "v1.json")
+    assert v1.top is None and json.loads((tmp_path / "v1.json").read_text())["version"] == 1
 
 
 def test_load_seed_format(tmp_path):
@@ -122,6 +161,9 @@ def test_load_missing_corrupt_and_wrong_vocab(tmp_path):
     (tmp_path / "ok.json").write_text(json.dumps([0] * 10))
     with pytest.raises(ValueError, match="vocab_size 10, expected 12"):
         BigramTable.load(tmp_path / "ok.json", vocab_size=12)
+    (tmp_path / "top.json").write_text(json.dumps({"format": "csdlib.bigram", "next": [1, 0], "top": [[1], "a"]}))
+    with pytest.raises(ValueError, match=r"top\.json'.*one list of integer token ids per token"):
+        BigramTable.load(tmp_path / "top.json")
 
 
 def test_mag_rejects_bad_k():
@@ -207,6 +249,20 @@ def test_alternatives_are_other_continuations_best_first():
     assert mag.calls == 3
     mag.start([])
     assert mag.alternatives([], 3) == []
+
+
+def test_alternatives_end_with_the_tables_n_best_successors():
+    """After the max-gram candidates, MaG offers the bigram table's n most frequent successors; a
+    table's `top` is part of MaG's fingerprint (it changes what trees verify)."""
+    from csdlib.protocol import fingerprint
+
+    t = BigramTable.from_sequences([[3, 9, 3, 9, 3, 7, 3, 8, 3, 7, 3, 9]], vocab_size=V)
+    assert t.successors(3, 4) == [9, 7, 8]
+    mag = MaG(t, k=2)
+    mag.start([1, 2])
+    assert mag.alternatives([5, 3], 4) == [9, 7, 8]                 # no max-gram match: the bigram's three
+    assert mag.alternatives([3, 7, 5, 3], 4) == [7, 9, 8]           # the sequence's own match first
+    assert fingerprint(mag) != fingerprint(MaG(BigramTable(t.next, default=t.default), k=2))
 
 
 def test_a_tree_over_mag_drafts_branches_at_its_other_candidates():
