@@ -214,7 +214,9 @@ def render_tree_tokens(path) -> str:
                         "x chain, same k": df["x chain, same k"].map(_x), "x default chain": df["x default chain"].map(_x)})
     what = ("float32, {prompts} GSM8K dev prompts, {max_new_tokens} new tokens, greedy, the target replayed from "
             "its greedy outputs (its decisions exactly; no timing). `default`: the family's k-matrix `{k_matrix}`; "
-            "`deep 8`: 8 tokens drafted by the first neural drafter.")
+            "`deep 8`: 8 tokens drafted by the first neural drafter; `MaG alone 4`: SD with MaG drafting 4 tokens "
+            "(its tree candidates: its other max-gram continuations, then its bigram table's 4 best successors); "
+            "`1 successor`: the same with the table cut to its best successor.")
     return _captioned(meta, what.format(**meta), out)
 
 

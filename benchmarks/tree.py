@@ -8,7 +8,9 @@ first `--prompts` GSM8K dev prompts), so each setting's tokens, calls and accept
 target's, and every output is checked equal to the target's greedy output. The drafters run for real.
 Settings: the family's default k-matrix as a chain and with trees of growing width (`--shapes`), and the
 same for a deeper draft (`--deep`: the k-matrix with the first neural drafter's entry of the target's row
-set to that many tokens and MaG's dropped). Writes a markdown table, a CSV and `ranks.png` (accepted
+set to that many tokens and MaG's dropped), and for MaG alone (`--mag`: SD with MaG, the target reviewing its
+tokens, whose tree candidates are its other max-gram continuations and its bigram table's 4 best successors;
+`MaG alone, 1 successor` repeats it with a copy of the table that keeps only the best successor). Writes a markdown table, a CSV and `ranks.png` (accepted
 tokens by depth and branch rank of the widest tree) under `--out`. Wall-clock speed: `benchmarks/speed.py`.
 """
 
@@ -31,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from csdlib import Tree, zoo  # noqa: E402
+from csdlib import BigramTable, MaG, Tree, zoo  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
 from csdlib.datasets import load_gsm8k  # noqa: E402
 from csdlib.plots import accepted_by_rank  # noqa: E402
@@ -48,9 +50,11 @@ def parse_args(argv=None):
                    help="trees tried, WIDTH:EXTEND each: WIDTH candidates at every draft position of the "
                         "target's review, each continued by EXTEND MaG tokens")
     p.add_argument("--deep", type=int, default=8, help="draft length of the deeper k-matrix (0: none)")
+    p.add_argument("--mag", type=int, default=4, help="draft length of MaG alone (0: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="tmp/tree")
+    p.add_argument("--cache-dir", default="tmp", help="where the target's greedy outputs are cached")
     return p.parse_args(argv)
 
 
@@ -62,23 +66,41 @@ def deeper(k_matrix, depth: int):
     return k
 
 
+def mag_alone(k_matrix, depth: int):
+    """The k-matrix whose target row drafts `depth` tokens with MaG (the last drafter) only."""
+    n = len(k_matrix)
+    return [[depth if (i, j) == (0, n - 1) else 0 for j in range(n)] for i in range(n)]
+
+
+def one_successor(drafters):
+    """The drafters with MaG's bigram table cut to its best successor (what tables before version 2 hold)."""
+    mag = drafters[-1]
+    table = BigramTable(mag.table.next, default=mag.table.default)
+    return [*drafters[:-1], MaG(table, k=mag.k, name=mag.name, cost=mag.cost, seed_mode=mag.seed_mode)]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     fam = zoo.load(args.family)
     torch.set_num_threads(args.threads)
     dev = load_gsm8k("dev", args.data_dir)
     prompts = [fam.prompt_ids(x["question"]) for x in dev[:args.prompts]]
-    cache = Path("tmp") / f"tree-target-cache-{fam.name}-float32-t{args.max_new_tokens}.jsonl"
+    cache = Path(args.cache_dir) / f"tree-target-cache-{fam.name}-float32-t{args.max_new_tokens}.jsonl"
     cached = build_target_cache(fam.target, prompts, args.max_new_tokens, cache)
     shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
-    ks = [("default", fam.k_matrix)] + ([(f"deep {args.deep}", deeper(fam.k_matrix, args.deep))] if args.deep else [])
+    ks = [("default", fam.k_matrix, fam.drafters)]
+    if args.deep:
+        ks.append((f"deep {args.deep}", deeper(fam.k_matrix, args.deep), fam.drafters))
+    if args.mag:
+        ks += [(f"MaG alone {args.mag}", mag_alone(fam.k_matrix, args.mag), fam.drafters),
+               (f"MaG alone {args.mag}, 1 successor", mag_alone(fam.k_matrix, args.mag), one_successor(fam.drafters))]
     rows, ranks = [], None
-    for k_name, k in ks:
+    for k_name, k, drafters in ks:
         depth = sum(k[0])
         for width, extend in [(1, 0), *shapes]:
             tree = Tree([[width] * depth], extend=extend) if width > 1 else None
             tic = time.perf_counter()
-            r = evaluate_cascade(cached, fam.drafters, prompts, k, max_new_tokens=args.max_new_tokens, tree=tree)
+            r = evaluate_cascade(cached, drafters, prompts, k, max_new_tokens=args.max_new_tokens, tree=tree)
             level = r["stats"].levels[0]
             rows.append({"k-matrix": k_name, "target row": str(k[0]), "tree": "chain" if tree is None else
                          f"width {width} x {depth}, extend {extend}",
@@ -86,7 +108,7 @@ def main(argv=None) -> int:
                          "tokens fed/target call": r["tokens_fed_per_target_call"],
                          "accepted off the chain": sum(sum(by_rank[1:]) for by_rank in level.accepted_by_rank),
                          "seconds": time.perf_counter() - tic})
-            if tree is not None and (ranks is None or width >= ranks[0]):
+            if tree is not None and not k_name.startswith("MaG") and (ranks is None or width >= ranks[0]):
                 ranks = (width, k_name, level)
             print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
