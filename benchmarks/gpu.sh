@@ -2,7 +2,8 @@
 # The GPU run, prepared: both embedded families in bfloat16 on CUDA (target logits in float32), every
 # method of benchmarks/speed.py (HF greedy, AR, SD per drafter, CSD, HF assisted generation, prompt
 # lookup), CUDA-synchronised timing, every output audited (identical / tie / WRONG). No network needed.
-# At most 8.5 minutes on one GPU (each family time-boxed by speed.py --max-seconds); results under $OUT (default tmp/gpu):
+# At most 8.5 minutes on one GPU (each family time-boxed by speed.py --max-seconds; speed.py rewrites its
+# tables after every prompt, so a killed run keeps what it finished); results under $OUT (default tmp/gpu):
 #
 #     OUT=tmp/gpu bash benchmarks/gpu.sh
 #     GPU_SH_FAST=1 bash benchmarks/gpu.sh        # the CPU path in seconds (CI runs this)

@@ -30,7 +30,8 @@ best csdlib SD, ratio to the best HF speculative method, SWI with parameter cost
 predicted wall time (the calibrated latency model, `csd calibrate`) and their error, and the "limit":
 the predicted time of the target's calls alone at the measured acceptance (what the method would take
 if drafting were free), with how far the measured time is from it. Written as markdown, CSV and JSON
-under `--out` (with the machine, its ISA, dtype, thread count and command).
+under `--out` (with the machine, its ISA, dtype, thread count and command), rewritten after every prompt
+(`"complete": false` until the run ends), so a run that is killed keeps the prompts it finished.
 """
 
 from __future__ import annotations
@@ -211,9 +212,10 @@ def tree_label(tree) -> str:
     return "w" + "".join(map(str, tree.widths[0])) + f"e{tree.extend}"
 
 
-def run_interleaved(methods, prompts, target, device, warmup, log, max_seconds=None):
+def run_interleaved(methods, prompts, target, device, warmup, log, max_seconds=None, checkpoint=None):
     """Every method on every prompt, the order rotating from prompt to prompt; each output audited
-    against HF greedy's. Returns {name: {"wall_s", "tokens", "stats", "verdicts"}}."""
+    against HF greedy's; `checkpoint(rows)` after each prompt. Returns {name: {"wall_s", "tokens", "stats",
+    "verdicts"}}."""
     names = list(methods)
     for _ in range(warmup):
         for name in names:
@@ -238,6 +240,8 @@ def run_interleaved(methods, prompts, target, device, warmup, log, max_seconds=N
             v = audit(target, prompt, outputs["HF greedy"], outputs[name])
             rows[name]["verdicts"].append({"prompt": i, **v.to_dict()})
         log(f"prompt {i + 1}/{len(prompts)}: " + ", ".join(f"{n} {rows[n]['wall_s']:.1f}s" for n in names[:4]) + " ...")
+        if checkpoint is not None:
+            checkpoint(rows)
     return rows
 
 
@@ -264,8 +268,9 @@ def table(rows, methods, target, models, latency) -> pd.DataFrame:
     return df
 
 
-def measure(args, dtype, device, log) -> dict:
-    """The whole comparison for one dtype: latency model, SD's k, then every method on every prompt."""
+def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
+    """The whole comparison for one dtype: latency model, SD's k, then every method on every prompt
+    (`checkpoint(run)`: the result so far, after each prompt)."""
     fam = load_family(args, dtype, device)
     target, drafters = fam.target, list(fam.drafters)
     models, eos = [target, *drafters], sorted(target.eos_token_ids)
@@ -288,14 +293,19 @@ def measure(args, dtype, device, log) -> dict:
         log(f"SD({d.name}): best k = {chosen[d.name]} (predicted speedup by k: "
             + ", ".join(f"{k}: {v:.2f}" for k, v in scores.items()) + ")")
     methods = build_methods(fam, args, chosen, eos)
-    rows = run_interleaved(methods, prompts, target, device, args.warmup, log, args.max_seconds)
-    df = table(rows, methods, target, models, latency)
-    ties = [{"method": n, **v} for n, r in rows.items() for v in r["verdicts"] if v["verdict"] != "identical"]
-    return {"dtype": dtype, "df": df, "prompts": len(rows["HF greedy"]["verdicts"]), "ties": ties, "sd_k": chosen, "k_matrix": fam.k_matrix,
-            "lenience": fam.lenience, "mag_k": next((d.k for d in fam.drafters if is_free(d)), None),
-            "tree": tree_label(tree) if (tree := tree_of_flag(args.tree, fam)) is not None else None,
-            "latency": latency, "tune": (TUNE_OFFSET, TUNE_OFFSET + len(tune) - 1),
-            "float32_logits": has_float32_logits(target)}
+    tree = tree_of_flag(args.tree, fam)
+
+    def result(rows) -> dict:
+        df = table(rows, methods, target, models, latency)
+        ties = [{"method": n, **v} for n, r in rows.items() for v in r["verdicts"] if v["verdict"] != "identical"]
+        return {"dtype": dtype, "df": df, "prompts": len(rows["HF greedy"]["verdicts"]), "ties": ties, "sd_k": chosen,
+                "k_matrix": fam.k_matrix, "lenience": fam.lenience, "mag_k": next((d.k for d in fam.drafters if is_free(d)), None),
+                "tree": tree_label(tree) if tree is not None else None, "latency": latency,
+                "tune": (TUNE_OFFSET, TUNE_OFFSET + len(tune) - 1), "float32_logits": has_float32_logits(target)}
+
+    rows = run_interleaved(methods, prompts, target, device, args.warmup, log, args.max_seconds,
+                           checkpoint=lambda rows: checkpoint(result(rows)))
+    return result(rows)
 
 
 COLUMNS = ["tokens/s", "x HF greedy", "x best SD", "x best HF peer", "SWI parameters", "predicted s",
@@ -331,15 +341,10 @@ def markdown(run: dict) -> list[str]:
     return md + [""]
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = zoo.resolve_device(args.device)
+def write(args, argv, device, runs, complete: bool) -> dict:
+    """speed.md / .csv / .json under --out for the runs so far; `complete` False while a run is going (each
+    prompt rewrites them, so a run killed part-way leaves its table of the prompts it finished)."""
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    runs = [measure(args, dtype.strip(), device, log) for dtype in args.dtypes.split(",")]
-
     machine = {"machine": machine_id(), **hardware(device), "device": str(device), "platform": platform.platform(),
                "threads": args.threads, "torch": torch.__version__, "transformers": transformers.__version__,
                "python": platform.python_version()}
@@ -348,16 +353,32 @@ def main(argv=None) -> int:
             f"{args.threads} thread(s), {device}" + (f" ({machine['gpu']})" if machine["gpu"] else "")
             + f", CPU {machine['cpu']} (bf16 units: {machine['cpu_isa']}), torch {machine['torch']}, "
             f"transformers {machine['transformers']}; `{command}`")
+    if not complete:
+        head += "\n\n**Incomplete**: the run was still going (or was stopped) when this was written."
     text = "\n".join([head, ""] + [line for r in runs for line in markdown(r)])
-    print(text)
     (out_dir / "speed.md").write_text(text)
     pd.concat([r["df"].assign(dtype=r["dtype"]) for r in runs]).to_csv(out_dir / "speed.csv")
     (out_dir / "speed.json").write_text(json.dumps({
         "family": args.family, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens, **machine,
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "complete": complete,
         "command": command, "runs": [{**{k: v for k, v in r.items() if k != "df"},
                                       "rows": json.loads(r["df"].reset_index().to_json(orient="records"))}
                                      for r in runs]}, indent=1, default=str) + "\n")
+    return text
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = zoo.resolve_device(args.device)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    runs = []
+    for dtype in args.dtypes.split(","):
+        runs.append(measure(args, dtype.strip(), device, log,
+                            checkpoint=lambda run: write(args, argv, device, runs + [run], complete=False)))
+    print(write(args, argv, device, runs, complete=True))
     wrong = sum(int(r["df"]["WRONG"].sum()) for r in runs)
     print(f"audit: {describe({k: sum(int(r['df'][k].sum()) for r in runs) for k in ('identical', 'tie', 'WRONG')})}"
           f"; written to {out_dir}/speed.{{md,csv,json}}")

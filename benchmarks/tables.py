@@ -105,7 +105,8 @@ def _audit(df: pd.DataFrame) -> str:
 def _speed_caption(d: dict, run: dict) -> str:
     df = _speed_rows(run)
     tree = f", tree {run['tree']}" if run.get("tree") else ""
-    return (f"{_day(d)}, {_machine(d)}, {run['dtype']}, {d['threads']} threads, "
+    stopped = "**an incomplete run (stopped part-way)**, " if d.get("complete") is False else ""
+    return (f"{stopped}{_day(d)}, {_machine(d)}, {run['dtype']}, {d['threads']} threads, "
             f"{run['prompts']} GSM8K dev prompts, {d['max_new_tokens']} new tokens, every method interleaved "
             f"prompt by prompt in one process; CSD: k-matrix `{run['k_matrix']}`, lenience {run['lenience']}, "
             f"MaG k {run.get('mag_k', '?')}{tree}; every output audited against HF greedy's: {_audit(df)}.\n\n"
