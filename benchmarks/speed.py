@@ -16,6 +16,9 @@ first `--prompts` GSM8K dev prompts:
 - `CSD`: csdlib's cascade with the family's default (`family.json`, e.g. chosen by `csd tune`);
 - `tree CSD`: the same cascade with tree drafts (`csdlib.Tree`; `--tree`: the family's tuned tree, else
   width 3 at every draft position of the target's review with 3 MaG tokens per branch);
+- with `--tune-csd SECONDS` both are tuned here first, for this machine and dtype: `csd tune`'s search on
+  the tuning prompts, priced by this run's latency model; `CSD` runs the best chain found, `tree CSD` the
+  best tree (what a machine with cheap verification needs: a default tuned elsewhere is not its best);
 - `HF assisted(<drafter>)`: transformers' assisted generation with each neural drafter, its default
   schedule and a constant k (the drafter's best k above, confidence threshold off);
 - `HF prompt lookup`: `prompt_lookup_num_tokens=--lookup`.
@@ -58,7 +61,7 @@ from csdlib.protocol import is_free  # noqa: E402
 from csdlib.cost import parameter_costs, swi  # noqa: E402
 from csdlib.latency import calibrate_latency, machine_id, model_seconds, predict_wall_time  # noqa: E402
 from csdlib.datasets import TUNE_OFFSET, load_gsm8k  # noqa: E402
-from csdlib.tuning import evaluate_cascade  # noqa: E402
+from csdlib.tuning import evaluate_cascade, k_matrix_from_params, optimize, tree_of  # noqa: E402
 
 STARTED = time.perf_counter()          # --max-seconds counts from here
 
@@ -92,6 +95,12 @@ def parse_args(argv=None):
     p.add_argument("--tree", default="auto",
                    help="tree CSD's tree: W:E (width W at every draft position of the target's review, E MaG "
                         "tokens per branch), auto (the family's tuned tree, else 3:3) or off")
+    p.add_argument("--tune-csd", type=float, default=0, metavar="SECONDS",
+                   help="tune the cascade on this machine first: csd tune's search (k-matrix, lenience and the "
+                        "target's tree up to --tree-max) on the tuning prompts, priced by this run's latency "
+                        "model, for SECONDS per dtype; CSD then runs the best chain found and tree CSD the best "
+                        "tree (0, the default: the family's stored default and --tree)")
+    p.add_argument("--tree-max", default="4,8,4", help="with --tune-csd: WIDTH,DEPTH,EXTEND maxima of the trees searched")
     p.add_argument("--peers", choices=["default", "all"], default="all",
                    help="which HF assisted-generation peers: 'default' (each drafter on transformers' default "
                         "schedule) or 'all' (the default, adds each drafter at SD's constant k)")
@@ -152,8 +161,9 @@ def load_family(args, dtype, device):
     return zoo.load(**where, dtype=dtype, float32_logits=f32, device=device)
 
 
-def build_methods(fam, args, chosen, eos):
-    """name -> (kind, run(prompt) -> (new tokens, Stats or None)), every method on the same target."""
+def build_methods(fam, args, chosen, eos, setting):
+    """name -> (kind, run(prompt) -> (new tokens, Stats or None)), every method on the same target;
+    `setting`: CSD's (`csd_setting`)."""
     target, drafters = fam.target, list(fam.drafters)
     hf_target, mag = target.model, next((d for d in drafters if is_free(d)), None)
 
@@ -179,10 +189,10 @@ def build_methods(fam, args, chosen, eos):
     for d in drafters:
         label = "MaG" if d is mag else d.name
         methods[f"SD({label}) k={chosen[d.name]}"] = ("csdlib SD", csd([d], [[chosen[d.name]]]))
-    methods["CSD"] = ("csdlib CSD", csd(drafters, fam.k_matrix, fam.lenience))
-    tree = tree_of_flag(args.tree, fam)
-    if tree is not None:
-        methods[f"tree CSD {tree_label(tree)}"] = ("csdlib CSD", csd(drafters, fam.k_matrix, fam.lenience, tree))
+    methods["CSD"] = ("csdlib CSD", csd(drafters, setting["k_matrix"], setting["lenience"]))
+    if setting["tree"] is not None:
+        methods[f"tree CSD {tree_label(setting['tree'])}"] = ("csdlib CSD", csd(
+            drafters, setting["tree_k_matrix"], setting["tree_lenience"], setting["tree"]))
     for d in drafters:
         if d is mag:
             continue
@@ -193,6 +203,40 @@ def build_methods(fam, args, chosen, eos):
                 assistant_confidence_threshold=0.0))
     methods[f"HF prompt lookup({args.lookup})"] = ("hf peer", hf(prompt_lookup_num_tokens=args.lookup))
     return methods
+
+
+def csd_setting(args, fam, cached, prompts, latency, log) -> dict:
+    """CSD's chain and tree CSD's tree: the family's default and `--tree`, or with `--tune-csd` the best
+    chain and the best tree of `csd tune`'s search on this machine (`tuning.optimize`, the tuning prompts
+    replayed from the target's cache, this run's latency model; the family's default tried first)."""
+    tree = tree_of_flag(args.tree, fam)
+    setting = {"k_matrix": fam.k_matrix, "lenience": fam.lenience, "tree": tree, "tree_k_matrix": fam.k_matrix,
+               "tree_lenience": fam.lenience, "tuned": None}
+    if not args.tune_csd:
+        return setting
+    width, depth, extend = (int(v) for v in args.tree_max.split(","))
+    res = optimize(cached, list(fam.drafters), prompts, latency=latency, n_trials=100_000, timeout=args.tune_csd,
+                   max_new_tokens=args.max_new_tokens, start=(fam.k_matrix, fam.lenience),
+                   tree_max=(width, depth, extend) if width > 1 else None)
+    done = [t for t in res.study.trials if t.value is not None and t.state.name == "COMPLETE"]
+    n = len(fam.drafters)
+    chain = max((t for t in done if tree_of(t.params) is None), key=lambda t: t.value)
+    trees = [t for t in done if tree_of(t.params) is not None]
+    best_tree = max(trees, key=lambda t: t.value) if trees else None
+    setting.update(k_matrix=k_matrix_from_params(chain.params, n), lenience=float(chain.params.get("lenience", 1.0)))
+    if best_tree is not None:
+        setting.update(tree=tree_of(best_tree.params), tree_k_matrix=k_matrix_from_params(best_tree.params, n),
+                       tree_lenience=float(best_tree.params.get("lenience", 1.0)))
+    setting["tuned"] = {"seconds": round(res.seconds, 1), "trials": len(res.study.trials), "completed": len(done),
+                        "prompts": len(prompts), "tree_max": [width, depth, extend], "chain_predicted": chain.value,
+                        "tree_predicted": None if best_tree is None else best_tree.value,
+                        "tree_k_matrix": setting["tree_k_matrix"] if best_tree is not None else None,
+                        "chosen": "tree" if res.tree is not None else "chain"}
+    log(f"tuned here ({res.seconds:.0f} s, {len(done)} trials): chain {setting['k_matrix']} predicted "
+        f"{chain.value:.2f}x AR" + ("" if best_tree is None else f"; tree {tree_label(setting['tree'])} over "
+                                   f"{setting['tree_k_matrix']} predicted {best_tree.value:.2f}x AR")
+        + f"; the tuner would choose the {setting['tuned']['chosen']}")
+    return setting
 
 
 def tree_of_flag(flag: str, fam):
@@ -292,15 +336,18 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
         chosen[d.name], scores = best_k(cached, d, tune, ks, latency, args.max_new_tokens)
         log(f"SD({d.name}): best k = {chosen[d.name]} (predicted speedup by k: "
             + ", ".join(f"{k}: {v:.2f}" for k, v in scores.items()) + ")")
-    methods = build_methods(fam, args, chosen, eos)
-    tree = tree_of_flag(args.tree, fam)
+    setting = csd_setting(args, fam, cached, tune, latency, log)
+    methods = build_methods(fam, args, chosen, eos, setting)
+    tree = setting["tree"]
 
     def result(rows) -> dict:
         df = table(rows, methods, target, models, latency)
         ties = [{"method": n, **v} for n, r in rows.items() for v in r["verdicts"] if v["verdict"] != "identical"]
         return {"dtype": dtype, "df": df, "prompts": len(rows["HF greedy"]["verdicts"]), "ties": ties, "sd_k": chosen,
-                "k_matrix": fam.k_matrix, "lenience": fam.lenience, "mag_k": next((d.k for d in fam.drafters if is_free(d)), None),
-                "tree": tree_label(tree) if tree is not None else None, "latency": latency,
+                "k_matrix": setting["k_matrix"], "lenience": setting["lenience"],
+                "mag_k": next((d.k for d in fam.drafters if is_free(d)), None),
+                "tree": tree_label(tree) if tree is not None else None, "tree_k_matrix": setting["tree_k_matrix"],
+                "tuned": setting["tuned"], "latency": latency,
                 "tune": (TUNE_OFFSET, TUNE_OFFSET + len(tune) - 1), "float32_logits": has_float32_logits(target)}
 
     rows = run_interleaved(methods, prompts, target, device, args.warmup, log, args.max_seconds,
@@ -331,7 +378,13 @@ def markdown(run: dict) -> list[str]:
                 cells.append(f"{v:.2f}")
         md.append(f"| {name} | " + " | ".join(cells) + " |")
     md += ["", f"SD's k per drafter (chosen by predicted speedup on dev items {run['tune'][0]}..{run['tune'][1]}): "
-           f"{run['sd_k']}; CSD: k_matrix={run['k_matrix']}, lenience={run['lenience']}; limit = predicted time of "
+           f"{run['sd_k']}; CSD: k_matrix={run['k_matrix']}, lenience={run['lenience']}"
+           + (f" (tree CSD: {run['tree']} over {run['tree_k_matrix']})" if run.get("tree") else "")
+           + (f", both tuned in this run ({run['tuned']['completed']} trials in {run['tuned']['seconds']:g} s on the tuning "
+              f"prompts; predicted {run['tuned']['chain_predicted']:.2f}x AR for the chain"
+              + (f", {run['tuned']['tree_predicted']:.2f}x for the tree" if run['tuned']['tree_predicted'] else "")
+              + f"; the tuner would choose the {run['tuned']['chosen']})" if run.get("tuned") else " (the family's default)")
+           + "; limit = predicted time of "
            "the target's calls alone. Audit against HF greedy, all methods: "
            + describe({k: int(df[k].sum()) for k in ("identical", "tie", "WRONG")}) + "."]
     for t in run["ties"]:

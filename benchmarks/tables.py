@@ -105,6 +105,10 @@ def _audit(df: pd.DataFrame) -> str:
 def _speed_caption(d: dict, run: dict) -> str:
     df = _speed_rows(run)
     tree = f", tree {run['tree']}" if run.get("tree") else ""
+    if run.get("tuned"):
+        t = run["tuned"]
+        tree += (f" (chain and tree tuned in this run for this machine: {t['completed']} trials in {t['seconds']:g} s"
+                 + (f"; the tree over `{run['tree_k_matrix']}`" if run.get("tree") else "") + ")")
     stopped = "**an incomplete run (stopped part-way)**, " if d.get("complete") is False else ""
     return (f"{stopped}{_day(d)}, {_machine(d)}, {run['dtype']}, {d['threads']} threads, "
             f"{run['prompts']} GSM8K dev prompts, {d['max_new_tokens']} new tokens, every method interleaved "
