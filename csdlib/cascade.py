@@ -26,7 +26,8 @@ also accepted when `p(x) > q(x) / lenience`.
 **Tree drafts** (`tree=Tree(...)`, greedy): a reviewing level verifies a token tree instead of a chain,
 in one forward pass (`HFModel.tree_logits`): the draft chain, plus at chosen draft positions the best
 other candidates of the model that chose the chain's token there (a neural drafter's top-n; MaG's other
-max-gram continuations and its bigram successor), each continued by the bottom free drafter. It keeps the longest root path of its
+max-gram continuations and its bigram table's best successors), each continued by the bottom free drafter;
+with a budget, only the likeliest of them (the drafters' probability of the path). It keeps the longest root path of its
 own choices (lenient at inner levels, as in the chain) plus one token of its own, and only that path in
 its KV cache. The target still accepts only its argmax: the output stays the target's greedy output.
 
@@ -61,12 +62,15 @@ class Tree:
     """The shape of tree drafts. `widths[i][d]`: candidates at draft position d of level i's review (1:
     the chain's token only; rows and positions not given: 1); the extra candidates are the best other
     tokens of the model that chose the chain's token there. `extend`: tokens of the bottom free drafter
-    (MaG) that continue each extra candidate (free; 0 without MaG).
+    (MaG) that continue each extra candidate (free; 0 without MaG). `budget`: at most this many extra
+    candidates per review, the likeliest (None: every one the widths allow).
 
-        Tree([[3, 2, 2]], extend=2)    # the target's review: 2 + 1 + 1 side branches of 3 tokens each
+        Tree([[3, 2, 2]], extend=2)            # the target's review: 2 + 1 + 1 side branches of 3 tokens
+        Tree([[4] * 6], extend=3, budget=4)    # the 4 likeliest of the 3 x 6 candidates
     """
     widths: tuple = ()
     extend: int = 0
+    budget: int | None = None
 
     def width(self, level: int, position: int) -> int:
         row = self.widths[level] if level < len(self.widths) else ()
@@ -322,9 +326,11 @@ class Cascade:
 
     def grow_tree(self, i: int, seq: list[int], q: list, start: int, cap: int):
         """The tree level i verifies: the chain seq[start:] (rank 1) and, at draft position d, the
-        `tree.width(i, d) - 1` best other candidates noted there (ranks 2, 3, ...), each continued by
-        the bottom free drafter. Returns tokens, parents (-1: the root; parents come first), ranks, q."""
+        `tree.width(i, d) - 1` best other candidates noted there (ranks 2, 3, ...; with a budget, only
+        the likeliest), each continued by the bottom free drafter. Returns tokens, parents (-1: the root;
+        parents come first), ranks, q."""
         deepest = cap - start - 2                      # an accepted node there still leaves room for one token
+        side = self.side_branches(i, q, start, len(seq) - start)
         tokens, parents, ranks, qs = [], [], [], []
 
         def add(token, parent, rank, q_token):
@@ -335,11 +341,24 @@ class Cascade:
         for d, token in enumerate(seq[start:]):
             chain = add(token, parent, 1, q[start + d])
             for rank, (alt, q_alt) in enumerate(self.alts[start + d][:self.tree.width(i, d) - 1], start=2):
+                if (d, rank) not in side:
+                    continue
                 branch = add(alt, parent, rank, q_alt)
                 for more in self.continue_branch(seq[:start + d] + [alt], min(self.tree.extend, deepest - d)):
                     branch = add(more, branch, 1, 1.0)
             parent = chain
         return tokens, parents, ranks, qs
+
+    def side_branches(self, i: int, q: list, start: int, n: int) -> set:
+        """(draft position, rank) of the extra candidates level i's tree takes: all that its widths allow,
+        or with a budget the likeliest, by the drafters' probability of the chain before the position
+        times the candidate's own (earlier positions first on ties)."""
+        scored, chain = [], 1.0
+        for d in range(n):
+            for rank, (_, q_alt) in enumerate(self.alts[start + d][:self.tree.width(i, d) - 1], start=2):
+                scored.append((-chain * q_alt, d, rank))
+            chain *= q[start + d]                      # P(the chain is right up to here), by its drafters
+        return {(d, rank) for _, d, rank in sorted(scored)[:self.tree.budget]}
 
     def continue_branch(self, seq: list[int], n: int) -> list[int]:
         """Up to n tokens of the bottom free drafter (MaG) after seq: free continuations of a branch."""
@@ -411,10 +430,12 @@ def _check_tree(tree, models, sampler) -> Tree | None:
                 raise CSDValueError(f"tree: widths[{i}][{d}] must be an int >= 1 (1: the chain only), got {w!r}")
     if isinstance(tree.extend, bool) or not isinstance(tree.extend, int) or tree.extend < 0:
         raise CSDValueError(f"tree: extend must be an int >= 0, got {tree.extend!r}")
+    if tree.budget is not None and (isinstance(tree.budget, bool) or not isinstance(tree.budget, int) or tree.budget < 1):
+        raise CSDValueError(f"tree: budget must be None (every candidate) or an int >= 1, got {tree.budget!r}")
     if sampler is not None:
         raise CSDValueError("tree: tree drafts are implemented for greedy decoding only; leave tree=None "
                             "with do_sample=True (lossless multi-draft sampling is not built)")
     for i, m in enumerate(models[:len(rows)]):
         if any(w > 1 for w in rows[i]) and not callable(getattr(m, "tree_logits", None)):
             raise CSDValueError(f"tree: level {i} ({m.name!r}) cannot verify a tree: it has no tree_logits()")
-    return Tree(tuple(tuple(r) for r in rows), tree.extend)
+    return Tree(tuple(tuple(r) for r in rows), tree.extend, tree.budget)

@@ -21,8 +21,9 @@ pruned (MedianPruner), and settings already evaluated are not run again. The obj
 MaG's draft size is its k-matrix column (MaG proposes what its entry asks for, at most its k); in seed
 mode, where MaG always proposes its own k, that k is searched instead. With `tree_max=(width, depth,
 extend)` the target's tree drafts are searched too (`csdlib.Tree`: `width` candidates at each of the
-first `depth` draft positions, each continued by `extend` MaG tokens); width 1 is the chain, which is
-always tried first, so the tuner never picks a tree that it predicts slower than the chain.
+first `depth` draft positions, each continued by `extend` MaG tokens, and a budget: the likeliest 1 to
+all of them); width 1 is the chain, which is always tried first, so the tuner never picks a tree that it
+predicts slower than the chain.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class Tuned:
     def as_default(self) -> dict:
         """The `default` entry of a family.json."""
         tree = None if self.tree is None else {"widths": [list(r) for r in self.tree.widths],
-                                               "extend": self.tree.extend}
+                                               "extend": self.tree.extend, "budget": self.tree.budget}
         return {"k_matrix": self.k_matrix, "lenience": self.lenience, "mag_k": self.mag_k, "tree": tree,
                 "objective": self.objective, "value": self.value}
 
@@ -152,11 +153,14 @@ def best_trial(study, tree_margin: float = TREE_MARGIN):
 
 
 def tree_of(params: dict) -> Tree | None:
-    """The target's tree of a trial's parameters `tree_width`, `tree_depth`, `tree_extend` (None: chain)."""
+    """The target's tree of a trial's parameters `tree_width`, `tree_depth`, `tree_extend` and `tree_budget`
+    (None: chain; a budget of at least the tree's (width - 1) x depth candidates, or none: no budget)."""
     width, depth = int(params.get("tree_width", 1)), int(params.get("tree_depth", 0))
     if width <= 1 or depth <= 0:
         return None
-    return Tree([[width] * depth], extend=int(params.get("tree_extend", 0)))
+    budget = int(params.get("tree_budget", 0))
+    return Tree([[width] * depth], extend=int(params.get("tree_extend", 0)),
+                budget=budget if 0 < budget < (width - 1) * depth else None)
 
 
 def k_matrix_from_params(params: dict, n: int) -> list[list[int]]:
@@ -288,7 +292,7 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
         if seed_mode_mag:
             p["mag_k"] = min(old_k, mag_max)
         if "tree_width" in extra_int:                  # starts are chains
-            p.update(tree_width=1, tree_depth=1, tree_extend=0)
+            p.update(tree_width=1, tree_depth=1, tree_extend=0, tree_budget=1)
         return p
 
     starts = ([start] if start is not None else []) + [(sd, 1.0) for sd in _sd_matrices(n, sd_starts)]
@@ -320,7 +324,8 @@ def _search_space(drafters, prompts, k_max: int, mag_k_max: int | None, tree_max
     extra_int = {"mag_k": (1, mag_max)} if mag is not None and mag.seed_mode else {}
     if tree_max is not None and tree_max[0] > 1 and tree_max[1] > 0:
         extra_int.update(tree_width=(1, tree_max[0]), tree_depth=(1, tree_max[1]),
-                         tree_extend=(0, tree_max[2] if mag is not None else 0))
+                         tree_extend=(0, tree_max[2] if mag is not None else 0),
+                         tree_budget=(1, (tree_max[0] - 1) * tree_max[1]))    # the top: no budget
     return mag, mag_max, extra_int
 
 

@@ -8,7 +8,7 @@ with the real target)::
 
 The sliders carry `tuning.optimize`'s parameter names (``k<i>_<j>``: row i = the reviewing level, target
 first; column j = drafter j) and are read back with `tuning.k_matrix_from_params`; the tree-size sliders
-(``tree_width``, ``tree_depth``, ``tree_extend``: the target's tree drafts, width 1 = chain) with
+(``tree_width``, ``tree_depth``, ``tree_extend``, ``tree_budget``: the target's tree drafts, width 1 = chain) with
 `tuning.tree_of`.
 """
 
@@ -40,12 +40,16 @@ def k_matrix_sliders(drafter_names, k_matrix, lenience: float = 1.0, *, k_max: i
 
 def tree_sliders(tree=None, *, width_max: int = 4, depth_max: int = 8, extend_max: int = 4) -> dict:
     """{parameter name: slider} for the target's tree drafts (`tuning.tree_of` reads them back): its
-    width (1: the chain), the draft positions that branch, and MaG tokens continuing each branch."""
+    width (1: the chain), the draft positions that branch, MaG tokens continuing each branch, and the
+    budget of extra candidates (the likeliest kept; at its top: every one)."""
     row = tree.widths[0] if tree is not None and tree.widths else ()
+    most = max(1, (width_max - 1) * depth_max)
     return {"tree_width": widgets.IntSlider(value=max(row, default=1), min=1, max=width_max, description="tree width"),
             "tree_depth": widgets.IntSlider(value=len(row) or 1, min=1, max=depth_max, description="tree depth"),
             "tree_extend": widgets.IntSlider(value=tree.extend if tree is not None else 0, min=0, max=extend_max,
-                                             description="tree extend")}
+                                             description="tree extend"),
+            "tree_budget": widgets.IntSlider(value=min(most, tree.budget if tree is not None and tree.budget else most),
+                                             min=1, max=most, description="tree budget")}
 
 
 class TuningPanel(widgets.VBox):
@@ -113,7 +117,8 @@ class TuningPanel(widgets.VBox):
                 for j in range(i, self.n):
                     self.sliders[f"k{i}_{j}"].value = k_matrix[i][j]
             self.sliders["lenience"].value = lenience
-            for name, slider in tree_sliders(tree).items():
+            for name, slider in tree_sliders(tree, width_max=self.tree_max[0], depth_max=self.tree_max[1],
+                                             extend_max=self.tree_max[2]).items():
                 self.sliders[name].value = slider.value
         finally:
             self._setting = False

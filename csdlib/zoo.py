@@ -165,10 +165,15 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="fl
 
 
 def tree_from_json(value):
-    """A family.json's `"tree": {"widths": [[...]], "extend": e}` as a `csdlib.Tree` (None: chains)."""
+    """A family.json's `"tree": {"widths": [[...]], "extend": e, "budget": b}` as a `csdlib.Tree` (None:
+    chains; no budget: every candidate)."""
     from .cascade import Tree
 
-    return None if value is None else Tree(tuple(tuple(r) for r in value["widths"]), int(value.get("extend", 0)))
+    if value is None:
+        return None
+    budget = value.get("budget")
+    return Tree(tuple(tuple(r) for r in value["widths"]), int(value.get("extend", 0)),
+                None if budget is None else int(budget))
 
 
 def resolve_device(device=None):

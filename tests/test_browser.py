@@ -329,7 +329,7 @@ def check_notebook(browser, url, repo, name, shots, timings, seen):
 
         if name.startswith("04"):
             sliders = browser.find_elements(By.CSS_SELECTOR, ".widget-slider .noUi-handle")
-            assert len(sliders) == 10, f"expected 6 k-matrix sliders, the lenience and 3 tree sliders, found {len(sliders)}"
+            assert len(sliders) == 11, f"expected 6 k-matrix sliders, the lenience and 4 tree sliders, found {len(sliders)}"
             text0, img0 = slider_output(browser)
             assert "SWI" in text0 and img0, text0
             assert js(browser, "return [...PANEL.querySelectorAll('.widget-output img')].every(i => i.naturalWidth > 0)")

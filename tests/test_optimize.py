@@ -5,7 +5,7 @@ answer is what evaluate_cascade says about it."""
 import pytest
 
 import tiny
-from csdlib import BigramTable, HFModel, MaG
+from csdlib import BigramTable, HFModel, MaG, Tree
 from csdlib.cache import build_target_cache
 from csdlib.cost import expected_speedup
 from csdlib.latency import ZERO_LATENCY
@@ -154,8 +154,19 @@ def test_optimize_searches_trees_and_picks_them_only_where_verifying_is_cheap(se
     assert tuned["cheap"].value > chain["predicted_speedup"]          # the tree beats its own chain
     assert tuned["cheap"].evaluation["tokens_per_target_call"] > chain["tokens_per_target_call"]
     assert tuned["cheap"].as_default()["tree"] == {"widths": [list(r) for r in tuned["cheap"].tree.widths],
-                                                   "extend": tuned["cheap"].tree.extend}
+                                                   "extend": tuned["cheap"].tree.extend,
+                                                   "budget": tuned["cheap"].tree.budget}
     assert tuned["dear"].as_default()["tree"] is None
+    # the budget is searched with the shape: from 1 extra candidate to all of them ((3 - 1) x 3)
+    budgets = {t.params["tree_budget"] for t in tuned["cheap"].study.trials}
+    assert min(budgets) >= 1 and max(budgets) <= 6 and len(budgets) > 2
+
+
+def test_tree_of_reads_the_budget():
+    assert tree_of({"tree_width": 3, "tree_depth": 4, "tree_extend": 1, "tree_budget": 3}) == Tree([[3] * 4], 1, 3)
+    assert tree_of({"tree_width": 3, "tree_depth": 4, "tree_budget": 8}) == Tree([[3] * 4])    # 8 = all: none
+    assert tree_of({"tree_width": 3, "tree_depth": 4}) == Tree([[3] * 4])
+    assert tree_of({"tree_width": 1, "tree_depth": 4, "tree_budget": 2}) is None
 
 
 def test_optimize_refuses_trees_without_a_tree_line(setup):

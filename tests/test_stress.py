@@ -82,7 +82,7 @@ def check_random_case(rng: random.Random, kind: str, targets, case: int, tree: b
     shape = None
     if tree:                           # widths 1-4 at the first 0-8 draft positions of each level
         shape = Tree([[rng.randint(1, 4) for _ in range(rng.randint(0, 8))] for _ in range(max(1, len(drafters)))],
-                     extend=rng.randint(0, 4))
+                     extend=rng.randint(0, 4), budget=rng.choice([None, None, 1, 2, 4, 8]))
     out = csdlib.generate(target, drafters, prompt, k_matrix=k_matrix, lenience=lenience,
                           max_new_tokens=max_new, eos_token_id=eos, confidence=confidence, tree=shape)
     where = (f"stress seed {SEED} ({kind}, case {case}; replay: CSD_STRESS_SEED={SEED} pytest -m stress): "

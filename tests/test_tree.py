@@ -28,9 +28,10 @@ def t5_family():
 
 
 def random_tree(rng: random.Random, n_drafters: int) -> Tree:
-    """Widths 1-4 at the first 0-6 draft positions of each reviewing level, MaG continuations 0-3."""
+    """Widths 1-4 at the first 0-6 draft positions of each reviewing level, MaG continuations 0-3, and
+    half the time a budget of 1-5 extra candidates."""
     rows = [[rng.randint(1, 4) for _ in range(rng.randint(0, 6))] for _ in range(max(1, n_drafters))]
-    return Tree(rows, extend=rng.randint(0, 3))
+    return Tree(rows, extend=rng.randint(0, 3), budget=rng.choice([None, None, None, 1, 2, 5]))
 
 
 def check_tree_case(seed: int, target, pool, table):
@@ -132,6 +133,8 @@ def test_cached_target_reviews_trees_as_the_real_target(tmp_path, llama_family):
     (Tree([[2], [2], [2]]), "3 width rows for 1 reviewing level"),
     ("wide", "expected None, a csdlib.Tree or a list of width rows"),
     (Tree([2, 2]), "widths must be a list of rows"),
+    (Tree([[2]], budget=0), "budget must be None"),
+    (Tree([[2]], budget=1.5), "budget must be None"),
 ])
 def test_bad_trees_are_refused(tree, message):
     target, drafter = llama(0), llama(1)
@@ -173,8 +176,41 @@ def test_a_tuned_tree_goes_through_family_json_into_the_methods():
 
     tuned = Tuned([[2]], 1.0, None, 1.3, "latency", tree=Tree(((3, 3, 2),), extend=2))
     assert tree_from_json(tuned.as_default()["tree"]) == tuned.tree
+    budgeted = Tuned([[2]], 1.0, None, 1.3, "latency", tree=Tree(((3, 3, 2),), extend=2, budget=2))
+    assert tree_from_json(budgeted.as_default()["tree"]) == budgeted.tree
+    assert tree_from_json({"widths": [[2]]}) == Tree(((2,),))             # older family.json: no budget
     assert tree_from_json(None) is None
     drafter = HFModel(llama(1), name="d")
     names = [m.name for m in standard_methods([drafter], k_matrix=[[2]], tree=tuned.tree)]
     assert names == ["AR", "SD(d)", "CSD", "tree CSD"]
     assert standard_methods([drafter], k_matrix=[[2]], tree=tuned.tree)[-1].generate_kwargs == {"tree": tuned.tree}
+
+
+def test_a_budget_keeps_the_likeliest_extra_candidates():
+    """Scores: the drafters' probability of the chain before a position times the candidate's own."""
+    from csdlib.cascade import Cascade
+
+    def chosen(budget):
+        c = Cascade([HFModel(llama(0), name="t"), HFModel(llama(1), name="d")], [[3]], 1.0, None, None,
+                    Tree([[3, 3, 3]], budget=budget))
+        c.alts = [[], [(5, 0.3), (6, 0.1)], [(7, 0.5), (8, 0.2)], [(9, 0.9), (10, 0.05)]]
+        return c.side_branches(0, [None, 0.8, 0.5, 0.9], 1, 3)
+
+    # (0, 2): 0.3, (0, 3): 0.1, (1, 2): 0.8 x 0.5 = 0.4, (1, 3): 0.16, (2, 2): 0.4 x 0.9 = 0.36, (2, 3): 0.02
+    assert chosen(1) == {(1, 2)}
+    assert chosen(2) == {(1, 2), (2, 2)}
+    assert chosen(3) == {(1, 2), (2, 2), (0, 2)}
+    assert chosen(None) == chosen(6) == {(d, r) for d in range(3) for r in (2, 3)}
+
+
+def test_a_budget_bounds_every_trees_extra_candidates_and_stays_exact(llama_family):
+    """Every tree the target verifies holds at most `budget` extra candidates (rank > 1; their MaG
+    continuations have rank 1); without the budget, some tree holds more; the output is the same."""
+    target, pool, table = llama_family
+    prompt = list(range(20, 44))
+    runs = {b: csdlib.generate(HFModel(target, name="t"), [HFModel(pool[2], name="d"), MaG(table, k=3)], prompt,
+                               k_matrix=[[4, 2], [0, 2]], max_new_tokens=40, tree=Tree([[4] * 6], extend=2, budget=b))
+            for b in (None, 2)}
+    extra = {b: [sum(r > 1 for r in t["ranks"]) for t in out.trees if t["level"] == 0] for b, out in runs.items()}
+    assert max(extra[2]) <= 2 < max(extra[None])
+    assert runs[2].new_tokens == runs[None].new_tokens == csdlib.generate(target, [], prompt, max_new_tokens=40).new_tokens

@@ -97,8 +97,9 @@ def test_tree_sliders_shape_the_targets_tree(cascade):
     feeds the target more tokens per call; `set` moves them to a tree and back to the chain."""
     target, cached, drafters, prompts, latency = cascade
     panel = TuningPanel(cached, drafters, prompts, K, 1.0, latency=latency, max_new_tokens=12, k_max=6)
-    assert [panel.sliders[n].description for n in ("tree_width", "tree_depth", "tree_extend")] == [
-        "tree width", "tree depth", "tree extend"]
+    assert [panel.sliders[n].description for n in ("tree_width", "tree_depth", "tree_extend", "tree_budget")] == [
+        "tree width", "tree depth", "tree extend", "tree budget"]
+    assert panel.sliders["tree_budget"].value == panel.sliders["tree_budget"].max == 3 * 8     # all: no budget
     assert panel.tree is None and panel.sliders["tree_width"].value == 1
     panel.sliders["tree_depth"].value = 3
     panel.sliders["tree_width"].value = 3
@@ -109,5 +110,12 @@ def test_tree_sliders_shape_the_targets_tree(cascade):
     assert panel.history[-1]["tokens_fed_per_target_call"] > panel.history[0]["tokens_fed_per_target_call"]
     panel.set(K, 1.0, Tree([[2, 2]], extend=1))
     assert panel.tree == Tree([[2, 2]], extend=1)
+    panel.sliders["tree_budget"].value = 2                          # 2 = all of a width-2, depth-2 tree
+    assert panel.tree == Tree([[2, 2]], extend=1)
+    panel.set(K, 1.0, Tree([[3, 3, 3, 3]], extend=1, budget=2))
+    assert panel.tree == Tree([[3, 3, 3, 3]], extend=1, budget=2) and panel.sliders["tree_budget"].value == 2
+    fed = panel.history[-1]["tokens_fed_per_target_call"]
+    panel.sliders["tree_budget"].value = 5
+    assert panel.history[-1]["tokens_fed_per_target_call"] > fed      # more candidates, more tokens fed
     panel.set(K, 1.0)
     assert panel.tree is None
