@@ -93,8 +93,9 @@ def parse_args(argv=None):
                         "many prompts were measured")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when present)")
     p.add_argument("--tree", default="auto",
-                   help="tree CSD's tree: W:E (width W at every draft position of the target's review, E MaG "
-                        "tokens per branch), auto (the family's tuned tree, else 3:3) or off")
+                   help="tree CSD's tree: W:E[:B] (width W at every draft position of the target's review, E MaG "
+                        "tokens per branch, the B likeliest extra candidates), auto (the family's tuned tree, else "
+                        "3:3) or off")
     p.add_argument("--tune-csd", type=float, default=0, metavar="SECONDS",
                    help="tune the cascade on this machine first: csd tune's search (k-matrix, lenience and the "
                         "target's tree up to --tree-max) on the tuning prompts, priced by this run's latency "
@@ -240,20 +241,21 @@ def csd_setting(args, fam, cached, prompts, latency, log) -> dict:
 
 
 def tree_of_flag(flag: str, fam):
-    """`--tree`: off, auto (the family's tuned tree, else 3:3) or W:E over the target row's draft."""
+    """`--tree`: off, auto (the family's tuned tree, else 3:3) or W:E[:B] over the target row's draft."""
     if flag == "off":
         return None
     if flag == "auto":
         if fam.tree is not None:
             return fam.tree
         flag = "3:3"
-    width, extend = (int(v) for v in flag.split(":"))
-    return Tree([[width] * sum(fam.k_matrix[0])], extend=extend)
+    width, extend, *budget = (int(v) for v in flag.split(":"))
+    return Tree([[width] * sum(fam.k_matrix[0])], extend=extend, budget=budget[0] if budget else None)
 
 
 def tree_label(tree) -> str:
-    """w<widths>e<extend>, e.g. w3333e3."""
-    return "w" + "".join(map(str, tree.widths[0])) + f"e{tree.extend}"
+    """w<widths>e<extend>[b<budget>], e.g. w3333e3 or w444444e3b6."""
+    budget = f"b{tree.budget}" if tree.budget is not None else ""
+    return "w" + "".join(map(str, tree.widths[0])) + f"e{tree.extend}{budget}"
 
 
 def run_interleaved(methods, prompts, target, device, warmup, log, max_seconds=None, checkpoint=None):

@@ -46,9 +46,10 @@ def parse_args(argv=None):
     p.add_argument("--family", default="gsm8k-base")
     p.add_argument("--prompts", type=int, default=50, help="GSM8K dev prompts (the first N)")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--shapes", default="2:0,3:0,3:3,4:4",
-                   help="trees tried, WIDTH:EXTEND each: WIDTH candidates at every draft position of the "
-                        "target's review, each continued by EXTEND MaG tokens")
+    p.add_argument("--shapes", default="2:0,3:0,3:3,4:4,4:0:2,4:3:2,4:3:6",
+                   help="trees tried, WIDTH:EXTEND[:BUDGET] each: WIDTH candidates at every draft position of the "
+                        "target's review, each continued by EXTEND MaG tokens; with BUDGET only the likeliest "
+                        "BUDGET extra candidates")
     p.add_argument("--deep", type=int, default=8, help="draft length of the deeper k-matrix (0: none)")
     p.add_argument("--mag", type=int, default=4, help="draft length of MaG alone (0: none)")
     p.add_argument("--threads", type=int, default=1)
@@ -88,6 +89,7 @@ def main(argv=None) -> int:
     cache = Path(args.cache_dir) / f"tree-target-cache-{fam.name}-float32-t{args.max_new_tokens}.jsonl"
     cached = build_target_cache(fam.target, prompts, args.max_new_tokens, cache)
     shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
+    shapes = [(w, e, b[0] if b else None) for w, e, *b in shapes]
     ks = [("default", fam.k_matrix, fam.drafters)]
     if args.deep:
         ks.append((f"deep {args.deep}", deeper(fam.k_matrix, args.deep), fam.drafters))
@@ -97,13 +99,13 @@ def main(argv=None) -> int:
     rows, ranks = [], None
     for k_name, k, drafters in ks:
         depth = sum(k[0])
-        for width, extend in [(1, 0), *shapes]:
-            tree = Tree([[width] * depth], extend=extend) if width > 1 else None
+        for width, extend, budget in [(1, 0, None), *shapes]:
+            tree = Tree([[width] * depth], extend=extend, budget=budget) if width > 1 else None
             tic = time.perf_counter()
             r = evaluate_cascade(cached, drafters, prompts, k, max_new_tokens=args.max_new_tokens, tree=tree)
             level = r["stats"].levels[0]
             rows.append({"k-matrix": k_name, "target row": str(k[0]), "tree": "chain" if tree is None else
-                         f"width {width} x {depth}, extend {extend}",
+                         f"width {width} x {depth}, extend {extend}" + (f", budget {budget}" if budget else ""),
                          "tokens/target call": r["tokens_per_target_call"],
                          "tokens fed/target call": r["tokens_fed_per_target_call"],
                          "accepted off the chain": sum(sum(by_rank[1:]) for by_rank in level.accepted_by_rank),
