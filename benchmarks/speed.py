@@ -61,7 +61,7 @@ from csdlib.protocol import is_free  # noqa: E402
 from csdlib.cost import parameter_costs, swi  # noqa: E402
 from csdlib.latency import calibrate_latency, machine_id, model_seconds, predict_wall_time  # noqa: E402
 from csdlib.datasets import TUNE_OFFSET, load_gsm8k  # noqa: E402
-from csdlib.tuning import evaluate_cascade, k_matrix_from_params, optimize, tree_of  # noqa: E402
+from csdlib.tuning import best_chain_and_tree, evaluate_cascade, k_matrix_from_params, optimize, tree_of  # noqa: E402
 
 STARTED = time.perf_counter()          # --max-seconds counts from here
 
@@ -221,9 +221,7 @@ def csd_setting(args, fam, cached, prompts, latency, log) -> dict:
                    tree_max=(width, depth, extend) if width > 1 else None)
     done = [t for t in res.study.trials if t.value is not None and t.state.name == "COMPLETE"]
     n = len(fam.drafters)
-    chain = max((t for t in done if tree_of(t.params) is None), key=lambda t: t.value)
-    trees = [t for t in done if tree_of(t.params) is not None]
-    best_tree = max(trees, key=lambda t: t.value) if trees else None
+    chain, best_tree = best_chain_and_tree(res.study)
     setting.update(k_matrix=k_matrix_from_params(chain.params, n), lenience=float(chain.params.get("lenience", 1.0)))
     if best_tree is not None:
         setting.update(tree=tree_of(best_tree.params), tree_k_matrix=k_matrix_from_params(best_tree.params, n),

@@ -286,8 +286,21 @@ def cmd_tune(args) -> int:
     _print_start(args, cached, fam.drafters, prompts, start, latency)
     print(f"best:  k_matrix={tuned.k_matrix} lenience={tuned.lenience:g} mag_k={tuned.mag_k} "
           f"tree={tuned.tree}: {args.objective} {tuned.value:.3f}")
+    _print_best_tree(tuned)
     _save_tuned(args, tuned, threads, latency, fam.path if args.target is None else None, len(prompts))
     return 0
+
+
+def _print_best_tree(tuned) -> None:
+    """When the tuner kept a chain although trees were searched: how close the best tree came."""
+    from .tuning import TREE_MARGIN, best_chain_and_tree, k_matrix_from_params, tree_of
+
+    chain, tree = best_chain_and_tree(tuned.study)
+    if tuned.tree is not None or tree is None or chain is None:
+        return
+    print(f"best tree: k_matrix={k_matrix_from_params(tree.params, len(tuned.k_matrix))} tree={tree_of(tree.params)}: "
+          f"{tuned.objective} {tree.value:.3f}, {tree.value / chain.value - 1:+.1%} against the best chain (a tree is "
+          f"taken from {TREE_MARGIN:+.0%}: the latency model's error between two settings)")
 
 
 def _print_start(args, cached, drafters, prompts, start, latency) -> None:

@@ -144,12 +144,19 @@ def best_trial(study, tree_margin: float = TREE_MARGIN):
     """The study's best trial; but when that is a tree, the best chain trial unless the tree is predicted
     at least `tree_margin` better."""
     best = study.best_trial
-    chains = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"
-              and tree_of(t.params) is None]
-    if tree_of(best.params) is None or not chains:
+    chain, _ = best_chain_and_tree(study)
+    if tree_of(best.params) is None or chain is None:
         return best
-    chain = max(chains, key=lambda t: t.value)
     return best if best.value >= chain.value * (1 + tree_margin) else chain
+
+
+def best_chain_and_tree(study):
+    """(the best completed chain trial, the best completed tree trial) of a study; None where there is none."""
+    done = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
+    chains = [t for t in done if tree_of(t.params) is None]
+    trees = [t for t in done if tree_of(t.params) is not None]
+    return (max(chains, key=lambda t: t.value) if chains else None,
+            max(trees, key=lambda t: t.value) if trees else None)
 
 
 def tree_of(params: dict) -> Tree | None:

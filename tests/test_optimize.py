@@ -129,7 +129,7 @@ def test_optimize_tries_each_single_drafter_first(setup):
     assert tuned.value == pytest.approx(best)
 
 
-def test_optimize_searches_trees_and_picks_them_only_where_verifying_is_cheap(setup):
+def test_optimize_searches_trees_and_picks_them_only_where_verifying_is_cheap(setup, capsys):
     """With `tree_max`, tree shapes are searched with the k-matrix. Where a fed token costs nothing the
     tuner picks a tree (more tokens per target call); where every fed token costs as much as a forward
     it keeps the chain, which is always tried first: it never picks a tree it predicts slower. A tree
@@ -157,6 +157,17 @@ def test_optimize_searches_trees_and_picks_them_only_where_verifying_is_cheap(se
                                                    "extend": tuned["cheap"].tree.extend,
                                                    "budget": tuned["cheap"].tree.budget}
     assert tuned["dear"].as_default()["tree"] is None
+    # csd tune says how close the best tree came when it keeps the chain (and nothing when it took a tree)
+    from csdlib.commands import _print_best_tree
+    from csdlib.tuning import best_chain_and_tree
+
+    chain_t, tree_t = best_chain_and_tree(tuned["dear"].study)
+    assert chain_t.value == tuned["dear"].value and tree_t.value < chain_t.value
+    _print_best_tree(tuned["dear"])
+    _print_best_tree(tuned["cheap"])
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1 and printed[0].startswith("best tree: k_matrix=")
+    assert f"{tree_t.value / chain_t.value - 1:+.1%} against the best chain" in printed[0]
     # the budget is searched with the shape: from 1 extra candidate to all of them ((3 - 1) x 3)
     budgets = {t.params["tree_budget"] for t in tuned["cheap"].study.trials}
     assert min(budgets) >= 1 and max(budgets) <= 6 and len(budgets) > 2
