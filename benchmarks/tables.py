@@ -346,6 +346,9 @@ TABLES = [
           (f"{SPEED} --family gsm8k-base --out data/results/speed-gsm8k-base",), render_speed, 40),
     Table("trees-wall-clock", ("docs/trees.md",), "data/results/speed-gsm8k-base/speed.json",
           (), render_speed_summary),
+    Table("trees-budget-wall-clock", ("docs/trees.md",), "data/results/speed-gsm8k-base-tree-budget/speed.json",
+          ("python benchmarks/speed.py --prompts 30 --max-new-tokens 128 --threads 2 --recalibrate --peers default "
+           "--family gsm8k-base --tree 4:0:2 --out data/results/speed-gsm8k-base-tree-budget",), render_speed_summary, 20),
     Table("readme-speed", ("README.md",), "data/results/speed-gsm8k-tiny/speed.json",
           (), lambda _: render_readme(["data/results/speed-gsm8k-tiny/speed.json",
                                        "data/results/speed-gsm8k-base/speed.json"])),
