@@ -216,23 +216,30 @@ def csd_setting(args, fam, cached, prompts, latency, log) -> dict:
     if not args.tune_csd:
         return setting
     width, depth, extend = (int(v) for v in args.tree_max.split(","))
+    if "tree_a" not in latency[fam.target.name]:      # no tree line (an old calibration file): chains only
+        log(f"--tune-csd: the calibration of {fam.target.name!r} has no tree line; searching chains only")
+        width = 1
     res = optimize(cached, list(fam.drafters), prompts, latency=latency, n_trials=100_000, timeout=args.tune_csd,
                    max_new_tokens=args.max_new_tokens, start=(fam.k_matrix, fam.lenience),
                    tree_max=(width, depth, extend) if width > 1 else None)
     done = [t for t in res.study.trials if t.value is not None and t.state.name == "COMPLETE"]
     n = len(fam.drafters)
     chain, best_tree = best_chain_and_tree(res.study)
-    setting.update(k_matrix=k_matrix_from_params(chain.params, n), lenience=float(chain.params.get("lenience", 1.0)))
+    if chain is None:                                  # no chain completed: the family's chain stays
+        log("--tune-csd: no chain completed its evaluation in time; CSD runs the family's default")
+    else:
+        setting.update(k_matrix=k_matrix_from_params(chain.params, n), lenience=float(chain.params.get("lenience", 1.0)))
     if best_tree is not None:
         setting.update(tree=tree_of(best_tree.params), tree_k_matrix=k_matrix_from_params(best_tree.params, n),
                        tree_lenience=float(best_tree.params.get("lenience", 1.0)))
     setting["tuned"] = {"seconds": round(res.seconds, 1), "trials": len(res.study.trials), "completed": len(done),
-                        "prompts": len(prompts), "tree_max": [width, depth, extend], "chain_predicted": chain.value,
+                        "prompts": len(prompts), "tree_max": [width, depth, extend],
+                        "chain_predicted": None if chain is None else chain.value,
                         "tree_predicted": None if best_tree is None else best_tree.value,
                         "tree_k_matrix": setting["tree_k_matrix"] if best_tree is not None else None,
                         "chosen": "tree" if res.tree is not None else "chain"}
     log(f"tuned here ({res.seconds:.0f} s, {len(done)} trials): chain {setting['k_matrix']} predicted "
-        f"{chain.value:.2f}x AR" + ("" if best_tree is None else f"; tree {tree_label(setting['tree'])} over "
+        f"{res.value if chain is None else chain.value:.2f}x AR" + ("" if best_tree is None else f"; tree {tree_label(setting['tree'])} over "
                                    f"{setting['tree_k_matrix']} predicted {best_tree.value:.2f}x AR")
         + f"; the tuner would choose the {setting['tuned']['chosen']}")
     return setting
@@ -359,6 +366,18 @@ COLUMNS = ["tokens/s", "x HF greedy", "x best SD", "x best HF peer", "SWI parame
            "prediction error", "x limit", "tokens/target call", "identical", "tie", "WRONG"]
 
 
+def setting_note(run: dict) -> str:
+    """Where CSD's and tree CSD's settings came from: the family's default, or tuned in this run."""
+    note = f" (tree CSD: {run['tree']} over {run['tree_k_matrix']})" if run.get("tree") else ""
+    t = run.get("tuned")
+    if not t:
+        return note + " (the family's default)"
+    predicted = [f"{v:.2f}x AR for the {kind}" for kind, v in (("chain", t["chain_predicted"]), ("tree", t["tree_predicted"]))
+                 if v is not None]
+    return (note + f", both tuned in this run ({t['completed']} trials in {t['seconds']:g} s on the tuning prompts; "
+            f"predicted {', '.join(predicted) or 'nothing completed'}; the tuner would choose the {t['chosen']})")
+
+
 def markdown(run: dict) -> list[str]:
     df = run["df"]
     md = [f"**{run['dtype']}**" + (" (target logits in float32)" if run["float32_logits"] else "")
@@ -378,12 +397,7 @@ def markdown(run: dict) -> list[str]:
                 cells.append(f"{v:.2f}")
         md.append(f"| {name} | " + " | ".join(cells) + " |")
     md += ["", f"SD's k per drafter (chosen by predicted speedup on dev items {run['tune'][0]}..{run['tune'][1]}): "
-           f"{run['sd_k']}; CSD: k_matrix={run['k_matrix']}, lenience={run['lenience']}"
-           + (f" (tree CSD: {run['tree']} over {run['tree_k_matrix']})" if run.get("tree") else "")
-           + (f", both tuned in this run ({run['tuned']['completed']} trials in {run['tuned']['seconds']:g} s on the tuning "
-              f"prompts; predicted {run['tuned']['chain_predicted']:.2f}x AR for the chain"
-              + (f", {run['tuned']['tree_predicted']:.2f}x for the tree" if run['tuned']['tree_predicted'] else "")
-              + f"; the tuner would choose the {run['tuned']['chosen']})" if run.get("tuned") else " (the family's default)")
+           f"{run['sd_k']}; CSD: k_matrix={run['k_matrix']}, lenience={run['lenience']}" + setting_note(run)
            + "; limit = predicted time of "
            "the target's calls alone. Audit against HF greedy, all methods: "
            + describe({k: int(df[k].sum()) for k in ("identical", "tie", "WRONG")}) + "."]
