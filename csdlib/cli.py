@@ -105,6 +105,9 @@ def _run_parser(sub, families) -> None:
     r.add_argument("--data-dir", type=flags.directory, default=None, help=_DATA_DIR_HELP)
     _model_flags(r, "[[4, 2, 4], [0, 2, 4], [0, 0, 4]]")
     r.add_argument("--sd-k", type=flags.at_least(1), default=4, help="draft tokens of single-drafter SD")
+    r.add_argument("--tree", type=flags.tree_shape, default=None, metavar="W:E[:B]",
+                   help="adds tree CSD: W candidates at each draft position of the target's review, E MaG tokens "
+                        "per branch, the B likeliest kept (default: the family's tuned tree, if it has one; off: none)")
     r.add_argument("--methods", nargs="+", default=None,
                    help="a subset of AR, SD(<drafter>), CSD (default: all of them)")
     r.add_argument("--warmup", type=flags.at_least(0), default=1, help="untimed generations per method first")

@@ -73,7 +73,7 @@ def cmd_run(args) -> int:
     fam = family_from_args(args, device)
     prompts = [(i, fam.tokenizer(t)["input_ids"]) for i, t in enumerate(texts)]
     methods = standard_methods(fam.drafters, k_matrix=fam.k_matrix, lenience=fam.lenience, sd_k=args.sd_k,
-                               tree=getattr(fam, "tree", None))
+                               tree=_tree_of_flag(args.tree, fam))
     methods = [m for m in methods if not args.methods or m.name in args.methods]
     latency = stored_latency([fam.target, *fam.drafters], threads=threads)   # `csd calibrate` stores it
     name = args.name or f"{args.dataset}-{args.split}-n{args.n_samples}-t{args.max_new_tokens}"
@@ -289,6 +289,19 @@ def cmd_tune(args) -> int:
     _print_best_tree(tuned)
     _save_tuned(args, tuned, threads, latency, fam.path if args.target is None else None, len(prompts))
     return 0
+
+
+def _tree_of_flag(flag, fam):
+    """`csd run --tree`: None (the family's tuned tree, if any), "off", or (W, E[, B]) over the target's draft."""
+    from .tuning import tree_of
+
+    if flag is None:
+        return getattr(fam, "tree", None)
+    if flag == "off":
+        return None
+    width, extend, *budget = flag
+    return tree_of({"tree_width": width, "tree_depth": sum(fam.k_matrix[0]), "tree_extend": extend,
+                    "tree_budget": budget[0] if budget else 0})
 
 
 def _print_best_tree(tuned) -> None:

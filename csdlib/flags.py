@@ -42,6 +42,20 @@ def int_triple(text) -> tuple[int, int, int]:
     return values
 
 
+def tree_shape(text):
+    """off, or W:E[:B] (`csd run --tree`): W >= 1 candidates at each draft position of the target's review,
+    E >= 0 MaG tokens continuing each, and B >= 1, the likeliest extra candidates kept (none: all)."""
+    if text == "off":
+        return "off"
+    try:
+        values = tuple(int(v) for v in text.split(":"))
+    except ValueError:
+        values = ()
+    if len(values) not in (2, 3) or values[0] < 1 or values[1] < 0 or min(values[2:], default=1) < 1:
+        raise argparse.ArgumentTypeError(f"expected off or W:E[:B] (integers, W >= 1, E >= 0, B >= 1), got {text!r}")
+    return values
+
+
 def positive(text) -> float:
     try:
         value = float(text)
@@ -148,7 +162,7 @@ def _models(args) -> None:
     if args.k_matrix is not None and len(args.k_matrix) != len(drafters):
         raise argparse.ArgumentTypeError(f"--k-matrix: expected {len(drafters)}x{len(drafters)} for the drafters "
                                          f"{drafters}, got {len(args.k_matrix)}x{len(args.k_matrix)}")
-    names = ["AR", *(f"SD({d})" for d in drafters), "CSD"]
+    names = ["AR", *(f"SD({d})" for d in drafters), "CSD"] + (["tree CSD"] if getattr(args, "tree", None) not in (None, "off") else [])
     unknown = sorted(set(getattr(args, "methods", None) or []) - set(names))
     if unknown:
         raise argparse.ArgumentTypeError(f"--methods: unknown {unknown}; expected some of {names}")

@@ -57,6 +57,16 @@ def test_csd_run(world, tmp_path, capsys):
     assert len(records) == 16 and {r["sample_id"] for r in records[12:]} == {"3"}
 
 
+def test_csd_run_tree_adds_an_exact_tree_csd_row(world, tmp_path, capsys):
+    """`--tree W:E:B` adds tree CSD over the target's draft; its outputs are audited like the others."""
+    args = run_args(world, tmp_path, n=2) + ["--tree", "3:1:2", "--methods", "AR", "CSD", "tree CSD"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "identical 6, tie 0, WRONG 0" in printed
+    records = read_records(tmp_path / "results" / "t.jsonl")
+    assert sorted({r["method"] for r in records}) == ["AR", "CSD", "tree CSD"] and all(r["equals_ar"] for r in records)
+
+
 def test_force_measures_again(world, tmp_path, capsys):
     args = run_args(world, tmp_path, n=2) + ["--methods", "AR", "CSD", "--no-figure"]
     assert main(args) == 0

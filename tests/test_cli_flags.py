@@ -43,6 +43,9 @@ BAD = [
     (f"run --drafter {DIR}", "--drafter: only with --target (the family brings its own models)"),
     (f"run --bigram {FILE}", "--bigram: only with --target"),
     ("run --mag-k 3", "--mag-k: only with --target"),
+    ("run --tree 0:1", "argument --tree: expected off or W:E[:B]"),
+    ("run --tree 3", "argument --tree: expected off or W:E[:B]"),
+    ("run --tree 3:1:0", "argument --tree: expected off or W:E[:B]"),
     ("run --mag-k 0", "argument --mag-k: expected an integer >= 1"),
     (f"run --bigram {MISSING}.json", "argument --bigram: no such file"),
     (f"run --data-dir {MISSING}", f"argument --data-dir: no such directory: '{MISSING}'"),
@@ -126,6 +129,15 @@ def test_bad_flag_is_one_line_and_exit_status_2(argv, message, nothing_loads, ca
     assert captured.out == ""
     assert captured.err.startswith(f"csd {command}: error: {message}")
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+
+
+def test_tree_csd_is_a_method_only_with_a_tree(nothing_loads, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "--methods", "tree CSD"])
+    assert exit_.value.code == 2 and "--methods: unknown ['tree CSD']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "--methods", "tree CSD", "--tree", "3:0", "--data-dir", "/nonexistent"])
+    assert "--methods" not in capsys.readouterr().err           # accepted; the next check fails instead
 
 
 def test_a_bad_flag_answers_at_once_without_torch():
