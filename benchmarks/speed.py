@@ -54,16 +54,24 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from csdlib import Stats, Tree, generate, zoo  # noqa: E402
+from csdlib import Stats, flags, generate, zoo  # noqa: E402
 from csdlib.precision import audit, counts, describe, hardware, has_float32_logits  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
 from csdlib.protocol import is_free  # noqa: E402
 from csdlib.cost import parameter_costs, swi  # noqa: E402
 from csdlib.latency import calibrate_latency, machine_id, model_seconds, predict_wall_time  # noqa: E402
 from csdlib.datasets import TUNE_OFFSET, load_gsm8k  # noqa: E402
-from csdlib.tuning import best_chain_and_tree, evaluate_cascade, k_matrix_from_params, optimize, tree_of  # noqa: E402
+from csdlib.tuning import (best_chain_and_tree, evaluate_cascade, k_matrix_from_params, optimize,  # noqa: E402
+                           tree_of, tree_over_draft)
 
 STARTED = time.perf_counter()          # --max-seconds counts from here
+
+
+def tree_flag(text: str) -> str:
+    """--tree: auto, off or W:E[:B] (checked here, read by tree_of_flag)."""
+    if text not in ("auto", "off"):
+        flags.tree_shape(text)
+    return text
 
 
 def parse_args(argv=None):
@@ -92,7 +100,7 @@ def parse_args(argv=None):
                         "the script started (loading, calibration and tuning included); the table says how "
                         "many prompts were measured")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when present)")
-    p.add_argument("--tree", default="auto",
+    p.add_argument("--tree", default="auto", type=tree_flag,
                    help="tree CSD's tree: W:E[:B] (width W at every draft position of the target's review, E MaG "
                         "tokens per branch, the B likeliest extra candidates), auto (the family's tuned tree, else "
                         "3:3) or off")
@@ -253,8 +261,7 @@ def tree_of_flag(flag: str, fam):
         if fam.tree is not None:
             return fam.tree
         flag = "3:3"
-    width, extend, *budget = (int(v) for v in flag.split(":"))
-    return Tree([[width] * sum(fam.k_matrix[0])], extend=extend, budget=budget[0] if budget else None)
+    return tree_over_draft(fam.k_matrix, *flags.tree_shape(flag))
 
 
 def tree_label(tree) -> str:

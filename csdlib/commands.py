@@ -293,15 +293,11 @@ def cmd_tune(args) -> int:
 
 def _tree_of_flag(flag, fam):
     """`csd run --tree`: None (the family's tuned tree, if any), "off", or (W, E[, B]) over the target's draft."""
-    from .tuning import tree_of
+    from .tuning import tree_over_draft
 
     if flag is None:
         return getattr(fam, "tree", None)
-    if flag == "off":
-        return None
-    width, extend, *budget = flag
-    return tree_of({"tree_width": width, "tree_depth": sum(fam.k_matrix[0]), "tree_extend": extend,
-                    "tree_budget": budget[0] if budget else 0})
+    return None if flag == "off" else tree_over_draft(fam.k_matrix, *flag)
 
 
 def _print_best_tree(tuned) -> None:

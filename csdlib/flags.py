@@ -162,7 +162,9 @@ def _models(args) -> None:
     if args.k_matrix is not None and len(args.k_matrix) != len(drafters):
         raise argparse.ArgumentTypeError(f"--k-matrix: expected {len(drafters)}x{len(drafters)} for the drafters "
                                          f"{drafters}, got {len(args.k_matrix)}x{len(args.k_matrix)}")
-    names = ["AR", *(f"SD({d})" for d in drafters), "CSD"] + (["tree CSD"] if getattr(args, "tree", None) not in (None, "off") else [])
+    names = ["AR", *(f"SD({d})" for d in drafters), "CSD"]
+    if getattr(args, "tree", None) not in (None, "off"):          # csd run --tree W:E[:B]
+        names.append("tree CSD")
     unknown = sorted(set(getattr(args, "methods", None) or []) - set(names))
     if unknown:
         raise argparse.ArgumentTypeError(f"--methods: unknown {unknown}; expected some of {names}")

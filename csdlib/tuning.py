@@ -170,6 +170,13 @@ def tree_of(params: dict) -> Tree | None:
                 budget=budget if 0 < budget < (width - 1) * depth else None)
 
 
+def tree_over_draft(k_matrix, width: int, extend: int = 0, budget: int | None = None) -> Tree | None:
+    """`width` candidates at every draft position of the target's review (its k-matrix row's draft),
+    `extend` MaG tokens per branch, the `budget` likeliest kept (None: all); None for width 1."""
+    return tree_of({"tree_width": width, "tree_depth": sum(k_matrix[0]), "tree_extend": extend,
+                    "tree_budget": budget or 0})
+
+
 def k_matrix_from_params(params: dict, n: int) -> list[list[int]]:
     """The k-matrix of a trial's parameters `k<i>_<j>` (0 below the diagonal)."""
     return [[int(params.get(f"k{i}_{j}", 0)) if j >= i else 0 for j in range(n)] for i in range(n)]
