@@ -190,8 +190,8 @@ def build_methods(fam, args, chosen, eos, setting):
 
     def assisted(d, **settings):
         def run(prompt):
-            with assistant_settings(d.model, **settings):
-                return hf(assistant_model=d.model)(prompt)
+            with assistant_settings(d.as_assistant(), **settings):
+                return hf(assistant_model=d.as_assistant())(prompt)
         return run
 
     methods = {"HF greedy": ("hf", hf()), "AR": ("csdlib", csd([], None))}

@@ -180,7 +180,8 @@ def _other_parsers(sub, families) -> None:
     c.add_argument("--context", type=flags.at_least(1), default=96, help="tokens in the KV cache while timing")
     c.add_argument("--note", default="", help="stored with the calibration (e.g. how loaded the machine was)")
 
-    tr = _add(sub, "train", "train an embedded family with the recipe (resumes: skips trained models)", cmd_train)
+    tr = _add(sub, "train", "train an embedded family with the recipe (resumes: skips trained models); smollm2: "
+                            "distil its drafters from the fetched target's answers (csdlib.distill)", cmd_train)
     tr.add_argument("--family", choices=families, default="gsm8k-tiny", help="which family")
     tr.add_argument("--out", default=None, help="family folder (default: data/models/<family>)")
     tr.add_argument("--budget", choices=["full", "toy"], default="full",
@@ -189,7 +190,7 @@ def _other_parsers(sub, families) -> None:
     tr.add_argument("--seed", type=int, default=0, help="seed of the data split, initialisation and batches")
     tr.add_argument("--threads", type=flags.at_least(1), default=1, help="torch threads")
     tr.add_argument("--only", nargs="+", choices=["target", "mid", "small"], default=None,
-                    help="train only these models of gsm8k-tiny (default: all)")
+                    help="train only these models of gsm8k-tiny or smollm2 (default: all)")
 
     bg = _add(sub, "bigram", "build MaG's bigram table from GSM8K's training text", cmd_bigram)
     bg.add_argument("--out", type=flags.directory, default=str(ROOT / "data" / "models" / "gsm8k-tiny"),

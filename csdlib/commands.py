@@ -69,16 +69,17 @@ def cmd_run(args) -> int:
     threads = args.threads or default_threads(state.num_processes)
     torch.set_num_threads(threads)
     device = state.device if args.device is None else torch.device(args.device)
-    texts = dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples)   # fails first, fast
+    dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples)   # fails first, fast
     fam = family_from_args(args, device)
-    prompts = [(i, fam.tokenizer(t)["input_ids"]) for i, t in enumerate(texts)]
+    texts = dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples, chat=fam.chat)
+    prompts = [(i, fam.encode(t)) for i, t in enumerate(texts)]
     methods = standard_methods(fam.drafters, k_matrix=fam.k_matrix, lenience=fam.lenience, sd_k=args.sd_k,
                                tree=_tree_of_flag(args.tree, fam))
     methods = [m for m in methods if not args.methods or m.name in args.methods]
     latency = stored_latency([fam.target, *fam.drafters], threads=threads)   # `csd calibrate` stores it
     name = args.name or f"{args.dataset}-{args.split}-n{args.n_samples}-t{args.max_new_tokens}"
     out = Path(args.results_dir) / f"{name}.jsonl"
-    source = dataset_source(args.dataset, args.split)
+    source = dataset_source(args.dataset, args.split, chat=fam.chat)
     env = environment(fam.target)
     hashes = {config_hash(fam.target, m, {"dataset": args.dataset, **source}, args.max_new_tokens, env)
               for m in methods}
@@ -203,17 +204,19 @@ def _figure(summary, path: Path, title: str) -> None:
     print(f"figure: {path}")
 
 
-def dataset_texts(dataset: str, split: str, data_dir, n: int) -> list[str]:
+def dataset_texts(dataset: str, split: str, data_dir, n: int, chat: bool = False) -> list[str]:
     from .datasets import prompt_texts
 
-    return prompt_texts(dataset, split, data_dir, n)
+    return prompt_texts(dataset, split, data_dir, n, chat=chat)
 
 
-def dataset_source(dataset: str, split: str) -> dict:
+def dataset_source(dataset: str, split: str, chat: bool = False) -> dict:
     """What identifies the prompts besides their token ids: dataset, split and template (record keys)."""
     from . import datasets as ds
 
     template = ds.GSM8K_TEMPLATE if dataset == "gsm8k" else ds.MMLU_TEMPLATE
+    if chat:
+        template = "chat template, user turn: " + ("{question}" if dataset == "gsm8k" else ds.MMLU_TEMPLATE)
     return {"split": split, "template": template}
 
 
@@ -224,13 +227,13 @@ def default_threads(processes: int = 1) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, processes))
 
 
-def tuning_prompts(tokenizer, args) -> list[list[int]]:
+def tuning_prompts(fam, args) -> list[list[int]]:
     """GSM8K dev prompts from `--offset` on (default `datasets.TUNE_OFFSET`, 250: apart from the first
-    ones that `csd run` and the benchmarks measure)."""
+    ones that `csd run` and the benchmarks measure), in the family's prompt format."""
     from . import datasets as ds
 
     items = ds.load_gsm8k("dev", args.data_dir)[args.offset:args.offset + args.prompts]
-    return [tokenizer(ds.gsm8k_prompt(x["question"]))["input_ids"] for x in items]
+    return [fam.prompt_ids(x["question"]) for x in items]
 
 
 def cmd_calibrate(args) -> int:
@@ -269,7 +272,7 @@ def cmd_tune(args) -> int:
     else:
         fam = family_from_args(args, torch.device(args.device or "cpu"))
         start = (args.k_matrix, args.lenience or 1.0) if args.k_matrix else None
-    prompts = tuning_prompts(fam.tokenizer, args)
+    prompts = tuning_prompts(fam, args)
     latency = None
     if args.objective == "latency":
         latency = calibrate_latency([fam.target, *fam.drafters], threads=threads, path=args.latency_file)
@@ -375,7 +378,13 @@ def cmd_train(args) -> int:
     from . import recipe, zoo
 
     torch.set_num_threads(args.threads)
-    if args.family == "gsm8k-base":
+    if args.family == "smollm2":               # drafters distilled for a fetched target
+        from .distill import RECIPES, distill_family
+
+        report = distill_family(args.out or zoo.FAMILY_DIRS[args.family], args.data_dir, RECIPES[args.budget],
+                                only=args.only, seed=args.seed)
+        print(json.dumps(report, indent=2))
+    elif args.family == "gsm8k-base":
         recipe.train_base(args.out, args.data_dir, args.budget, args.seed)
     else:
         recipe.train_family(args.out or zoo.FAMILY_DIRS[args.family], args.data_dir, args.budget, args.seed,

@@ -240,11 +240,12 @@ def sampled_mmlu(n: int = SAMPLED_MMLU_SIZE, seed: int = 0, split: str = "test",
 __all__ += ["MMLU_TEMPLATE", "SAMPLED_MMLU_SIZE", "mmlu_prompt", "load_mmlu", "sampled_mmlu"]
 
 
-def prompt_texts(dataset: str, split: str, data_dir=None, n: int | None = None) -> list[str]:
+def prompt_texts(dataset: str, split: str, data_dir=None, n: int | None = None, chat: bool = False) -> list[str]:
     """The seed's prompts for the first `n` items of `dataset` (gsm8k | mmlu | sampled_mmlu; the
-    fixed sampled_mmlu subset is drawn from MMLU's test split whatever `split` says)."""
+    fixed sampled_mmlu subset is drawn from MMLU's test split whatever `split` says). `chat`: the text of
+    the user's turn for a chat model instead (GSM8K: the question itself; MMLU: the seed's prompt)."""
     if dataset == "gsm8k":
-        texts = [gsm8k_prompt(x["question"]) for x in load_gsm8k(split, data_dir)]
+        texts = [x["question"] if chat else gsm8k_prompt(x["question"]) for x in load_gsm8k(split, data_dir)]
     elif dataset == "mmlu":
         texts = [mmlu_prompt(x) for x in load_mmlu(split, data_dir)]
     elif dataset == "sampled_mmlu":

@@ -196,8 +196,10 @@ def _tune(args) -> None:
 
 
 def _train(args) -> None:
-    if args.only and args.family != "gsm8k-tiny":
-        raise argparse.ArgumentTypeError("--only: only with --family gsm8k-tiny (gsm8k-base trains one model)")
+    if args.only and args.family not in ("gsm8k-tiny", "smollm2"):
+        raise argparse.ArgumentTypeError("--only: only with --family gsm8k-tiny or smollm2 (gsm8k-base trains one model)")
+    if args.only and args.family == "smollm2" and "target" in args.only:
+        raise argparse.ArgumentTypeError("--only: smollm2's target is fetched, not trained; its drafters are mid, small")
 
 
 def _report(args) -> None:

@@ -74,9 +74,16 @@ class HFModel:
         hf_model: an `AutoModelForCausalLM` or `AutoModelForSeq2SeqLM` instance (detected from its config).
         name: label used in stats; defaults to the config's `name_or_path`, else its `model_type`.
         cost: cost of one forward pass for the SWI cost model; defaults to the parameter count.
+        vocab: for a drafter with a vocabulary of its own, smaller than the target's (FR-Spec, Zhao et al.
+            2025: its output layer covers only the tokens the target writes): the target's token id of
+            each of the model's rows 0..N-1 (its last row, N, stands for every other token of an input).
+            Its logits come back over the target's vocabulary, -inf outside `vocab`: it proposes only
+            those tokens, and its distribution (for lenience and sampling) is zero elsewhere.
+        full_vocab_size: the target's vocabulary size (with `vocab`).
     """
 
-    def __init__(self, hf_model, name: str | None = None, cost: float | None = None):
+    def __init__(self, hf_model, name: str | None = None, cost: float | None = None, vocab=None,
+                 full_vocab_size: int | None = None):
         self.model = hf_model.eval()
         config = hf_model.config
         self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
@@ -88,6 +95,9 @@ class HFModel:
         self.generation_config = gen     # sampling defaults (csdlib.generate resolves them as generate() does)
         eos = getattr(gen, "eos_token_id", None) if gen is not None else None
         self.eos_token_ids = _as_set(eos if eos is not None else config.eos_token_id)
+        self.vocab = None
+        if vocab is not None:
+            self._set_vocab(list(vocab), full_vocab_size)
         start = getattr(gen, "decoder_start_token_id", None) if gen is not None else None
         if start is None:
             start = getattr(config, "decoder_start_token_id", None)
@@ -108,9 +118,30 @@ class HFModel:
         self._encoder_outputs = None
         self._tree: int | None = None  # after tree_logits: the prefix length; the cache then holds the tree too
 
+    def _set_vocab(self, vocab: list[int], full: int | None) -> None:
+        own = self.vocab_size
+        if full is None or not len(vocab) < own or len(set(vocab)) != len(vocab) or not all(0 <= t < full for t in vocab):
+            raise CSDValueError(f"vocab: model {self.name!r} needs distinct target token ids in [0, {full}), at "
+                                f"most {own - 1} of them (its vocabulary of {own} keeps one row for other tokens)")
+        self.vocab = torch.tensor(vocab, dtype=torch.long)
+        self._local = torch.full((full,), own - 1, dtype=torch.long)      # target id -> own row
+        self._local[self.vocab] = torch.arange(len(vocab))
+        self.eos_token_ids = {vocab[e] for e in self.eos_token_ids if e < len(vocab)}
+        self.vocab_size = int(full)
+
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    def as_assistant(self):
+        """The transformers model to hand to `generate(assistant_model=...)`: the model itself, or for a
+        drafter with a vocabulary of its own a view of it (the same weights) that reads and writes the
+        target's token ids, with -inf logits outside its vocabulary, as transformers needs."""
+        if self.vocab is None:
+            return self.model
+        if getattr(self, "_assistant", None) is None:
+            self._assistant = _full_vocab_view(self.model, self.vocab, self._local)
+        return self._assistant
 
     def __repr__(self) -> str:
         kind = "encoder-decoder" if self.is_encoder_decoder else "decoder-only"
@@ -127,6 +158,8 @@ class HFModel:
         if self.generation_config is not None:
             h.update(plain(self.generation_config).encode())
         h.update(json.dumps(sorted(self.eos_token_ids)).encode())
+        if self.vocab is not None:
+            h.update(self.vocab.numpy().tobytes())
         with torch.no_grad():
             for name, p in self.model.state_dict().items():
                 h.update(name.encode())
@@ -196,7 +229,8 @@ class HFModel:
 
     def _forward(self, fed: list[int], n: int, cached: list[int], mask=None, positions=None) -> torch.Tensor:
         """One forward over `fed` (the tokens not in the cache); the logits of the last n positions."""
-        new = torch.tensor([fed], device=self.device)
+        new = torch.tensor([fed])
+        new = (self._local[new] if self.vocab is not None else new).to(self.device)
         extra = {}
         if mask is not None:
             extra["decoder_attention_mask" if self.is_encoder_decoder else "attention_mask"] = mask.to(self.device)
@@ -211,6 +245,9 @@ class HFModel:
                 out = self.model(input_ids=new, use_cache=True, logits_to_keep=n, **{self._cache_arg: self._cache},
                                  **extra)
         logits = out.logits[0, -n:].float()   # float32 like HF's generate: ties break the same way
+        if self.vocab is not None:            # own rows -> the target's vocabulary, -inf elsewhere
+            own, logits = logits, logits.new_full((logits.shape[0], self.vocab_size), float("-inf"))
+            logits[:, self.vocab.to(logits.device)] = own[:, :len(self.vocab)]
         if logits.is_cuda:
             torch.cuda.synchronize(logits.device)   # the caller reads the logits next anyway
         self.forward_seconds += time.perf_counter() - tic
@@ -219,6 +256,33 @@ class HFModel:
         self.one_token_calls += int(new.shape[1] == 1)
         self._cache, self._cached = getattr(out, self._cache_arg), cached
         return logits
+
+
+def _full_vocab_view(model, vocab: torch.Tensor, local: torch.Tensor):
+    """A shallow copy of `model` (weights shared) whose forward maps the target's ids to the model's rows
+    and its logits back to the target's vocabulary (-inf elsewhere); config and EOS in the target's ids."""
+    import copy
+
+    class FullVocab(type(model)):
+        def forward(self, input_ids=None, **kwargs):
+            out = super().forward(input_ids=None if input_ids is None else local.to(input_ids.device)[input_ids],
+                                  **kwargs)
+            own = out.logits
+            out.logits = own.new_full((*own.shape[:-1], len(local)), float("-inf"))
+            out.logits[..., vocab.to(own.device)] = own[..., :len(vocab)]
+            return out
+
+    view = copy.copy(model)
+    view.__class__ = FullVocab
+    view.config = copy.deepcopy(model.config)
+    view.config.vocab_size = len(local)
+    view.generation_config = copy.deepcopy(model.generation_config)
+    for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
+        for cfg in (view.config, view.generation_config):
+            value = getattr(cfg, key, None)
+            if value is not None:
+                setattr(cfg, key, [int(vocab[v]) for v in value] if isinstance(value, list) else int(vocab[value]))
+    return view
 
 
 @contextmanager

