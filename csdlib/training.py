@@ -162,7 +162,10 @@ def _collate(seqs, ids, pad_id: int):
 
 def _kl_to_teacher(teacher, logits, x, mask):
     """Mean over the predicted tokens (those with a next token, as the cross-entropy has them) of
-    KL(teacher || model) of the next-token distributions."""
+    KL(teacher || model) of the next-token distributions. A teacher with a `kl(logits, x, mask)` method
+    (sparse soft labels: `csdlib.distill.SoftLabels`) computes it itself."""
+    if hasattr(teacher, "kl"):
+        return teacher.kl(logits, x, mask)
     with torch.no_grad():
         t_logp = torch.log_softmax(teacher(input_ids=x, attention_mask=mask).logits[:, :-1].float(), -1)
     logp = torch.log_softmax(logits[:, :-1].float(), -1)

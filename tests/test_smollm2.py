@@ -6,7 +6,6 @@ The real target is fetched once per machine into the cache (``$CSD_CACHE``, defa
 the package registry is reachable in CI, so these tests run there."""
 
 import json
-import shutil
 import sys
 import time
 
@@ -121,3 +120,74 @@ def test_a_bad_vocabulary_is_refused():
     for vocab in ([1, 1, 2], list(range(40)), [0, 200]):
         with pytest.raises(CSDValueError, match=r"^vocab: model 'd' needs distinct target token ids in \[0, 96\)"):
             HFModel(llama(0, vocab=33), name="d", vocab=vocab, full_vocab_size=96)
+# -- the real family --------------------------------------------------------------------------------
+
+def test_prompts_go_through_the_chat_template(real_target):
+    fam = zoo.load("smollm2")
+    q = load_gsm8k("dev")[0]["question"]
+    ids = fam.prompt_ids(q)
+    text = fam.tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>system\n") and text.endswith(f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n")
+    assert ids == fam.encode(q)
+    assert fam.chat and [d.name for d in fam.drafters] == ["mid", "small", "mag"]
+    assert all(d.vocab is not None and d.vocab_size == 49152 for d in fam.drafters[:2])
+
+
+@pytest.fixture(scope="module")
+def dev_prompts(real_target):
+    return [x["question"] for x in load_gsm8k("dev")[:3]]
+
+
+def _greedy(fam, prompt, n):
+    with torch.no_grad():
+        out = fam.target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n)
+    return out[0, len(prompt):].tolist()
+
+
+def test_real_target_float32_chain_and_tree_equal_greedy(dev_prompts):
+    fam = zoo.load("smollm2", dtype="float32")
+    tree = csdlib.Tree(((3, 3, 2),), extend=2)
+    for q in dev_prompts:
+        p = fam.prompt_ids(q)
+        ref = _greedy(fam, p, 32)
+        chain = csdlib.generate(fam.target, fam.drafters, p, k_matrix=fam.k_matrix, lenience=fam.lenience,
+                                max_new_tokens=32)
+        treed = csdlib.generate(fam.target, fam.drafters, p, k_matrix=fam.k_matrix, lenience=fam.lenience,
+                                max_new_tokens=32, tree=tree)
+        assert chain.new_tokens == ref and treed.new_tokens == ref
+        assert chain.stats.calls["target"] < 32           # the distilled drafters are accepted
+
+
+def test_real_target_bfloat16_has_no_wrong_output(dev_prompts):
+    fam = zoo.load("smollm2", dtype="bfloat16")
+    verdicts = []
+    for q in dev_prompts:
+        p = fam.prompt_ids(q)
+        ref = _greedy(fam, p, 32)
+        out = csdlib.generate(fam.target, fam.drafters, p, k_matrix=fam.k_matrix, lenience=fam.lenience,
+                              max_new_tokens=32)
+        verdicts.append(audit(fam.target, p, ref, out.new_tokens))
+    assert counts(verdicts)["WRONG"] == 0, verdicts
+
+
+def test_the_original_target_can_replace_the_fetched_one(real_target, tmp_path):
+    """`target=` (a hub name on a user's machine; here a folder) keeps the family's drafters."""
+    other = tmp_path / "target"
+    other.symlink_to(real_target, target_is_directory=True)
+    fam = zoo.load("smollm2", target=other)
+    assert fam.target.model.config.vocab_size == 49152 and [d.name for d in fam.drafters] == ["mid", "small", "mag"]
+    with pytest.raises(CSDValueError, match="^target: family 'gsm8k-tiny' brings its own target"):
+        zoo.load("gsm8k-tiny", target=other)
+
+
+def test_the_toy_distillation_runs_end_to_end(real_target, tmp_path):
+    """`csd train --family smollm2 --budget toy`: answers, vocabulary, two drafters, bigram table."""
+    from csdlib import cli
+
+    out = tmp_path / "fam"
+    assert cli.main(["train", "--family", "smollm2", "--budget", "toy", "--out", str(out)]) == 0
+    for name in ("mid", "small"):
+        vocab = json.loads((out / name / "vocab.json").read_text())
+        assert vocab["target_vocab_size"] == 49152 and len(vocab["ids"]) <= 256 and 2 in vocab["ids"]
+        assert json.loads((out / name / "training.json").read_text())["complete"]
+    assert json.loads((out / "bigram.json").read_text())["vocab_size"] == 49152
