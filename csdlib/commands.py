@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: where a user's `csd run` writes (git-ignored); the committed reference results are in data/results/
 RESULTS_DIR = ROOT / "results"
 #: the columns of the terminal table (`--wide`: all; the .md and .csv files always have all)
+#: what `csd run` on a trained family suggests next (README: "The real target")
+SMOLLM2_RUN = "csd run --family smollm2 --dtype bfloat16 --n-samples 20"
 TERMINAL_COLUMNS = ["samples", "SWI parameters", "wall speedup", "tokens/target call",
                     "acceptance per level", "audit i/t/W"]
 
@@ -180,6 +182,9 @@ def _report_run(args, out: Path, name: str, hashes, prompts, device, processes: 
     if not args.no_figure:
         _figure(summary, Path(args.figures_dir or args.results_dir) / f"{name}.png", f"{name} ({len(prompts)} prompts)")
     print(f"records: {out} (the full table: {out.with_suffix('.md').name}, {out.with_suffix('.csv').name})")
+    if args.target is None and getattr(args, "family", None) in (None, "gsm8k-tiny", "gsm8k-base"):
+        print(f"\nthe real target, SmolLM2-135M-Instruct (fetched from PyPI on first use, drafters distilled for it): "
+              f"{SMOLLM2_RUN}")
     return 0 if ok else 1
 
 
