@@ -409,8 +409,10 @@ def markdown(run: dict) -> list[str]:
            "the target's calls alone. Audit against HF greedy, all methods: "
            + describe({k: int(df[k].sum()) for k in ("identical", "tie", "WRONG")}) + "."]
     for t in run["ties"]:
+        path = (f", {t['path_margin']:.4g} in a verification forward's order" if t.get("path_margin") is not None
+                else "")
         md.append(f"- {t['method']}, prompt {t['prompt']}: {t['verdict']} at new token {t['position']}, "
-                  f"margin {t['margin']:.4g} (tolerance {t['tolerance']:.4g})" if t["margin"] is not None else
+                  f"margin {t['margin']:.4g} step by step{path} (tolerance {t['tolerance']:.4g})" if t["margin"] is not None else
                   f"- {t['method']}, prompt {t['prompt']}: {t['verdict']} at new token {t['position']} (length)")
     return md + [""]
 

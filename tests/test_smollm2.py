@@ -191,3 +191,38 @@ def test_the_toy_distillation_runs_end_to_end(real_target, tmp_path):
         assert vocab["target_vocab_size"] == 49152 and len(vocab["ids"]) <= 256 and 2 in vocab["ids"]
         assert json.loads((out / name / "training.json").read_text())["complete"]
     assert json.loads((out / "bigram.json").read_text())["vocab_size"] == 49152
+
+
+# -- the distillation's pieces ----------------------------------------------------------------------
+
+def test_the_vocabulary_keeps_specials_then_frequency_then_low_ids():
+    from csdlib.distill import coverage, frequent_tokens, local_ids
+
+    rows = [{"prompt": [7, 7, 9], "answer": [5, 5, 5, 9, 2]}, {"prompt": [9], "answer": [5, 11, 2]}]
+    vocab = frequent_tokens(rows, 7, keep=[2, 1], vocab_size=20)
+    assert vocab == [2, 1, 5, 9, 7, 11, 0]           # specials, by count (5: 4, 9: 3, 7: 2, 11: 1), then id 0
+    assert coverage(rows, [5, 2]) == 6 / 8
+    table = local_ids(vocab, 20)
+    assert table[5] == 2 and table[3] == len(vocab)  # an id outside the vocabulary: the last row
+
+
+def test_soft_labels_are_the_kl_to_the_renormalised_top_k():
+    """SoftLabels.kl against the dense formula, at the answer positions only."""
+    from csdlib.distill import SoftLabels, local_ids
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = [0, 1, 2, 3, 4, 5]
+    table = local_ids(vocab, 10)                      # target ids 6..9 -> row 6 (outside)
+    row = {"prompt": [1, 2], "answer": [3, 4, 5], "top_ids": torch.tensor([[3, 7], [4, 1], [5, 0]]),
+           "top_logp": torch.log(torch.tensor([[0.6, 0.3], [0.5, 0.4], [0.9, 0.05]]))}
+    seq = table[torch.tensor(row["prompt"] + row["answer"])].tolist()
+    soft = SoftLabels([row], [seq], table, seq_len=16)
+    logits = torch.randn(1, len(seq), 7, generator=gen)
+    got = soft.kl(logits, torch.tensor([seq]), torch.ones(1, len(seq), dtype=torch.long))
+    logq = torch.log_softmax(logits[0], -1)
+    want = []
+    for j, (ids, lp) in enumerate(zip(row["top_ids"], row["top_logp"])):
+        keep = [(int(table[i]), float(p)) for i, p in zip(ids, lp.exp()) if int(table[i]) != 6]
+        z = sum(p for _, p in keep)
+        want.append(sum(p / z * (torch.log(torch.tensor(p / z)) - logq[len(row["prompt"]) - 1 + j, i]) for i, p in keep))
+    assert torch.allclose(got, torch.stack(want).mean(), atol=1e-6)
