@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 from csdlib import plots  # noqa: E402
 
 RUNS = ["data/results/speed-gsm8k-tiny/speed.json", "data/results/speed-gsm8k-base/speed.json",
-        "data/results/speed-gsm8k-base-bfloat16/speed.json", "data/results/speed-smollm2/speed.json"]
+        "data/results/speed-gsm8k-base-bfloat16/speed.json", "data/results/speed-smollm2-bfloat16/speed.json",
+        "data/results/speed-smollm2-float32/speed.json"]
 
 
 def points(paths=RUNS) -> pd.DataFrame:

@@ -184,6 +184,52 @@ def render_readme(paths) -> str:
     return head + "\n\n" + _markdown(out) + "\n\n" + "\n".join(f"- {c}" for c in caps)
 
 
+def render_dtypes(paths) -> str:
+    """smollm2's speed.py runs, one per dtype, their summary rows side by side: x HF greedy of the same dtype
+    (in brackets: over the best HF peer), tokens per target call, and each run's audit and command."""
+    cols, caps, dtypes = {}, [], []
+    for path in paths:
+        d = _json(path)
+        run = d["runs"][0]
+        dtypes.append(run["dtype"])
+        df = _speed_rows(run)
+        for label, n in _pick(df).items():
+            key = re.sub(r": .*", "", label)
+            detail = label.split(": ")[1] if ": " in label else ""
+            tpc = df.loc[n].get("tokens/target call")
+            cols.setdefault(key, {})[run["dtype"]] = (
+                f"{_x(df.loc[n, 'x HF greedy'])}x ({_x(df.loc[n, 'x best HF peer'])})" + (f" {detail}" if detail else "")
+                + (f", {tpc:.2f} tok/call" if tpc is not None and tpc == tpc else ""))
+        caps.append(f"{run['dtype']}: {_day(d)}, {run['prompts']} prompts, HF greedy {df.loc['HF greedy', 'tokens/s']:.1f} "
+                    f"tokens/s, CSD k-matrix `{run['k_matrix']}` lenience {run['lenience']} MaG k {run.get('mag_k', '?')}, "
+                    f"{_audit(df)}" + (" (**stopped part-way**)" if d.get("complete") is False else "")
+                    + f"; `{d['command']}`")
+    d = _json(paths[0])
+    out = pd.DataFrame([{"method": k, **{dt: v.get(dt, "-") for dt in dtypes}} for k, v in cols.items()])
+    head = (f"smollm2: speedup over transformers' greedy `generate` of the same model in the same dtype (in "
+            f"brackets: over the best of assisted generation with each of our drafters and prompt lookup), "
+            f"{_machine(d)}, {d['threads']} threads, {d['max_new_tokens']} new tokens, GSM8K dev prompts through "
+            f"the chat template, methods interleaved prompt by prompt in one process; bfloat16 with the target's "
+            f"logits in float32.")
+    return head + "\n\n" + _markdown(out) + "\n\n" + "\n".join(f"- {c}" for c in caps)
+
+
+def render_drafters(path) -> str:
+    """smollm2's drafters, from their training.json files (written by `csd train --family smollm2`)."""
+    rows = []
+    for name in ("mid", "small"):
+        t = _json(Path(path).parent.parent / name / "training.json")
+        c = t["config"]
+        stages = f"{t['stage_1']['epochs']:g} epochs at lr {t['stage_1']['lr']:g}, then " if "stage_1" in t else ""
+        rows.append({"drafter": name, "architecture": f"hidden {c['hidden_size']}, {c['num_hidden_layers']} layers, "
+                     f"{c['num_attention_heads']} heads, MLP {c['intermediate_size']}, {c['vocab_size']} rows",
+                     "parameters": f"{t['parameters']:,}", "training": f"{stages}{t['epochs']:g} epochs at lr {t['lr']:g}, "
+                     f"batch {t['batch']}, {t['train_time_s'] + t.get('stage_1', {}).get('train_time_s', 0):.0f} s on "
+                     f"{t['threads']} thread(s)", "held-out CE": f"{t['val_loss']:.3f}",
+                     "agreement": f"{t['agreement_val']:.3f}" if "agreement_val" in t else "-"})
+    return "`csd train --family smollm2` (2026-12-02, AMD EPYC with AVX512-BF16):\n\n" + _markdown(pd.DataFrame(rows))
+
+
 # ---------------------------------------------------------------- csd run and the other scripts
 
 CSD_RUN = "csd run --threads 2 --results-dir data/results/csd-run-gsm8k-tiny --figures-dir figures"
@@ -319,7 +365,7 @@ def render_dtype_cost(path) -> str:
     rows = _cost_rows(path, lambda e: {"model": e["name"], "dtype": e.get("dtype", "?")})
     return (f"{_day(first)}, {_machine({**d, 'cpu': first.get('cpu', d['machine']), 'cpu_isa': first.get('cpu_isa')})}, "
             f"{first['threads']} "
-            f"threads; gsm8k-base's models, KV cache after {first['context']} tokens, median of 15 forwards "
+            f"threads; {Path(path).parent.name.replace('dtype-cost-', '')}'s models, KV cache after {first['context']} tokens, median of 15 forwards "
             f"(bfloat16: the target's logits in float32).\n\n```bash\n{first['note']}\n```\n\n"
             + _markdown(pd.DataFrame(rows)))
 
@@ -339,6 +385,7 @@ def render_gpu_cost(paths) -> str:
 # ---------------------------------------------------------------- the tables
 
 SPEED = "python benchmarks/speed.py --prompts 50 --max-new-tokens 128 --threads 2 --recalibrate --peers default"
+SMOLLM2_SPEED = f"{SPEED} --family smollm2"
 TABLES = [
     Table("speed-gsm8k-tiny", ("docs/benchmarks.md",), "data/results/speed-gsm8k-tiny/speed.json",
           (f"{SPEED} --family gsm8k-tiny --out data/results/speed-gsm8k-tiny",), render_speed, 15),
@@ -377,6 +424,18 @@ TABLES = [
            "--family gsm8k-base --dtypes bfloat16 --max-seconds 1200 --out data/results/speed-gsm8k-base-bfloat16",),
           lambda _: render_dtype_speed(["data/results/speed-gsm8k-base/speed.json",
                                         "data/results/speed-gsm8k-base-bfloat16/speed.json"]), 20),
+    Table("speed-smollm2-bfloat16", ("docs/benchmarks.md", "data/models/smollm2/README.md"),
+          "data/results/speed-smollm2-bfloat16/speed.json", (f"{SMOLLM2_SPEED} --dtypes bfloat16 --out "
+                                                            "data/results/speed-smollm2-bfloat16",), render_speed, 40),
+    Table("smollm2-drafters", ("data/models/smollm2/README.md",), "data/models/smollm2/mid/training.json",
+          ("csd train --family smollm2",), render_drafters, 60),
+    Table("readme-smollm2", ("README.md",), "data/results/speed-smollm2-bfloat16/speed.json", (),
+          lambda _: render_dtypes(["data/results/speed-smollm2-bfloat16/speed.json"])),
+    Table("smollm2-cost", ("data/models/smollm2/README.md",), "data/results/dtype-cost-smollm2/latency.json",
+          tuple(f"csd calibrate --family smollm2 --dtype {dt} --threads 2 --force --out "
+                f"data/results/dtype-cost-smollm2/latency.json --note 'csd calibrate --family smollm2 "
+                f"--dtype float32|bfloat16 --threads 2 --force --out data/results/dtype-cost-smollm2/latency.json'"
+                for dt in ("float32", "bfloat16")), render_dtype_cost, 3),
     Table("gpu-cost", ("docs/half-precision.md",), "data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json", (),
           lambda _: render_gpu_cost(["data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json",
                                      "data/results/gpu-h200-2026-11-29/latency-gsm8k-tiny.json"])),
