@@ -276,6 +276,19 @@ def answers_for(questions: list[str], target_dir, recipe: dict = RECIPE, cache=N
                                  batch=SHARD, top_k=recipe["top_k"], progress=progress)
 
 
+def _train_or_reuse(folder: Path, config, train, val, cfg, teacher, init_from, progress):
+    """(model, summary) of `training.train_model` in `folder` (resumable), or of the model a complete run
+    left there before."""
+    from transformers import LlamaForCausalLM
+
+    from .training import train_model
+
+    done = folder / "training.json"
+    if done.is_file() and json.loads(done.read_text()).get("complete"):
+        return LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32), json.loads(done.read_text())
+    return train_model(config, train, val, cfg, out_dir=folder, teacher=teacher, init_from=init_from, progress=progress)
+
+
 def distill_family(out_dir, data_dir=None, recipe: dict = RECIPE, only=None, cache=None, progress: bool = True,
                    seed: int = 0) -> dict:
     """The smollm2 family's drafters and bigram table in `out_dir` (``data/models/smollm2``): the target's
@@ -284,11 +297,12 @@ def distill_family(out_dir, data_dir=None, recipe: dict = RECIPE, only=None, cac
     MaG's bigram table (``bigram.json``) over the target's tokenizer; returns what it measured."""
     import random
     import shutil
+    from dataclasses import replace
 
     from .datasets import load_gsm8k
     from .mag import BigramTable
     from .smollm2 import cache_root, target_dir
-    from .training import TrainConfig, train_model
+    from .training import TrainConfig
 
     out_dir = Path(out_dir)
     tdir = target_dir(cache, progress=progress)
@@ -317,37 +331,19 @@ def distill_family(out_dir, data_dir=None, recipe: dict = RECIPE, only=None, cac
         cfg = TrainConfig(epochs=spec.get("epochs"), steps=spec.get("steps"), lr=spec["lr"], warmup=100,
                           batch=recipe["batch"], seq_len=recipe["seq_len"], seed=seed, distill=recipe["distill"],
                           save_dtype=torch.bfloat16)
-        done = work / name / "training.json"
-        if done.is_file() and json.loads(done.read_text()).get("complete"):     # trained before: reuse it
-            from transformers import LlamaForCausalLM
-
-            model, summary = LlamaForCausalLM.from_pretrained(work / name, dtype=torch.float32), json.loads(done.read_text())
-        else:
-            model, summary = train_model(config, train_seqs, val_seqs, cfg, out_dir=work / name, teacher=teacher,
-                                         progress=progress)
+        model, summary = _train_or_reuse(work / name, config, train_seqs, val_seqs, cfg, teacher, None, progress)
+        folder = work / name
         if "then" in spec:                    # a second stage, warm-started from the first
-            then = spec["then"]
-            stage1, done2 = summary, work / f"{name}.2" / "training.json"
-            if done2.is_file() and json.loads(done2.read_text()).get("complete"):
-                from transformers import LlamaForCausalLM
-
-                model, summary = LlamaForCausalLM.from_pretrained(work / f"{name}.2", dtype=torch.float32), json.loads(done2.read_text())
-            else:
-                from dataclasses import replace
-
-                model, summary = train_model(config, train_seqs, val_seqs, replace(cfg, epochs=then["epochs"], lr=then["lr"]),
-                                             out_dir=work / f"{name}.2", teacher=teacher, init_from=work / name,
-                                             progress=progress)
+            stage1, folder = summary, work / f"{name}.2"
+            model, summary = _train_or_reuse(folder, config, train_seqs, val_seqs,
+                                             replace(cfg, epochs=spec["then"]["epochs"], lr=spec["then"]["lr"]),
+                                             teacher, work / name, progress)
             summary["stage_1"] = {k: stage1[k] for k in ("steps", "epochs", "lr", "val_loss", "train_time_s")}
-            name_dir = work / f"{name}.2"
-        else:
-            name_dir = work / name
-        summary["recipe"] = {k: v for k, v in recipe.items() if k != "models"}
+        summary["recipe"] = settings
         dest = out_dir / name
         dest.mkdir(parents=True, exist_ok=True)
         for f in MODEL_FILES:
-            shutil.copy2(name_dir / f, dest / f)
-        (dest / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+            shutil.copy2(folder / f, dest / f)
         (dest / "vocab.json").write_text(json.dumps({"target_vocab_size": full, "ids": vocab}))
         summary["agreement_val"] = round(agreement(model, val_rows, table, vocab), 4)
         (dest / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
