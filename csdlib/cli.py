@@ -191,6 +191,9 @@ def _other_parsers(sub, families) -> None:
     tr.add_argument("--threads", type=flags.at_least(1), default=1, help="torch threads")
     tr.add_argument("--only", nargs="+", choices=["target", "mid", "small"], default=None,
                     help="train only these models of gsm8k-tiny or smollm2 (default: all)")
+    tr.add_argument("--stage", choices=["all", "more"], default="all",
+                    help="smollm2: all (both rounds of csdlib.distill.RECIPE) or more (only its second round, "
+                         "from the drafters in the family folder)")
 
     bg = _add(sub, "bigram", "build MaG's bigram table from GSM8K's training text", cmd_bigram)
     bg.add_argument("--out", type=flags.directory, default=str(ROOT / "data" / "models" / "gsm8k-tiny"),

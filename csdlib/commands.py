@@ -384,10 +384,11 @@ def cmd_train(args) -> int:
 
     torch.set_num_threads(args.threads)
     if args.family == "smollm2":               # drafters distilled for a fetched target
-        from .distill import RECIPES, distill_family
+        from .distill import RECIPES, distill_family, distill_more
 
-        report = distill_family(args.out or zoo.FAMILY_DIRS[args.family], args.data_dir, RECIPES[args.budget],
-                                only=args.only, seed=args.seed)
+        run = distill_more if args.stage == "more" else distill_family
+        report = run(args.out or zoo.FAMILY_DIRS[args.family], args.data_dir, RECIPES[args.budget],
+                     only=args.only, seed=args.seed)
         print(json.dumps(report, indent=2))
     elif args.family == "gsm8k-base":
         recipe.train_base(args.out, args.data_dir, args.budget, args.seed)

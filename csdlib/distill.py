@@ -239,21 +239,29 @@ RECIPE = {
         "small": {"arch": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
                            "num_attention_heads": 2}, "epochs": 4, "lr": 3e-3},
     },
+    # a second round (`distill_more`): the target's answers to the next 2,048 train questions, and each
+    # drafter trained on to them from the first round's weights (same loss, a new warm-up and cosine)
+    "more": {"questions": [2048, 4096],
+             "models": {"mid": {"epochs": 3, "lr": 1e-3}, "small": {"epochs": 3, "lr": 2e-3}}},
 }
 #: the whole recipe in a minute (tests): 8 questions, 16 new tokens, two tiny drafters
 TOY_RECIPE = {**RECIPE, "questions": 8, "max_new_tokens": 16, "vocab": 256, "val_fraction": 0.25, "batch": 4,
               "models": {"mid": {"arch": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                                           "num_attention_heads": 2}, "steps": 4, "lr": 3e-3},
                          "small": {"arch": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                                            "num_attention_heads": 1}, "steps": 4, "lr": 3e-3}}}
+                                            "num_attention_heads": 1}, "steps": 4, "lr": 3e-3}},
+              "more": {"questions": [8, 12], "models": {"mid": {"steps": 2, "lr": 1e-3},
+                                                          "small": {"steps": 2, "lr": 1e-3}}}}
 RECIPES = {"full": RECIPE, "toy": TOY_RECIPE}
 #: what a drafter folder holds (copied from the training folder in the cache into the family folder)
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "training.json", "loss_log.jsonl")
 
 
-def answers_for(questions: list[str], target_dir, recipe: dict = RECIPE, cache=None, progress: bool = True):
+def answers_for(questions: list[str], target_dir, recipe: dict = RECIPE, cache=None, progress: bool = True,
+                first: int = 0):
     """(tokenizer, rows): the target's greedy answers to `questions` (chat template), from the cache or
-    generated now (`generate_answers`)."""
+    generated now (`generate_answers`). `first`: the index of ``questions[0]`` in GSM8K's training split
+    (answers to questions further on are cached in a folder of their own)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .smollm2 import cache_root
@@ -265,7 +273,7 @@ def answers_for(questions: list[str], target_dir, recipe: dict = RECIPE, cache=N
     source = json.loads(done_file.read_text())["gguf_sha256"] if done_file.is_file() else str(target_dir)
     key = settings_key(target=source,
                        dtype=recipe["dtype"], max_new_tokens=recipe["max_new_tokens"], top_k=recipe["top_k"],
-                       batch=SHARD)
+                       batch=SHARD, **({"first": first} if first else {}))
     folder = Path(cache or cache_root()) / "smollm2" / f"answers-{key}"
     done = sum(1 for _ in folder.glob("shard-*.pt")) if folder.is_dir() else 0
     if done * SHARD >= len(prompts):
@@ -322,7 +330,7 @@ def distill_family(out_dir, data_dir=None, recipe: dict = RECIPE, only=None, cac
     report = {"questions": len(rows), "answer_tokens": sum(len(r["answer"]) for r in rows),
               "answers_ending_in_eos": sum(r["answer"][-1] == tok.eos_token_id for r in rows if r["answer"]),
               "vocab": len(vocab), "vocab_coverage_val": round(coverage(val_rows, vocab), 5), "models": {}}
-    settings = {k: v for k, v in recipe.items() if k != "models"}
+    settings = {k: v for k, v in recipe.items() if k not in ("models", "more")}
     work = Path(cache or cache_root()) / "smollm2" / f"train-{settings_key(**settings, vocab_ids=vocab, seed=seed)}"
     for name, spec in recipe["models"].items():
         if only and name not in only:
@@ -354,4 +362,70 @@ def distill_family(out_dir, data_dir=None, recipe: dict = RECIPE, only=None, cac
     # what the target writes: its answers (after the assistant's header), not the questions
     BigramTable.from_sequences([r["prompt"][-2:] + r["answer"] for r in train_rows], vocab_size=full).save(
         out_dir / "bigram.json")
+    if recipe.get("more"):
+        report["more"] = distill_more(out_dir, data_dir, recipe, only, cache, progress, seed)
+    return report
+
+
+def distill_more(out_dir, data_dir=None, recipe: dict = RECIPE, only=None, cache=None, progress: bool = True,
+                 seed: int = 0) -> dict:
+    """The recipe's second round (``recipe["more"]``): the target's answers to GSM8K train questions
+    ``[first, last)`` (cached like the first round's), 2 % held out, and each drafter of `out_dir` trained on
+    to them from its first-round weights, with its own vocabulary and the same loss. A drafter whose
+    ``training.json`` already records this round is left as it is. Returns, per drafter, its held-out
+    agreement on the new answers before and after."""
+    import random
+    import shutil
+
+    from transformers import LlamaForCausalLM
+
+    from .datasets import load_gsm8k
+    from .smollm2 import cache_root, target_dir
+    from .training import TrainConfig
+
+    out_dir, spec = Path(out_dir), recipe["more"]
+    first, last = spec["questions"]
+    tdir = target_dir(cache, progress=progress)
+    questions = [x["question"] for x in load_gsm8k("train", data_dir)][first:last]
+    tok, rows = answers_for(questions, tdir, recipe, cache, progress, first=first)
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(recipe["val_fraction"] * len(rows)))
+    val_rows, train_rows = [rows[i] for i in order[:n_val]], [rows[i] for i in order[n_val:]]
+    report = {"questions": [first, first + len(rows)], "answer_tokens": sum(len(r["answer"]) for r in rows),
+              "models": {}}
+    for name, m in spec["models"].items():
+        if only and name not in only:
+            continue
+        dest = out_dir / name
+        before = json.loads((dest / "training.json").read_text())
+        if before.get("more", {}).get("questions") == report["questions"]:
+            report["models"][name] = {"skipped": "already trained on these answers"}
+            continue
+        vocab = json.loads((dest / "vocab.json").read_text())["ids"]
+        table = local_ids(vocab, len(tok))
+        train_seqs, val_seqs = sequences(train_rows, table), sequences(val_rows, table)
+        teacher = SoftLabels(train_rows, train_seqs, table, recipe["seq_len"]) if recipe["distill"] > 0 else None
+        config = {k: v for k, v in json.loads((dest / "config.json").read_text()).items()
+                  if k not in ("architectures", "dtype", "transformers_version")}
+        cfg = TrainConfig(epochs=m.get("epochs"), steps=m.get("steps"), lr=m["lr"], warmup=100,
+                          batch=recipe["batch"], seq_len=recipe["seq_len"], seed=seed, distill=recipe["distill"],
+                          save_dtype=torch.bfloat16)
+        start = LlamaForCausalLM.from_pretrained(dest, dtype=torch.float32)
+        agreement_before = round(agreement(start, val_rows, table, vocab), 4)
+        weights = hashlib.sha256((dest / "model.safetensors").read_bytes()).hexdigest()[:12]
+        work = Path(cache or cache_root()) / "smollm2" / f"more-{settings_key(**spec, m=m, init=weights, seed=seed)}"
+        model, summary = _train_or_reuse(work / name, config, train_seqs, val_seqs, cfg, teacher, dest, progress)
+        for f in ("config.json", "generation_config.json", "model.safetensors"):
+            shutil.copy2(work / name / f, dest / f)
+        shutil.copy2(work / name / "loss_log.jsonl", dest / "loss_log.more.jsonl")
+        after = round(agreement(model, val_rows, table, vocab), 4)
+        summary = {**before, "more": {"questions": report["questions"], "answer_tokens": report["answer_tokens"],
+                                      **{k: summary[k] for k in ("steps", "epochs", "lr", "val_loss", "train_time_s",
+                                                                 "threads", "final_train_loss")},
+                                      "agreement_val_before": agreement_before, "agreement_val": after}}
+        (dest / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+        report["models"][name] = summary["more"]
+        if progress:
+            print(f"{name} (more): agreement on the new held-out answers {agreement_before} -> {after}", flush=True)
     return report

@@ -191,6 +191,14 @@ def test_the_toy_distillation_runs_end_to_end(real_target, tmp_path):
         assert vocab["target_vocab_size"] == 49152 and len(vocab["ids"]) <= 256 and 2 in vocab["ids"]
         assert json.loads((out / name / "training.json").read_text())["complete"]
     assert json.loads((out / "bigram.json").read_text())["vocab_size"] == 49152
+    # the second round: trained on to the answers to questions 8..11, from the first round's weights
+    for name in ("mid", "small"):
+        more = json.loads((out / name / "training.json").read_text())["more"]
+        assert more["questions"] == [8, 12] and more["steps"] == 2 and 0 <= more["agreement_val"] <= 1
+        assert (out / name / "loss_log.more.jsonl").is_file() and (out / name / "loss_log.jsonl").is_file()
+    weights = (out / "mid" / "model.safetensors").read_bytes()
+    assert cli.main(["train", "--family", "smollm2", "--budget", "toy", "--out", str(out), "--stage", "more"]) == 0
+    assert (out / "mid" / "model.safetensors").read_bytes() == weights      # a round already done is not redone
 
 
 # -- the distillation's pieces ----------------------------------------------------------------------
