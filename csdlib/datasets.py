@@ -256,3 +256,74 @@ def prompt_texts(dataset: str, split: str, data_dir=None, n: int | None = None, 
 
 
 __all__ += ["prompt_texts"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Spec-Bench (Xia et al., ACL 2024 Findings; hemingkx/Spec-Bench, Apache-2.0): 480 prompts in six groups
+# --------------------------------------------------------------------------------------------------
+
+#: Spec-Bench's columns, in its tables' order, and the question categories each one holds (MT-bench's
+#: eight two-turn categories form "Multi-turn Conversation")
+SPEC_BENCH_GROUPS = {
+    "Multi-turn Conversation": ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem",
+                                "humanities"),
+    "Translation": ("translation",),
+    "Summarization": ("summarization",),
+    "QA": ("qa",),
+    "Math Reasoning": ("math_reasoning",),
+    "RAG": ("rag",),
+}
+#: the short names `--categories` takes, one per group
+SPEC_BENCH_NAMES = {"mt-bench": "Multi-turn Conversation", "translation": "Translation",
+                    "summarization": "Summarization", "qa": "QA", "math_reasoning": "Math Reasoning", "rag": "RAG"}
+
+
+def spec_bench_file(data_dir=None) -> Path:
+    """``spec_bench/question.jsonl`` under ``data_dir``, else ``$CSD_DATA_DIR``, else ``../shared/datasets``
+    next to the repository (a MissingFileError naming the file when it is not there: Spec-Bench is not
+    on the Hugging Face hub as a dataset; its file is ``data/spec_bench/question.jsonl`` of
+    hemingkx/Spec-Bench)."""
+    explicit = _explicit_dir(data_dir)
+    base = explicit[1] if explicit is not None else _REPO_ROOT.parent / "shared" / "datasets"
+    looked = [base / "spec_bench" / "question.jsonl", base / "question.jsonl"]
+    for f in looked:
+        if f.is_file():
+            return f.resolve()
+    raise MissingFileError(
+        f"Spec-Bench not found: looked for {', '.join(map(str, looked))}. Fix: put Spec-Bench's "
+        f"data/spec_bench/question.jsonl (github.com/hemingkx/Spec-Bench) in <DIR>/spec_bench/ and pass "
+        f"data_dir= (csd: --data-dir DIR) or set CSD_DATA_DIR=DIR.")
+
+
+def load_spec_bench(categories=None, per_category: int | None = None, data_dir=None) -> list[dict]:
+    """Spec-Bench's questions in file order: dicts with ``question_id``, ``category`` (the file's),
+    ``group`` (Spec-Bench's column, `SPEC_BENCH_GROUPS`) and ``turns`` (the user's turns: two for
+    MT-bench). `categories`: group short names (`SPEC_BENCH_NAMES`: mt-bench, translation, summarization,
+    qa, math_reasoning, rag; default all); `per_category`: N questions of each group, evenly spaced in
+    it (so that N of MT-bench's 80 cover its eight categories alike)."""
+    names = list(SPEC_BENCH_NAMES) if categories is None else list(categories)
+    unknown = [c for c in names if c not in SPEC_BENCH_NAMES]
+    if unknown or not names:
+        raise CSDValueError(f"categories: expected some of {list(SPEC_BENCH_NAMES)}, got {names}")
+    if per_category is not None and per_category < 1:
+        raise CSDValueError(f"per_category: expected at least 1, got {per_category}")
+    group_of = {c: g for g, cats in SPEC_BENCH_GROUPS.items() for c in cats}
+    wanted = {SPEC_BENCH_NAMES[c] for c in names}
+    rows = _read_jsonl(spec_bench_file(data_dir))
+    members: dict[str, list[int]] = {g: [] for g in wanted}
+    for i, row in enumerate(rows):
+        group = group_of.get(row.get("category"))
+        if group is None or not row.get("turns"):
+            raise CSDValueError(f"Spec-Bench: question {row.get('question_id')} has an unknown category "
+                                f"{row.get('category')!r} or no turns")
+        if group in wanted:
+            members[group].append(i)
+    keep = set()
+    for group, idx in members.items():
+        n = len(idx) if per_category is None else min(per_category, len(idx))
+        keep.update(idx[j * len(idx) // n] for j in range(n))
+    return [{"question_id": rows[i]["question_id"], "category": rows[i]["category"],
+             "group": group_of[rows[i]["category"]], "turns": list(rows[i]["turns"])} for i in sorted(keep)]
+
+
+__all__ += ["SPEC_BENCH_GROUPS", "SPEC_BENCH_NAMES", "spec_bench_file", "load_spec_bench"]

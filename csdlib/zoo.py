@@ -118,17 +118,31 @@ class Family:
         turn, then the assistant's header), the others tokenize it as it is."""
         return chat_ids(self.tokenizer, text) if self.chat else self.tokenizer(text)["input_ids"]
 
+    def encode_turns(self, turns: list[str], answers: list[str]) -> list[int]:
+        """Token ids of a conversation's next prompt: the user's `turns` with the assistant's `answers` to
+        all but the last between them (Spec-Bench's multi-turn prompts: the second question after the
+        first and the model's own answer to it), through a chat family's template, ending in the
+        assistant's header; a family without one joins the texts with newlines."""
+        if len(answers) != len(turns) - 1:
+            raise CSDValueError(f"answers: expected {len(turns) - 1} (one per turn but the last), got {len(answers)}")
+        if not self.chat:
+            return self.tokenizer("\n".join([x for pair in zip(turns, answers) for x in pair] + [turns[-1]]))["input_ids"]
+        messages = [m for t, a in zip(turns, answers)
+                    for m in ({"role": "user", "content": t}, {"role": "assistant", "content": a})]
+        return chat_ids(self.tokenizer, [*messages, {"role": "user", "content": turns[-1]}])
+
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def chat_ids(tokenizer, text: str) -> list[int]:
+def chat_ids(tokenizer, text) -> list[int]:
     """`text` as the user's turn of the tokenizer's chat template, ending in the assistant's header
-    (``apply_chat_template(..., add_generation_prompt=True)``)."""
+    (``apply_chat_template(..., add_generation_prompt=True)``); `text` may also be a list of chat
+    messages (``{"role", "content"}`` dicts), a whole conversation so far."""
     if not getattr(tokenizer, "chat_template", None):
         raise CSDValueError("tokenizer: has no chat template; a chat family needs one")
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                        tokenize=True)
+    messages = [{"role": "user", "content": text}] if isinstance(text, str) else list(text)
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 

@@ -133,6 +133,15 @@ def test_prompts_go_through_the_chat_template(real_target):
     assert all(d.vocab is not None and d.vocab_size == 49152 for d in fam.drafters[:2])
 
 
+def test_a_second_turn_goes_through_the_chat_template(real_target):
+    """Spec-Bench's multi-turn prompt: the first question, the model's own answer, the second question."""
+    fam = zoo.load("smollm2")
+    text = fam.tokenizer.decode(fam.encode_turns(["Name a colour.", "And another?"], ["Blue."]))
+    assert text.startswith("<|im_start|>system\n") and text.endswith(
+        "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\nBlue.<|im_end|>\n"
+        "<|im_start|>user\nAnd another?<|im_end|>\n<|im_start|>assistant\n")
+
+
 @pytest.fixture(scope="module")
 def dev_prompts(real_target):
     return [x["question"] for x in load_gsm8k("dev")[:3]]
