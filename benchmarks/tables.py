@@ -227,7 +227,17 @@ def render_drafters(path) -> str:
                      f"batch {t['batch']}, {t['train_time_s'] + t.get('stage_1', {}).get('train_time_s', 0):.0f} s on "
                      f"{t['threads']} thread(s)", "held-out CE": f"{t['val_loss']:.3f}",
                      "agreement": f"{t['agreement_val']:.3f}" if "agreement_val" in t else "-"})
-    return "`csd train --family smollm2` (2026-12-02, AMD EPYC with AVX512-BF16):\n\n" + _markdown(pd.DataFrame(rows))
+        more = t.get("more")
+        if more:                        # the second round (`distill_more`), on answers to other questions
+            rows[-1].update({
+                "second round": f"questions {more['questions'][0]:,}-{more['questions'][1] - 1:,} "
+                                f"({more['answer_tokens']:,} answer tokens), {more['epochs']:g} epochs at lr "
+                                f"{more['lr']:g}, {more['train_time_s']:.0f} s on {more['threads']} thread(s)",
+                "its held-out CE": f"{more['val_loss']:.3f}",
+                "its held-out agreement": f"{more['agreement_val_before']:.3f} -> {more['agreement_val']:.3f}"})
+    return ("`csd train --family smollm2` (first round 2026-12-02; second round, `--stage more`, 2026-12-06; AMD "
+            "EPYC with AVX512-BF16). The first round's held-out answers are 2 % of its own; the second round's "
+            "agreement is on 2 % of its new answers, before and after it:\n\n" + _markdown(pd.DataFrame(rows).fillna("-")))
 
 
 # ---------------------------------------------------------------- csd run and the other scripts

