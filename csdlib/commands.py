@@ -340,7 +340,8 @@ def _save_tuned(args, tuned, threads: int, latency, family_dir, n_prompts: int) 
                  f"--max-new-tokens {args.max_new_tokens} --n-trials {args.n_trials} --k-max {args.k_max} "
                  f"--timeout {args.timeout:g} --seed {args.seed} --threads {threads} "
                  f"--tree-max {','.join(map(str, args.tree_max))}"
-                 + (f" --dtype {args.dtype}" if args.dtype else "") + " (GSM8K dev prompts "
+                 + (f" --dtype {args.dtype}" if args.dtype else "")
+                 + (f" --latency-file {args.latency_file}" if args.latency_file else "") + " (GSM8K dev prompts "
                  f"{args.offset}..{args.offset + n_prompts - 1}, greedy; machine {machine_id()}; Optuna TPE, "
                  f"{tuned.seconds:.0f} s)")
     default = {**tuned.as_default(), "threads": threads, "chosen_by": chosen_by}
