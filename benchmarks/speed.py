@@ -5,6 +5,10 @@
     python benchmarks/speed.py --family gsm8k-base --dtypes float32,bfloat16 --prompts 50 --threads 2 \
         --out tmp/speed-gsm8k-base
 
+`--dataset spec-bench` measures Spec-Bench's questions instead (`--categories`, `--per-category`; MT-bench's
+second turn is prompted with the first, HF greedy's own answer to it and the second question) and adds a
+table in Spec-Bench's layout: the speedup per group, overall, and the mean tokens per target forward.
+
 Methods, interleaved prompt by prompt (the order rotates from prompt to prompt) after a warm-up, on the
 first `--prompts` GSM8K dev prompts:
 
@@ -60,7 +64,7 @@ from csdlib.cache import build_target_cache  # noqa: E402
 from csdlib.protocol import is_free  # noqa: E402
 from csdlib.cost import parameter_costs, swi  # noqa: E402
 from csdlib.latency import calibrate_latency, machine_id, model_seconds, predict_wall_time  # noqa: E402
-from csdlib.datasets import TUNE_OFFSET, load_gsm8k  # noqa: E402
+from csdlib.datasets import SPEC_BENCH_NAMES, TUNE_OFFSET, load_gsm8k, load_spec_bench  # noqa: E402
 from csdlib.tuning import (best_chain_and_tree, evaluate_cascade, k_matrix_from_params, optimize,  # noqa: E402
                            tree_of, tree_over_draft)
 
@@ -80,6 +84,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--family", default="gsm8k-tiny", help="gsm8k-tiny, gsm8k-base or a family folder")
     p.add_argument("--prompts", type=int, default=50, help="GSM8K dev prompts measured (the first N)")
+    p.add_argument("--dataset", choices=["gsm8k", "spec-bench"], default="gsm8k",
+                   help="what is measured: GSM8K's dev prompts, or Spec-Bench's questions (MT-bench's two turns "
+                        "each, the second after the target's own greedy answer to the first); SD's k and CSD's "
+                        "tuning always use GSM8K dev items 250+")
+    p.add_argument("--categories", default="all",
+                   help=f"with --dataset spec-bench: comma-separated, of {','.join(SPEC_BENCH_NAMES)} (or all)")
+    p.add_argument("--per-category", type=int, default=20,
+                   help="with --dataset spec-bench: questions per category (evenly spaced in it)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     p.add_argument("--ks", default="1,2,3,4,5,6", help="draft lengths tried for single-drafter SD")
@@ -270,37 +282,88 @@ def tree_label(tree) -> str:
     return "w" + "".join(map(str, tree.widths[0])) + f"e{tree.extend}{budget}"
 
 
-def run_interleaved(methods, prompts, target, device, warmup, log, max_seconds=None, checkpoint=None):
-    """Every method on every prompt, the order rotating from prompt to prompt; each output audited
-    against HF greedy's; `checkpoint(rows)` after each prompt. Returns {name: {"wall_s", "tokens", "stats",
-    "verdicts"}}."""
+def questions(args) -> list[dict]:
+    """What is measured, one {"group", "turns"} per question: the first --prompts GSM8K dev questions
+    (group "GSM8K"), or Spec-Bench's (--categories, --per-category; MT-bench's have two turns)."""
+    if args.dataset == "gsm8k":
+        return [{"group": "GSM8K", "turns": [x["question"]]} for x in load_gsm8k("dev", args.data_dir)[:args.prompts]]
+    cats = None if args.categories == "all" else [c.strip() for c in args.categories.split(",")]
+    return [{"group": q["group"], "turns": q["turns"]} for q in load_spec_bench(cats, args.per_category, args.data_dir)]
+
+
+def encoder(fam, dataset: str):
+    """(question, the target's answers to its earlier turns) -> prompt ids: a GSM8K question as the family's
+    prompt (`prompt_ids`), a Spec-Bench turn after the turns and answers before it (`encode_turns`)."""
+    if dataset == "gsm8k":
+        return lambda q, answers: fam.prompt_ids(q["turns"][0])
+    return lambda q, answers: fam.encode_turns(q["turns"][:len(answers) + 1], answers)
+
+
+def run_interleaved(methods, items, encode, decode, target, device, warmup, log, max_seconds=None,
+                    checkpoint=None):
+    """Every method on every turn of every question (`items`, `questions`; `encode(item, answers)` gives a
+    turn's prompt), the order rotating from prompt to prompt; each output audited against HF greedy's,
+    whose answer (`decode`) goes into the next turn's prompt; `checkpoint(rows)` after each question.
+    Returns {name: {"wall_s", "tokens", "stats", "verdicts", "turns"}} ("turns": group, wall time, tokens
+    and target calls of each prompt)."""
     names = list(methods)
+    first = encode(items[0], [])
     for _ in range(warmup):
         for name in names:
-            methods[name][1](prompts[0][:])
-    rows = {name: {"wall_s": 0.0, "tokens": 0, "stats": [], "verdicts": []} for name in names}
-    for i, prompt in enumerate(prompts):
-        if max_seconds is not None and time.perf_counter() - STARTED > max_seconds and i > 0:
-            log(f"--max-seconds {max_seconds:g}: stopping after {i} of {len(prompts)} prompts")
+            methods[name][1](first[:])
+    rows = {name: {"wall_s": 0.0, "tokens": 0, "stats": [], "verdicts": [], "turns": []} for name in names}
+    i = 0                                                 # prompts (turns) measured so far
+    for q, item in enumerate(items):
+        if max_seconds is not None and time.perf_counter() - STARTED > max_seconds and q > 0:
+            log(f"--max-seconds {max_seconds:g}: stopping after {q} of {len(items)} questions")
             break
-        outputs = {}
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            sync(device)
-            tic = time.perf_counter()
-            tokens, stats = methods[name][1](prompt)
-            sync(device)
-            rows[name]["wall_s"] += time.perf_counter() - tic
-            rows[name]["tokens"] += len(tokens)
-            outputs[name] = tokens
-            if stats is not None:
-                rows[name]["stats"].append(stats)
-        for name in names:
-            v = audit(target, prompt, outputs["HF greedy"], outputs[name])
-            rows[name]["verdicts"].append({"prompt": i, **v.to_dict()})
-        log(f"prompt {i + 1}/{len(prompts)}: " + ", ".join(f"{n} {rows[n]['wall_s']:.1f}s" for n in names[:4]) + " ...")
+        answers = []
+        for turn in range(len(item["turns"])):
+            prompt = encode(item, answers)
+            outputs = {}
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                sync(device)
+                tic = time.perf_counter()
+                tokens, stats = methods[name][1](prompt)
+                sync(device)
+                dt = time.perf_counter() - tic
+                rows[name]["wall_s"] += dt
+                rows[name]["tokens"] += len(tokens)
+                rows[name]["turns"].append({"group": item["group"], "turn": turn + 1, "wall_s": dt, "tokens": len(tokens),
+                                            "target_calls": None if stats is None else stats.calls[target.name]})
+                outputs[name] = tokens
+                if stats is not None:
+                    rows[name]["stats"].append(stats)
+            for name in names:
+                v = audit(target, prompt, outputs["HF greedy"], outputs[name])
+                rows[name]["verdicts"].append({"prompt": i, **v.to_dict()})
+            answers.append(decode(outputs["HF greedy"]))
+            i += 1
+        log(f"question {q + 1}/{len(items)}: " + ", ".join(f"{n} {rows[n]['wall_s']:.1f}s" for n in names[:4]) + " ...")
         if checkpoint is not None:
             checkpoint(rows)
     return rows
+
+
+def group_table(rows) -> pd.DataFrame:
+    """Spec-Bench's layout: a row per method; per group its speedup over HF greedy on the same prompts
+    (wall time summed over the group's turns), then over all of them ("Overall") and the mean number of
+    tokens per target forward ("mean accepted tokens"; csdlib's methods only)."""
+    base = rows["HF greedy"]["turns"]
+    groups = list(dict.fromkeys(t["group"] for t in base))
+
+    def wall(turns, group=None):
+        return sum(t["wall_s"] for t in turns if group is None or t["group"] == group)
+
+    out = []
+    for name, r in rows.items():
+        calls = [t["target_calls"] for t in r["turns"]]
+        row = {"method": name, **{g: wall(base, g) / wall(r["turns"], g) for g in groups},
+               "Overall": wall(base) / wall(r["turns"])}
+        row["mean accepted tokens"] = (sum(t["tokens"] for t in r["turns"]) / sum(calls)
+                                       if calls and None not in calls and sum(calls) else None)
+        out.append(row)
+    return pd.DataFrame(out).set_index("method")
 
 
 def table(rows, methods, target, models, latency) -> pd.DataFrame:
@@ -333,9 +396,9 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
     target, drafters = fam.target, list(fam.drafters)
     models, eos = [target, *drafters], sorted(target.eos_token_ids)
     dev = load_gsm8k("dev", args.data_dir)
-    prompts = [fam.prompt_ids(x["question"]) for x in dev[:args.prompts]]
+    items, encode = questions(args), encoder(fam, args.dataset)
     tune = [fam.prompt_ids(x["question"]) for x in dev[TUNE_OFFSET:TUNE_OFFSET + args.tune_prompts]]
-    if set(map(tuple, prompts)) & set(map(tuple, tune)):
+    if args.dataset == "gsm8k" and set(map(tuple, (encode(q, []) for q in items))) & set(map(tuple, tune)):
         raise SystemExit("--prompts overlaps the tuning prompts (dev items 250...); use at most 250 prompts")
     latency = calibrate_latency(models, threads=args.threads, path=args.latency_file, force=args.recalibrate,
                                 note="benchmarks/speed.py --recalibrate" if args.recalibrate else "")
@@ -357,14 +420,15 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
     def result(rows) -> dict:
         df = table(rows, methods, target, models, latency)
         ties = [{"method": n, **v} for n, r in rows.items() for v in r["verdicts"] if v["verdict"] != "identical"]
-        return {"dtype": dtype, "df": df, "prompts": len(rows["HF greedy"]["verdicts"]), "ties": ties, "sd_k": chosen,
+        extra = {"dataset": args.dataset, "groups": group_table(rows)} if args.dataset != "gsm8k" else {}
+        return {**extra, "dtype": dtype, "df": df, "prompts": len(rows["HF greedy"]["verdicts"]), "ties": ties, "sd_k": chosen,
                 "k_matrix": setting["k_matrix"], "lenience": setting["lenience"],
                 "mag_k": next((d.k for d in fam.drafters if is_free(d)), None),
                 "tree": tree_label(tree) if tree is not None else None, "tree_k_matrix": setting["tree_k_matrix"],
                 "tuned": setting["tuned"], "latency": latency,
                 "tune": (TUNE_OFFSET, TUNE_OFFSET + len(tune) - 1), "float32_logits": has_float32_logits(target)}
 
-    rows = run_interleaved(methods, prompts, target, device, args.warmup, log, args.max_seconds,
+    rows = run_interleaved(methods, items, encode, fam.decode, target, device, args.warmup, log, args.max_seconds,
                            checkpoint=lambda rows: checkpoint(result(rows)))
     return result(rows)
 
@@ -414,7 +478,18 @@ def markdown(run: dict) -> list[str]:
         md.append(f"- {t['method']}, prompt {t['prompt']}: {t['verdict']} at new token {t['position']}, "
                   f"margin {t['margin']:.4g} step by step{path} (tolerance {t['tolerance']:.4g})" if t["margin"] is not None else
                   f"- {t['method']}, prompt {t['prompt']}: {t['verdict']} at new token {t['position']} (length)")
+    if run.get("groups") is not None:
+        md += ["", "Spec-Bench's layout: speedup over HF greedy on the same prompts, per group (wall time summed over "
+               "its turns), overall, and the mean number of tokens per target forward:", ""] + group_markdown(run["groups"])
     return md + [""]
+
+
+def group_markdown(groups: pd.DataFrame) -> list[str]:
+    cols = list(groups.columns)
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, row in groups.iterrows():
+        lines.append(f"| {name} | " + " | ".join("-" if v is None or v != v else f"{v:.2f}" for v in row) + " |")
+    return lines
 
 
 def write(args, argv, device, runs, complete: bool) -> dict:
@@ -425,7 +500,9 @@ def write(args, argv, device, runs, complete: bool) -> dict:
                "threads": args.threads, "torch": torch.__version__, "transformers": transformers.__version__,
                "python": platform.python_version()}
     command = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    head = (f"{args.family}, GSM8K dev prompts (the first {args.prompts} at most), max_new_tokens={args.max_new_tokens}, "
+    what = (f"GSM8K dev prompts (the first {args.prompts} at most)" if args.dataset == "gsm8k" else
+            f"Spec-Bench ({args.categories}, {args.per_category} questions per category at most)")
+    head = (f"{args.family}, {what}, max_new_tokens={args.max_new_tokens}, "
             f"{args.threads} thread(s), {device}" + (f" ({machine['gpu']})" if machine["gpu"] else "")
             + f", CPU {machine['cpu']} (bf16 units: {machine['cpu_isa']}), torch {machine['torch']}, "
             f"transformers {machine['transformers']}; `{command}`")
@@ -437,8 +514,11 @@ def write(args, argv, device, runs, complete: bool) -> dict:
     (out_dir / "speed.json").write_text(json.dumps({
         "family": args.family, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens, **machine,
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "complete": complete,
-        "command": command, "runs": [{**{k: v for k, v in r.items() if k != "df"},
-                                      "rows": json.loads(r["df"].reset_index().to_json(orient="records"))}
+        "dataset": args.dataset, "command": command,
+        "runs": [{**{k: v for k, v in r.items() if k not in ("df", "groups")},
+                  "rows": json.loads(r["df"].reset_index().to_json(orient="records")),
+                  **({"groups": json.loads(r["groups"].reset_index().to_json(orient="records"))}
+                     if r.get("groups") is not None else {})}
                                      for r in runs]}, indent=1, default=str) + "\n")
     return text
 

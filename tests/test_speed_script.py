@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -51,3 +52,42 @@ def test_a_run_killed_after_two_prompts_leaves_their_tables(tmp_path, monkeypatc
     d = json.loads((out / "speed.json").read_text())
     assert d["complete"] is True and d["runs"][0]["prompts"] == 3
     assert "**Incomplete**" not in (out / "speed.md").read_text()
+
+
+def test_spec_bench_turns_and_its_table(tmp_path):
+    """--dataset spec-bench: an MT-bench question's two turns (the second after HF greedy's own answer) and
+    a QA question, every method on each, audited; the table in Spec-Bench's layout, per group."""
+    import speed
+
+    out = tmp_path / "speed"
+    assert speed.main(FAST[:4] + FAST[6:] + ["--dataset", "spec-bench", "--categories", "mt-bench,qa",
+                                            "--per-category", "1", "--out", str(out),
+                                            "--latency-file", str(tmp_path / "latency.json")]) == 0
+    d = json.loads((out / "speed.json").read_text())
+    run = d["runs"][0]
+    assert d["dataset"] == "spec-bench" and run["prompts"] == 3        # 2 turns + 1
+    assert all(r["identical"] == 3 for r in run["rows"])
+    groups = {g["method"]: g for g in run["groups"]}
+    assert set(groups["CSD"]) >= {"Multi-turn Conversation", "QA", "Overall", "mean accepted tokens"}
+    assert groups["HF greedy"]["Overall"] == 1.0 and groups["HF greedy"]["mean accepted tokens"] is None
+    assert groups["CSD"]["mean accepted tokens"] >= 1.0
+    assert "Spec-Bench's layout" in (out / "speed.md").read_text()
+
+
+def test_the_second_turn_is_prompted_with_greedys_own_answer():
+    import speed
+
+    class Fam:
+        def encode_turns(self, turns, answers):
+            return [len(turns), *[len(a) for a in answers]]
+
+        def prompt_ids(self, q):
+            return [0]
+
+    seen = []
+    methods = {"HF greedy": ("hf", lambda p: (seen.append(p) or [7, 7, 7], None))}
+    item = {"group": "Multi-turn Conversation", "turns": ["a", "b"]}
+    rows = speed.run_interleaved(methods, [item], speed.encoder(Fam(), "spec-bench"), lambda ids: "x" * len(ids),
+                                 target=None, device=torch.device("cpu"), warmup=0, log=lambda *a: None)
+    assert seen == [[1], [2, 3]]                     # turn 2: two turns, and the answer "xxx" to the first
+    assert [t["turn"] for t in rows["HF greedy"]["turns"]] == [1, 2]
