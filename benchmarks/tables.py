@@ -171,6 +171,8 @@ def render_readme(paths) -> str:
         for label, n in _pick(df).items():
             key = re.sub(r": .*", "", label)
             detail = label.split(": ")[1] if ": " in label else ""
+            if key.startswith("tree CSD ("):             # one row whatever each dtype's tree: its shape beside
+                key, detail = "tree CSD", key[len("tree CSD ("):-1]
             cols.setdefault(key, {})[family] = (f"{_x(df.loc[n, 'x HF greedy'])}x ({_x(df.loc[n, 'x best HF peer'])})"
                                                 + (f" {detail}" if detail else ""))
         caps.append(f"{family}: {run['prompts']} prompts, {_audit(df)}, `{d['command']}`")
@@ -196,6 +198,8 @@ def render_dtypes(paths) -> str:
         for label, n in _pick(df).items():
             key = re.sub(r": .*", "", label)
             detail = label.split(": ")[1] if ": " in label else ""
+            if key.startswith("tree CSD ("):             # one row whatever each dtype's tree: its shape beside
+                key, detail = "tree CSD", key[len("tree CSD ("):-1]
             tpc = df.loc[n].get("tokens/target call")
             cols.setdefault(key, {})[run["dtype"]] = (
                 f"{_x(df.loc[n, 'x HF greedy'])}x ({_x(df.loc[n, 'x best HF peer'])})" + (f" {detail}" if detail else "")
@@ -437,10 +441,14 @@ TABLES = [
     Table("speed-smollm2-bfloat16", ("docs/benchmarks.md", "data/models/smollm2/README.md"),
           "data/results/speed-smollm2-bfloat16/speed.json", (f"{SMOLLM2_SPEED} --dtypes bfloat16 --out "
                                                             "data/results/speed-smollm2-bfloat16",), render_speed, 40),
+    Table("speed-smollm2-float32", ("docs/benchmarks.md", "data/models/smollm2/README.md"),
+          "data/results/speed-smollm2-float32/speed.json", (f"{SMOLLM2_SPEED} --dtypes float32 --out "
+                                                          "data/results/speed-smollm2-float32",), render_speed, 55),
     Table("smollm2-drafters", ("data/models/smollm2/README.md",), "data/models/smollm2/mid/training.json",
           ("csd train --family smollm2",), render_drafters, 60),
     Table("readme-smollm2", ("README.md",), "data/results/speed-smollm2-bfloat16/speed.json", (),
-          lambda _: render_dtypes(["data/results/speed-smollm2-bfloat16/speed.json"])),
+          lambda _: render_dtypes(["data/results/speed-smollm2-bfloat16/speed.json",
+                                   "data/results/speed-smollm2-float32/speed.json"])),
     Table("smollm2-cost", ("data/models/smollm2/README.md",), "data/results/dtype-cost-smollm2/latency.json",
           tuple(f"csd calibrate --family smollm2 --dtype {dt} --threads 2 --force --out "
                 f"data/results/dtype-cost-smollm2/latency.json --note 'csd calibrate --family smollm2 "
