@@ -441,6 +441,10 @@ TABLES = [
     Table("speed-smollm2-bfloat16", ("docs/benchmarks.md", "data/models/smollm2/README.md"),
           "data/results/speed-smollm2-bfloat16/speed.json", (f"{SMOLLM2_SPEED} --dtypes bfloat16 --out "
                                                             "data/results/speed-smollm2-bfloat16",), render_speed, 40),
+    Table("speed-smollm2-bfloat16-round2", ("data/models/smollm2/README.md",),
+          "data/results/speed-smollm2-bfloat16-round2/speed.json",
+          (f"{SMOLLM2_SPEED} --dtypes bfloat16 --tree 3:0:3 --max-seconds 1260 --out "
+           "data/results/speed-smollm2-bfloat16-round2",), render_speed, 22),
     Table("speed-smollm2-float32", ("docs/benchmarks.md", "data/models/smollm2/README.md"),
           "data/results/speed-smollm2-float32/speed.json", (f"{SMOLLM2_SPEED} --dtypes float32 --out "
                                                           "data/results/speed-smollm2-float32",), render_speed, 55),
