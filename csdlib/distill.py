@@ -201,6 +201,16 @@ class SoftLabels:
         return (p * (torch.log(p.clamp_min(1e-12)) - logq)).sum(-1)[labelled].mean()
 
 
+def held_out(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(held-out rows, training rows): a seeded shuffle, `fraction` of the rows (at least one) held out."""
+    import random
+
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(fraction * len(rows)))
+    return [rows[i] for i in order[:n_val]], [rows[i] for i in order[n_val:]]
+
+
 def drafter_config(arch: dict, vocab: list[int], special: dict) -> dict:
     """`LlamaConfig` fields of a drafter on `vocab` (+ one row for other tokens), special ids in own rows."""
     own = {t: i for i, t in enumerate(vocab)}
@@ -309,7 +319,6 @@ def distill_family(out_dir, data_dir=None, recipe: dict = RECIPE, only=None, cac
     answers to the first ``recipe["questions"]`` GSM8K train questions, the drafters' vocabulary
     (``vocab.json``), each drafter trained (in the cache, resumable, then copied to `out_dir/<name>`) and
     MaG's bigram table (``bigram.json``) over the target's tokenizer; returns what it measured."""
-    import random
     import shutil
     from dataclasses import replace
 
@@ -324,10 +333,7 @@ def distill_family(out_dir, data_dir=None, recipe: dict = RECIPE, only=None, cac
     tok, rows = answers_for(questions, tdir, recipe, cache, progress)
     full = len(tok)
     special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(recipe["val_fraction"] * len(rows)))
-    val_rows, train_rows = [rows[i] for i in order[:n_val]], [rows[i] for i in order[n_val:]]
+    val_rows, train_rows = held_out(rows, recipe["val_fraction"], seed)
     vocab = frequent_tokens(train_rows, recipe["vocab"], keep=[t for t in special.values() if t is not None],
                             vocab_size=full)
     table = local_ids(vocab, full)
@@ -380,7 +386,6 @@ def distill_more(out_dir, data_dir=None, recipe: dict = RECIPE, only=None, cache
     to them from its first-round weights, with its own vocabulary and the same loss. A drafter whose
     ``training.json`` already records this round is left as it is. Returns, per drafter, its held-out
     agreement on the new answers before and after."""
-    import random
     import shutil
 
     from transformers import LlamaForCausalLM
@@ -394,10 +399,7 @@ def distill_more(out_dir, data_dir=None, recipe: dict = RECIPE, only=None, cache
     tdir = target_dir(cache, progress=progress)
     questions = [x["question"] for x in load_gsm8k("train", data_dir)][first:last]
     tok, rows = answers_for(questions, tdir, recipe, cache, progress, first=first)
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(recipe["val_fraction"] * len(rows)))
-    val_rows, train_rows = [rows[i] for i in order[:n_val]], [rows[i] for i in order[n_val:]]
+    val_rows, train_rows = held_out(rows, recipe["val_fraction"], seed)
     report = {"questions": [first, first + len(rows)], "answer_tokens": sum(len(r["answer"]) for r in rows),
               "models": {}}
     for name, m in spec["models"].items():
