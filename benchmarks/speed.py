@@ -64,7 +64,8 @@ from csdlib.cache import build_target_cache  # noqa: E402
 from csdlib.protocol import is_free  # noqa: E402
 from csdlib.cost import parameter_costs, swi  # noqa: E402
 from csdlib.latency import calibrate_latency, machine_id, model_seconds, predict_wall_time  # noqa: E402
-from csdlib.datasets import SPEC_BENCH_NAMES, TUNE_OFFSET, load_gsm8k, load_spec_bench  # noqa: E402
+from csdlib.experiment import by_group  # noqa: E402
+from csdlib.datasets import SPEC_BENCH_NAMES, TUNE_OFFSET, load_gsm8k, load_spec_bench, spread  # noqa: E402
 from csdlib.tuning import (best_chain_and_tree, evaluate_cascade, k_matrix_from_params, optimize,  # noqa: E402
                            tree_of, tree_over_draft)
 
@@ -125,6 +126,9 @@ def parse_args(argv=None):
     p.add_argument("--peers", choices=["default", "all"], default="all",
                    help="which HF assisted-generation peers: 'default' (each drafter on transformers' default "
                         "schedule) or 'all' (the default, adds each drafter at SD's constant k)")
+    p.add_argument("--skip", default="",
+                   help="comma-separated methods not run, by the start of their name (e.g. 'AR,tree CSD'); "
+                        "HF greedy, the baseline, cannot be skipped")
     p.add_argument("--out", required=True, help="folder for speed.md, speed.csv, speed.json")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -223,7 +227,13 @@ def build_methods(fam, args, chosen, eos, setting):
                 d, num_assistant_tokens=chosen[d.name], num_assistant_tokens_schedule="constant",
                 assistant_confidence_threshold=0.0))
     methods[f"HF prompt lookup({args.lookup})"] = ("hf peer", hf(prompt_lookup_num_tokens=args.lookup))
-    return methods
+    skip = [s.strip() for s in args.skip.split(",") if s.strip()]
+    if any("HF greedy".startswith(s) for s in skip):
+        raise SystemExit("--skip: HF greedy is the baseline every output is audited against; it cannot be skipped")
+    unused = [s for s in skip if not any(name.startswith(s) for name in methods)]
+    if unused:
+        raise SystemExit(f"--skip: {unused} match no method (methods: {list(methods)})")
+    return {name: m for name, m in methods.items() if not any(name.startswith(s) for s in skip)}
 
 
 def csd_setting(args, fam, cached, prompts, latency, log) -> dict:
@@ -288,7 +298,8 @@ def questions(args) -> list[dict]:
     if args.dataset == "gsm8k":
         return [{"group": "GSM8K", "turns": [x["question"]]} for x in load_gsm8k("dev", args.data_dir)[:args.prompts]]
     cats = None if args.categories == "all" else [c.strip() for c in args.categories.split(",")]
-    return [{"group": q["group"], "turns": q["turns"]} for q in load_spec_bench(cats, args.per_category, args.data_dir)]
+    picked = [{"group": q["group"], "turns": q["turns"]} for q in load_spec_bench(cats, args.per_category, args.data_dir)]
+    return spread(picked)
 
 
 def encoder(fam, dataset: str):
@@ -346,24 +357,12 @@ def run_interleaved(methods, items, encode, decode, target, device, warmup, log,
 
 
 def group_table(rows) -> pd.DataFrame:
-    """Spec-Bench's layout: a row per method; per group its speedup over HF greedy on the same prompts
-    (wall time summed over the group's turns), then over all of them ("Overall") and the mean number of
-    tokens per target forward ("mean accepted tokens"; csdlib's methods only)."""
-    base = rows["HF greedy"]["turns"]
-    groups = list(dict.fromkeys(t["group"] for t in base))
-
-    def wall(turns, group=None):
-        return sum(t["wall_s"] for t in turns if group is None or t["group"] == group)
-
-    out = []
-    for name, r in rows.items():
-        calls = [t["target_calls"] for t in r["turns"]]
-        row = {"method": name, **{g: wall(base, g) / wall(r["turns"], g) for g in groups},
-               "Overall": wall(base) / wall(r["turns"])}
-        row["mean accepted tokens"] = (sum(t["tokens"] for t in r["turns"]) / sum(calls)
-                                       if calls and None not in calls and sum(calls) else None)
-        out.append(row)
-    return pd.DataFrame(out).set_index("method")
+    """Spec-Bench's layout (`experiment.by_group`): a row per method; per group its speedup over HF greedy
+    on the same prompts, "Overall" and the mean number of tokens per target forward (csdlib's methods)."""
+    turns = pd.DataFrame([{"method": name, "sample_id": i, "group": t["group"], "wall_s": t["wall_s"],
+                           "new_tokens": t["tokens"], "target_calls": t["target_calls"]}
+                          for name, r in rows.items() for i, t in enumerate(r["turns"])])
+    return by_group(turns, "HF greedy")
 
 
 def table(rows, methods, target, models, latency) -> pd.DataFrame:
@@ -420,7 +419,8 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
     def result(rows) -> dict:
         df = table(rows, methods, target, models, latency)
         ties = [{"method": n, **v} for n, r in rows.items() for v in r["verdicts"] if v["verdict"] != "identical"]
-        extra = {"dataset": args.dataset, "groups": group_table(rows)} if args.dataset != "gsm8k" else {}
+        extra = ({"dataset": args.dataset, "groups": group_table(rows),
+                  "turns": {name: r["turns"] for name, r in rows.items()}} if args.dataset != "gsm8k" else {})
         return {**extra, "dtype": dtype, "df": df, "prompts": len(rows["HF greedy"]["verdicts"]), "ties": ties, "sd_k": chosen,
                 "k_matrix": setting["k_matrix"], "lenience": setting["lenience"],
                 "mag_k": next((d.k for d in fam.drafters if is_free(d)), None),

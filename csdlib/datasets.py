@@ -326,4 +326,20 @@ def load_spec_bench(categories=None, per_category: int | None = None, data_dir=N
              "group": group_of[rows[i]["category"]], "turns": list(rows[i]["turns"])} for i in sorted(keep)]
 
 
-__all__ += ["SPEC_BENCH_GROUPS", "SPEC_BENCH_NAMES", "spec_bench_file", "load_spec_bench"]
+def spread(items: list[dict]) -> list[dict]:
+    """The questions in an order whose every prefix covers the groups alike, and each group's whole range
+    (a run cut short, e.g. by a time box, measures such a prefix): round-robin over the groups, each group's
+    questions in bit-reversed order (its 1st, middle, quarter, three quarters, ...)."""
+    groups: dict[str, list[dict]] = {}
+    for item in items:
+        groups.setdefault(item["group"], []).append(item)
+
+    def bit_reversed(n: int) -> list[int]:
+        bits = max(1, (n - 1).bit_length())
+        return sorted(range(n), key=lambda j: int(format(j, f"0{bits}b")[::-1], 2))
+
+    queues = [[g[j] for j in bit_reversed(len(g))] for g in groups.values()]
+    return [q[r] for r in range(max(map(len, queues), default=0)) for q in queues if r < len(q)]
+
+
+__all__ += ["SPEC_BENCH_GROUPS", "SPEC_BENCH_NAMES", "spec_bench_file", "load_spec_bench", "spread"]

@@ -296,6 +296,30 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("method")
 
 
+def by_group(turns: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Spec-Bench's layout, from one row per method and prompt (columns `method`, `group`, `sample_id`,
+    `wall_s`, `new_tokens`, `target_calls`): a row per method (run order), a column per group (first-seen
+    order) with its speedup over `baseline` on the same prompts (wall time summed over the group's
+    prompts, ratio of sums), then "Overall" and "mean accepted tokens" (new tokens per target forward;
+    None for a method that does not count its target calls, e.g. transformers' generate)."""
+    base = turns[turns["method"] == baseline].set_index("sample_id")
+    if base.empty:
+        raise CSDValueError(f"by_group: no {baseline!r} rows, the baseline of every speedup")
+    groups = list(dict.fromkeys(turns["group"]))
+    rows = []
+    for method, g in turns.groupby("method", sort=False):
+        g = g[g["sample_id"].isin(base.index)]
+        row = {"method": method}
+        for group in groups + ["Overall"]:
+            mine = g if group == "Overall" else g[g["group"] == group]
+            row[group] = base.loc[mine["sample_id"], "wall_s"].sum() / mine["wall_s"].sum() if len(mine) else None
+        calls = g["target_calls"]
+        row["mean accepted tokens"] = (g["new_tokens"].sum() / calls.sum()
+                                       if len(g) and calls.notna().all() and calls.sum() else None)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
+
+
 def _predicted_sd_swi(g: pd.DataFrame, levels) -> float | None:
     """Leviathan et al.'s expected SWI for SD with one neural drafter (parameter costs), else None."""
     first = g.iloc[0]

@@ -72,6 +72,20 @@ def test_spec_bench_turns_and_its_table(tmp_path):
     assert groups["HF greedy"]["Overall"] == 1.0 and groups["HF greedy"]["mean accepted tokens"] is None
     assert groups["CSD"]["mean accepted tokens"] >= 1.0
     assert "Spec-Bench's layout" in (out / "speed.md").read_text()
+    assert [t["group"] for t in run["turns"]["CSD"]] == ["Multi-turn Conversation"] * 2 + ["QA"]   # per prompt
+
+
+def test_skip_leaves_methods_out_but_never_the_baseline(tmp_path, capsys):
+    import speed
+
+    args = FAST + ["--prompts", "1", "--out", str(tmp_path / "s"), "--latency-file", str(tmp_path / "latency.json")]
+    assert speed.main(args + ["--skip", "AR,HF assisted"]) == 0
+    methods = {r["method"] for r in json.loads((tmp_path / "s" / "speed.json").read_text())["runs"][0]["rows"]}
+    assert "AR" not in methods and not any(m.startswith("HF assisted") for m in methods)
+    assert {"HF greedy", "CSD", "HF prompt lookup(10)"} <= methods
+    for skip, message in (("HF greedy", "HF greedy is the baseline"), ("ARX", "['ARX'] match no method")):
+        with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+            speed.main(args + ["--skip", skip])
 
 
 def test_the_second_turn_is_prompted_with_greedys_own_answer():
