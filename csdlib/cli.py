@@ -98,9 +98,15 @@ def _run_parser(sub, families) -> None:
     r = _add(sub, "run", "AR vs SD vs CSD on a dataset (default: an embedded family)", cmd_run)
     r.add_argument("--family", choices=families, default=None,
                    help=f"embedded family (default: {families[0]}, csdlib.zoo.DEFAULT_FAMILY)")
-    r.add_argument("--n-samples", type=flags.at_least(1), default=100, help="prompts: the first n of the split")
+    r.add_argument("--n-samples", type=flags.at_least(1), default=100,
+                   help="prompts: the first n of the split (spec-bench: n questions per category, evenly spaced)")
     r.add_argument("--max-new-tokens", type=flags.at_least(1), default=128, help="new tokens per prompt")
-    r.add_argument("--dataset", choices=["gsm8k", "mmlu", "sampled_mmlu"], default="gsm8k", help="prompts")
+    r.add_argument("--dataset", choices=["gsm8k", "mmlu", "sampled_mmlu", "spec-bench"], default="gsm8k",
+                   help="prompts (spec-bench: Spec-Bench's questions, MT-bench's second turn after AR's answer to the "
+                        "first, a table per category; the smollm2 family unless --family or --target says otherwise)")
+    r.add_argument("--categories", type=flags.spec_bench_categories, default="all",
+                   help="with --dataset spec-bench: comma-separated, of mt-bench, translation, summarization, qa, "
+                        "math_reasoning, rag (or all)")
     r.add_argument("--split", default="dev", help="dataset split (GSM8K: train, dev = the first 300 of test, test)")
     r.add_argument("--data-dir", type=flags.directory, default=None, help=_DATA_DIR_HELP)
     _model_flags(r, "[[4, 2, 4], [0, 2, 4], [0, 0, 4]]")

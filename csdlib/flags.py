@@ -78,6 +78,19 @@ directory = _existing(Path.is_dir, "directory")
 file = _existing(Path.is_file, "file")
 
 
+def spec_bench_categories(text) -> str:
+    """--categories: all, or comma-separated Spec-Bench short names (mt-bench, translation, ...)."""
+    from .datasets import SPEC_BENCH_NAMES
+
+    if text == "all":
+        return text
+    names = [c.strip() for c in text.split(",")]
+    unknown = [c for c in names if c not in SPEC_BENCH_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown {unknown}; expected all or some of {', '.join(SPEC_BENCH_NAMES)}")
+    return ",".join(names)
+
+
 def model_source(text) -> str:
     """A local model folder, or a hub name; a path to a folder that does not exist is refused here,
     not in the hub's words later."""
@@ -178,6 +191,8 @@ def _run(args) -> None:
         if getattr(args, flag) is not None and Path(getattr(args, flag)).is_file():
             raise argparse.ArgumentTypeError(f"--{flag.replace('_', '-')}: {getattr(args, flag)!r} is a file, "
                                              "expected a directory")
+    if args.dataset != "spec-bench" and args.categories != "all":
+        raise argparse.ArgumentTypeError("--categories: only with --dataset spec-bench")
     if args.dataset == "gsm8k" and args.split not in ("train", "dev", "test"):
         raise argparse.ArgumentTypeError(f"--split: GSM8K has train, dev and test, got {args.split!r}")
 

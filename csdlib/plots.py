@@ -3,6 +3,7 @@ Figure, optionally saved to `path` (parent folders created).
 
 - `speedup_bars(summary)`: SWI under each cost model and wall-clock speedup per method
   (`experiment.summarize` output).
+- `speedup_by_group(grouped)`: speedup per Spec-Bench group and overall (`experiment.by_group` output).
 - `acceptance_tables(df)`: tidy per-level and per-position acceptance frames from result records.
 - `acceptance_per_level(df)`, `acceptance_per_position(df)`, `accepted_per_target_call(df)`,
   `cost_breakdown(df)`: seaborn figures from `records.load_results` records.
@@ -52,6 +53,21 @@ def speedup_bars(summary: pd.DataFrame, path=None, title: str | None = None):
     ax.axhline(1, color="grey", lw=0.8, ls="--")
     return _finish(fig, ax, path, xlabel="decoding method", ylabel="speedup over AR (x)",
                    title=title or "Speedup over autoregressive decoding", legend="cost model")
+
+
+def speedup_by_group(grouped: pd.DataFrame, path=None, title: str | None = None):
+    """Bars of each method's speedup per Spec-Bench group and overall (`experiment.by_group`'s table; the
+    baseline's row, all ones, is left out), with the baseline's 1x dashed."""
+    plt = _plt()
+    cols = [c for c in grouped.columns if c != "mean accepted tokens"]
+    wide = grouped[cols].astype(float)
+    wide = wide[~np.isclose(wide, 1.0).all(axis=1)].T          # groups along x, one bar per method
+    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(cols)), 4))
+    wide.plot.bar(ax=ax, rot=0)
+    ax.axhline(1, color="grey", lw=0.8, ls="--")
+    ax.set_xticklabels([c.replace(" ", "\n", 1) for c in wide.index], fontsize=8)
+    ax.legend(title="method", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _finish(fig, ax, path, xlabel="Spec-Bench group", ylabel="speedup (x)", title=title or "Speedup per group")
 
 
 def acceptance_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
