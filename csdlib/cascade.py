@@ -220,7 +220,10 @@ class Cascade:
         for j in range(i + 1, len(self.models)):       # horizontal cascade
             goal = min(start + sum(row[i:j]), cap - 1)   # leave room for the review's own token
             while len(seq) < goal and not self.unsure(q, start):   # vertical cascade: j reviews those below it
+                before = len(seq)
                 seq, q = self.step(j, seq, q, need=goal - len(seq), cap=cap - 1)
+                if len(seq) == before:                 # a free drafter found nothing: next level
+                    break
         if self.sampler:
             return self.review_sampling(i, seq, q, start)
         if self.tree and any(self.tree.width(i, d) > 1 for d in range(len(seq) - start)):

@@ -9,6 +9,11 @@ MaG proposes tokens after the current sequence, at (almost) no cost: as many as 
    for decoder-only models the sequence starts with the prompt);
 3. fill the rest greedily from a bigram table: `next[token]` = the most frequent successor of `token`.
 
+`MaG(..., fill=False)` skips step 3: it proposes only what it copies, fewer tokens than asked or none,
+and the cascade then reviews what it has. Where nothing is copied (translation, short answers) the target
+takes a plain one-token step instead of verifying bigram guesses: dynamic draft length for MaG, whose
+tokens carry no probability for `confidence=` to read.
+
 For tree drafts, `MaG.alternatives` gives its other candidates for one position: the other max-gram
 continuations, then the table's n most frequent successors (`BigramTable.top`, stored since version 2 of
 the table's format; a table without it gives its one successor).
@@ -233,19 +238,25 @@ class MaG:
         seed_mode: False (default): each call proposes the tokens the cascade asks for (its k-matrix
             entry, i.e. `need`), at most `k`. True: the seed's behaviour, always `k` tokens whatever the
             k-matrix says (what `csdlib.compat` and the seed's config dicts use).
+        fill: True (default): what the max-gram searches leave is filled from the bigram table. False:
+            only copied tokens are proposed (maybe none); tree drafts still branch at the table's successors.
     """
 
     free = True     # the cascade's protocol: no forward pass, point-mass proposals, cannot review
 
-    def __init__(self, table, k: int = 10, name: str = "mag", cost: float = 0.0, seed_mode: bool = False):
+    def __init__(self, table, k: int = 10, name: str = "mag", cost: float = 0.0, seed_mode: bool = False,
+                 fill: bool = True):
         if not isinstance(table, BigramTable):
             table = BigramTable.load(table)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise CSDValueError(f"k: expected a positive int, got {k!r}")
-        if not isinstance(seed_mode, bool):
-            raise CSDValueError(f"seed_mode: expected True or False, got {seed_mode!r}")
+        for flag, value in (("seed_mode", seed_mode), ("fill", fill)):
+            if not isinstance(value, bool):
+                raise CSDValueError(f"{flag}: expected True or False, got {value!r}")
+        if seed_mode and not fill:
+            raise CSDValueError("fill=False: the seed's MaG always proposes k tokens; leave seed_mode False")
         self.table, self.k, self.name, self.cost = table, int(k), name, float(cost)
-        self.seed_mode = seed_mode
+        self.seed_mode, self.fill = seed_mode, fill
         self.calls = 0
         self.tokens_fed = self.one_token_calls = self.encoder_calls = 0   # MaG runs no forward pass
         self._prompt: list[int] = []
@@ -255,11 +266,12 @@ class MaG:
         return self.table.vocab_size
 
     def __repr__(self) -> str:
-        mode = ", seed_mode=True" if self.seed_mode else ""
+        mode = ", seed_mode=True" if self.seed_mode else "" if self.fill else ", fill=False"
         return f"MaG(k={self.k}, vocab={self.vocab_size}{mode})"
 
     def draft(self, prompt_ids, sequence_ids, k: int | None = None) -> list[int]:
-        """Exactly k proposed ids after `sequence_ids` (the sequence being continued)."""
+        """Exactly k proposed ids after `sequence_ids` (the sequence being continued); with fill=False the
+        copied ones only (at most k)."""
         k = self.k if k is None else int(k)
         seq = np.asarray(sequence_ids, dtype=np.int64)
         out = _longest_suffix_match(np.asarray(prompt_ids, dtype=np.int64), seq, k)
@@ -268,6 +280,8 @@ class MaG:
             more = _longest_suffix_match(seq, seq, k - len(out))
             out += more
             seq = np.concatenate([seq, np.asarray(more, dtype=np.int64)])
+        if not self.fill:
+            return out
         token = int(seq[-1]) if len(seq) else None
         while len(out) < k:
             token = self.table[token] if token is not None else self.table.default or 0
@@ -281,7 +295,8 @@ class MaG:
         if self.table.top is not None:         # tree drafts branch at its successors
             h.update(self.table.top.tobytes())
         # seed mode hashes as before the k-matrix-sized mode existed (same behaviour, same fingerprint)
-        h.update(json.dumps([self.k, self.table.default] + ([] if self.seed_mode else ["sized"])).encode())
+        h.update(json.dumps([self.k, self.table.default] + ([] if self.seed_mode else ["sized"])
+                            + ([] if self.fill else ["copies only"])).encode())
         return h.hexdigest()[:16]
 
     def start(self, prompt_ids: list[int]) -> None:
@@ -306,10 +321,15 @@ class MaG:
 
     def propose(self, seq: list[int], n: int) -> tuple[list[int], list[float]]:
         """`draft_size(n)` tokens after `seq`, each a point mass (q = 1). The cascade asks again while
-        its k-matrix entry is not filled, so an entry larger than k takes several (free) calls."""
+        its k-matrix entry is not filled, so an entry larger than k takes several (free) calls; with
+        fill=False it may give fewer, or none (the cascade then reviews what it has)."""
         size = self.draft_size(n)
         if size == 0:
             return [], []
         self.calls += 1
         tokens = self.draft(self._prompt, seq, k=size)
         return tokens, [1.0] * len(tokens)
+
+    def copies_only(self) -> "MaG":
+        """This MaG (same table, k and name) with fill=False."""
+        return MaG(self.table, k=self.k, name=self.name, cost=self.cost, fill=False)

@@ -285,3 +285,46 @@ def test_a_tree_over_mag_drafts_branches_at_its_other_candidates():
     ranks = out.stats.levels[0].accepted_by_rank
     assert sum(row[1] + row[2] for row in ranks if len(row) > 2) > 0           # branches were taken
     assert any(r > 1 for t in out.trees for r in t["ranks"])
+
+
+def test_fill_false_proposes_only_what_it_copies():
+    tbl = table([(3, 8), (8, 9)])
+    mag = MaG(tbl, k=4, fill=False)
+    assert mag.draft([1, 2, 3, 4, 5], [7, 2, 3], k=4) == [4, 5]              # the prompt's copy, no bigram fill
+    assert mag.draft([1, 5], [9, 2, 3, 6, 2], k=4) == [3, 6, 2]               # the sequence's own copy
+    assert mag.draft([1, 2], [5, 6, 7], k=4) == []                            # nothing to copy: nothing
+    mag.start([1, 2])
+    assert mag.propose([5, 6, 7], 3) == ([], []) and mag.calls == 1
+    assert MaG(tbl, k=4).draft([1, 2], [5, 6, 7, 3], k=3) == [8, 9, 0]       # filled: exactly k
+    assert "fill=False" in repr(mag) and "fill" not in repr(MaG(tbl, k=4))
+    from csdlib.protocol import fingerprint
+    assert fingerprint(mag) != fingerprint(MaG(tbl, k=4)) and fingerprint(mag) == fingerprint(MaG(tbl, k=4).copies_only())
+    copy = MaG(tbl, k=3, name="m").copies_only()
+    assert (copy.table, copy.k, copy.name, copy.fill) == (tbl, 3, "m", False)
+    with pytest.raises(ValueError, match="^fill: expected True or False"):
+        MaG(tbl, fill=1)
+    with pytest.raises(ValueError, match="seed's MaG always proposes k tokens"):
+        MaG(tbl, seed_mode=True, fill=False)
+
+
+def test_copies_only_is_lossless_and_the_target_steps_alone_where_nothing_is_copied():
+    """SD and a cascade over MaG(fill=False): exactly greedy's output; reviews with nothing drafted are
+    plain one-token steps (more target calls than reviews of a draft), and sampling runs too."""
+    import csdlib
+    import tiny
+
+    tbl = BigramTable([(t + 1) % 96 for t in range(96)])
+    target, drafter = csdlib.HFModel(tiny.llama(0), name="target"), csdlib.HFModel(tiny.llama(1), name="d")
+    for prompt in ([5, 6, 7, 8] * 6, list(range(10, 40))):                # copies to make, and none in the prompt
+        ref = tiny.hf_greedy(target.model, prompt, 40)[0].tolist()[len(prompt):]
+        sd = csdlib.generate(target, [MaG(tbl, k=4, fill=False)], prompt, k_matrix=[[4]], max_new_tokens=40)
+        csd = csdlib.generate(target, [drafter, MaG(tbl, k=4, fill=False)], prompt, k_matrix=[[2, 3], [0, 2]],
+                              max_new_tokens=40)
+        assert sd.new_tokens == ref and csd.new_tokens == ref
+        lv = sd.stats.levels[0]
+        drafted_reviews = lv.drafted_per_position[0] if lv.drafted_per_position else 0
+        assert sd.stats.calls["target"] >= drafted_reviews
+        assert sd.stats.calls["target"] + lv.accepted == len(ref)               # each call: accepted + its own
+    out = csdlib.generate(target, [MaG(tbl, k=4, fill=False)], list(range(10, 40)), k_matrix=[[4]],
+                          max_new_tokens=20, do_sample=True, seed=3)
+    assert len(out.new_tokens) == 20
