@@ -23,6 +23,8 @@ first `--prompts` GSM8K dev prompts:
 - with `--tune-csd SECONDS` both are tuned here first, for this machine and dtype: `csd tune`'s search on
   the tuning prompts, priced by this run's latency model; `CSD` runs the best chain found, `tree CSD` the
   best tree (what a machine with cheap verification needs: a default tuned elsewhere is not its best);
+- with `--copies-only`, `CSD (MaG copies only)`: the same cascade with `MaG(fill=False)` (no bigram-table
+  guesses: where MaG copies nothing the target takes a plain step);
 - `HF assisted(<drafter>)`: transformers' assisted generation with each neural drafter, its default
   schedule and a constant k (the drafter's best k above, confidence threshold off);
 - `HF prompt lookup`: `prompt_lookup_num_tokens=--lookup`.
@@ -46,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -126,6 +129,9 @@ def parse_args(argv=None):
     p.add_argument("--peers", choices=["default", "all"], default="all",
                    help="which HF assisted-generation peers: 'default' (each drafter on transformers' default "
                         "schedule) or 'all' (the default, adds each drafter at SD's constant k)")
+    p.add_argument("--copies-only", action="store_true",
+                   help="adds 'CSD (MaG copies only)': CSD with MaG(fill=False), which proposes only what it copies "
+                        "from the prompt or the sequence (where nothing is copied the target steps alone)")
     p.add_argument("--skip", default="",
                    help="comma-separated methods not run, by the start of their name (e.g. 'AR,tree CSD'); "
                         "HF greedy, the baseline, cannot be skipped")
@@ -215,6 +221,9 @@ def build_methods(fam, args, chosen, eos, setting):
         label = "MaG" if d is mag else d.name
         methods[f"SD({label}) k={chosen[d.name]}"] = ("csdlib SD", csd([d], [[chosen[d.name]]]))
     methods["CSD"] = ("csdlib CSD", csd(drafters, setting["k_matrix"], setting["lenience"]))
+    if args.copies_only and mag is not None:          # dynamic draft length for MaG: no bigram guesses
+        copies = [mag.copies_only() if d is mag else d for d in drafters]
+        methods["CSD (MaG copies only)"] = ("csdlib CSD", csd(copies, setting["k_matrix"], setting["lenience"]))
     if setting["tree"] is not None:
         methods[f"tree CSD {tree_label(setting['tree'])}"] = ("csdlib CSD", csd(
             drafters, setting["tree_k_matrix"], setting["tree_lenience"], setting["tree"]))
@@ -499,7 +508,7 @@ def write(args, argv, device, runs, complete: bool) -> dict:
     machine = {"machine": machine_id(), **hardware(device), "device": str(device), "platform": platform.platform(),
                "threads": args.threads, "torch": torch.__version__, "transformers": transformers.__version__,
                "python": platform.python_version()}
-    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python benchmarks/speed.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     what = (f"GSM8K dev prompts (the first {args.prompts} at most)" if args.dataset == "gsm8k" else
             f"Spec-Bench ({args.categories}, {args.per_category} questions per category at most)")
     head = (f"{args.family}, {what}, max_new_tokens={args.max_new_tokens}, "

@@ -79,10 +79,11 @@ def test_skip_leaves_methods_out_but_never_the_baseline(tmp_path, capsys):
     import speed
 
     args = FAST + ["--prompts", "1", "--out", str(tmp_path / "s"), "--latency-file", str(tmp_path / "latency.json")]
-    assert speed.main(args + ["--skip", "AR,HF assisted"]) == 0
-    methods = {r["method"] for r in json.loads((tmp_path / "s" / "speed.json").read_text())["runs"][0]["rows"]}
-    assert "AR" not in methods and not any(m.startswith("HF assisted") for m in methods)
-    assert {"HF greedy", "CSD", "HF prompt lookup(10)"} <= methods
+    assert speed.main(args + ["--skip", "AR,HF assisted", "--copies-only"]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "s" / "speed.json").read_text())["runs"][0]["rows"]}
+    assert "AR" not in rows and not any(m.startswith("HF assisted") for m in rows)
+    assert {"HF greedy", "CSD", "CSD (MaG copies only)", "HF prompt lookup(10)"} <= set(rows)
+    assert rows["CSD (MaG copies only)"]["identical"] == 1 and rows["CSD (MaG copies only)"]["kind"] == "csdlib CSD"
     for skip, message in (("HF greedy", "HF greedy is the baseline"), ("ARX", "['ARX'] match no method")):
         with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
             speed.main(args + ["--skip", skip])
