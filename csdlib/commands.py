@@ -129,6 +129,7 @@ def cmd_run(args) -> int:
     if spec_bench:                        # MT-bench's second turns, after AR's own answers to the first
         second = second_turns(fam, items, out, next((m for m in methods if m.is_ar), None), hashes)
         if second:
+            check_fits(fam, second, args.max_new_tokens)
             measure(second)
         prompts = prompts + second
         groups = {f"{q['question_id']}.{t}": q["group"] for q in items for t in (1, 2)}
