@@ -67,7 +67,7 @@ from csdlib.cache import build_target_cache  # noqa: E402
 from csdlib.protocol import is_free  # noqa: E402
 from csdlib.cost import parameter_costs, swi  # noqa: E402
 from csdlib.latency import calibrate_latency, machine_id, model_seconds, predict_wall_time  # noqa: E402
-from csdlib.experiment import by_group  # noqa: E402
+from csdlib.experiment import by_group, turn_frame  # noqa: E402
 from csdlib.datasets import SPEC_BENCH_NAMES, TUNE_OFFSET, load_gsm8k, load_spec_bench, spread  # noqa: E402
 from csdlib.tuning import (best_chain_and_tree, evaluate_cascade, k_matrix_from_params, optimize,  # noqa: E402
                            tree_of, tree_over_draft)
@@ -367,11 +367,8 @@ def run_interleaved(methods, items, encode, decode, target, device, warmup, log,
 
 def group_table(rows) -> pd.DataFrame:
     """Spec-Bench's layout (`experiment.by_group`): a row per method; per group its speedup over HF greedy
-    on the same prompts, "Overall" and the mean number of tokens per target forward (csdlib's methods)."""
-    turns = pd.DataFrame([{"method": name, "sample_id": i, "group": t["group"], "wall_s": t["wall_s"],
-                           "new_tokens": t["tokens"], "target_calls": t["target_calls"]}
-                          for name, r in rows.items() for i, t in enumerate(r["turns"])])
-    return by_group(turns, "HF greedy")
+    on the same prompts (tokens per second), "Overall" and the mean number of tokens per target forward."""
+    return by_group(turn_frame({name: r["turns"] for name, r in rows.items()}), "HF greedy")
 
 
 def table(rows, methods, target, models, latency) -> pd.DataFrame:
@@ -488,8 +485,8 @@ def markdown(run: dict) -> list[str]:
                   f"margin {t['margin']:.4g} step by step{path} (tolerance {t['tolerance']:.4g})" if t["margin"] is not None else
                   f"- {t['method']}, prompt {t['prompt']}: {t['verdict']} at new token {t['position']} (length)")
     if run.get("groups") is not None:
-        md += ["", "Spec-Bench's layout: speedup over HF greedy on the same prompts, per group (wall time summed over "
-               "its turns), overall, and the mean number of tokens per target forward:", ""] + group_markdown(run["groups"])
+        md += ["", "Spec-Bench's layout: speedup over HF greedy on the same prompts (tokens per second, summed over "
+               "the group's prompts), per group, overall, and the mean number of tokens per target forward:", ""] + group_markdown(run["groups"])
     return md + [""]
 
 

@@ -272,8 +272,8 @@ def _report_groups(df, groups: dict, out: Path, name: str, args, n: int) -> None
     turns = pd.concat([g.assign(method=label) for label, g in configurations(df)])
     turns = turns.assign(group=turns["sample_id"].map(groups))
     grouped = by_group(turns[["method", "sample_id", "group", "wall_s", "new_tokens", "target_calls"]], "AR")
-    print("\nSpec-Bench's layout: speedup over AR on the same prompts per group (wall time summed over its "
-          "turns), overall, and mean tokens per target forward:\n")
+    print("\nSpec-Bench's layout: speedup over AR on the same prompts per group (tokens per second, summed over "
+          "its turns), overall, and mean tokens per target forward:\n")
     print(table(grouped))
     grouped.round(3).to_csv(out.with_name(f"{name}-groups.csv"))
     out.with_name(f"{name}-groups.md").write_text(table(grouped, "github") + "\n")

@@ -296,12 +296,22 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("method")
 
 
+def turn_frame(turns: dict) -> pd.DataFrame:
+    """`by_group`'s input from {method: [{"group", "wall_s", "tokens", "target_calls"}, ...]}, one dict per
+    prompt in the same order for every method (what `benchmarks/speed.py` stores under "turns")."""
+    return pd.DataFrame([{"method": name, "sample_id": i, "group": t["group"], "wall_s": t["wall_s"],
+                          "new_tokens": t["tokens"], "target_calls": t["target_calls"]}
+                         for name, ts in turns.items() for i, t in enumerate(ts)])
+
+
 def by_group(turns: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Spec-Bench's layout, from one row per method and prompt (columns `method`, `group`, `sample_id`,
     `wall_s`, `new_tokens`, `target_calls`): a row per method (run order), a column per group (first-seen
-    order) with its speedup over `baseline` on the same prompts (wall time summed over the group's
-    prompts, ratio of sums), then "Overall" and "mean accepted tokens" (new tokens per target forward;
-    None for a method that does not count its target calls, e.g. transformers' generate)."""
+    order) with its speedup over `baseline` on the same prompts, then "Overall" and "mean accepted tokens"
+    (new tokens per target forward; None for a method that does not count its target calls, e.g.
+    transformers' generate). The speedup is Spec-Bench's: the ratio of tokens per second, each summed over
+    the group's prompts (on identical outputs, the ratio of wall times; in half precision an output that
+    leaves the baseline's at a tie may be longer or shorter, and is not charged for it)."""
     base = turns[turns["method"] == baseline].set_index("sample_id")
     if base.empty:
         raise CSDValueError(f"by_group: no {baseline!r} rows, the baseline of every speedup")
@@ -312,7 +322,9 @@ def by_group(turns: pd.DataFrame, baseline: str) -> pd.DataFrame:
         row = {"method": method}
         for group in groups + ["Overall"]:
             mine = g if group == "Overall" else g[g["group"] == group]
-            row[group] = base.loc[mine["sample_id"], "wall_s"].sum() / mine["wall_s"].sum() if len(mine) else None
+            theirs = base.loc[mine["sample_id"]]
+            row[group] = ((mine["new_tokens"].sum() / mine["wall_s"].sum())
+                          / (theirs["new_tokens"].sum() / theirs["wall_s"].sum()) if len(mine) else None)
         calls = g["target_calls"]
         row["mean accepted tokens"] = (g["new_tokens"].sum() / calls.sum()
                                        if len(g) and calls.notna().all() and calls.sum() else None)

@@ -27,15 +27,17 @@ def test_spread_every_prefix_covers_the_groups_and_each_groups_range():
     assert [x["group"] for x in order[9:]] == ["A", "B"] * 5                        # C ran out
 
 
-def test_by_group_is_a_ratio_of_summed_times_on_the_same_prompts():
+def test_by_group_is_a_ratio_of_summed_throughputs_on_the_same_prompts():
     rows = [("base", 0, "X", 4.0, 10, None), ("base", 1, "X", 2.0, 10, None), ("base", 2, "Y", 3.0, 5, None),
             ("fast", 0, "X", 1.0, 10, 4), ("fast", 1, "X", 2.0, 10, 6), ("fast", 2, "Y", 3.0, 5, 5),
-            ("hf", 0, "X", 3.0, 10, None), ("hf", 2, "Y", 1.0, 5, None)]
+            ("hf", 0, "X", 3.0, 10, None), ("hf", 2, "Y", 1.0, 5, None),
+            ("long", 0, "X", 8.0, 40, 8), ("long", 1, "X", 2.0, 10, 10), ("long", 2, "Y", 3.0, 5, 5)]
     turns = pd.DataFrame(rows, columns=["method", "sample_id", "group", "wall_s", "new_tokens", "target_calls"])
     got = by_group(turns, "base")
     assert list(got.columns) == ["X", "Y", "Overall", "mean accepted tokens"]
-    assert got.loc["fast"].tolist() == [6 / 3, 1.0, 9 / 6, 25 / 15]
-    assert got.loc["hf", "X"] == 4.0 / 3.0 and got.loc["hf", "Overall"] == 7.0 / 4.0   # its prompts only
+    assert got.loc["fast"].tolist() == pytest.approx([6 / 3, 1.0, 9 / 6, 25 / 15])   # same outputs: wall times
+    assert got.loc["hf", "X"] == pytest.approx(4 / 3) and got.loc["hf", "Overall"] == pytest.approx(7 / 4)  # its prompts
+    assert got.loc["long", "X"] == pytest.approx((50 / 10) / (20 / 6))   # a longer output: tokens per second
     assert pd.isna(got.loc["hf", "mean accepted tokens"]) and got.loc["base", "Overall"] == 1.0
     with pytest.raises(CSDValueError, match="no 'AR' rows"):
         by_group(turns, "AR")
