@@ -398,8 +398,75 @@ def render_gpu_cost(paths) -> str:
 
 # ---------------------------------------------------------------- the tables
 
+def _spec_bench_groups(run: dict) -> pd.DataFrame:
+    """Spec-Bench's layout recomputed from the run's per-prompt times and tokens (`csdlib.experiment.by_group`:
+    the ratio of tokens per second, which the "groups" stored by the first run, on 2026-12-06, were not: they are
+    a ratio of wall times, charging a half-precision output that left HF greedy's at a tie for its length)."""
+    from csdlib.experiment import by_group, turn_frame
+
+    return by_group(turn_frame(run["turns"]), "HF greedy")
+
+
+def render_spec_bench(path) -> str:
+    """One speed.py --dataset spec-bench run per dtype, in Spec-Bench's layout: speedup over HF greedy per group
+    (wall time summed over its prompts), overall, mean tokens per target forward, and each method's audit."""
+    d, parts = _json(path), []
+    for run in d["runs"]:
+        groups, df = _spec_bench_groups(run), _speed_rows(run)
+        names = [c for c in groups.columns if c not in ("Overall", "mean accepted tokens")]
+        base = run["turns"]["HF greedy"]
+        sizes = {g: sum(t["group"] == g for t in base) for g in names}     # prompts: MT-bench's are two per question
+        out = pd.DataFrame({"method": groups.index, **{g: groups[g].map(_x) for g in names},
+                            "Overall": groups["Overall"].map(_x),
+                            "mean accepted tokens": groups["mean accepted tokens"].map(_x),
+                            "identical / tie / WRONG": [f"{int(df.loc[n, 'identical'])} / {int(df.loc[n, 'tie'])} / "
+                                                        f"{int(df.loc[n, 'WRONG'])}" for n in groups.index]})
+        stopped = "**an incomplete run (stopped part-way)**, " if d.get("complete") is False else ""
+        greedy = df.loc["HF greedy"]
+        parts += [f"{stopped}{_day(d)}, {_machine(d)}, {run['dtype']}, {d['threads']} threads, {d['family']}, "
+                  f"{d['max_new_tokens']} new tokens per turn, prompts per group: "
+                  + ", ".join(f"{g} {sizes[g]}" for g in names)
+                  + f" ({run['prompts']} in all, two per MT-bench question; HF greedy {greedy['tokens/s']:.1f} tokens/s); every method "
+                  f"interleaved prompt by prompt in one process; CSD: the family's default, k-matrix "
+                  f"`{run['k_matrix']}`, lenience {run['lenience']}, MaG k {run.get('mag_k', '?')}; SD's k per "
+                  f"drafter chosen on GSM8K dev items {run['tune'][0]}..{run['tune'][1]}: {run['sd_k']}; every "
+                  f"output audited against HF greedy's: {_audit(df)}.\n\n```bash\n{d['command']}\n```", "",
+                  _markdown(out), ""]
+    return "\n".join(parts).rstrip()
+
+
+def draw_spec_bench(path, png) -> None:
+    """The figure of speedup per Spec-Bench group (`csdlib.plots.speedup_by_group`), one panel per dtype."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from csdlib.plots import speedup_by_group
+
+    d = _json(path)
+    for run in d["runs"]:
+        groups = _spec_bench_groups(run)
+        plt.close(speedup_by_group(groups, ROOT / png, title=f"{d['family']} on Spec-Bench, {run['dtype']}, "
+                                   f"{d['threads']} threads, {d.get('cpu', '')}: speedup over HF greedy"))
+
+
+def render_long_prompts(path) -> str:
+    d = _json(path)
+    rows = pd.DataFrame(d["rows"])
+    out = pd.DataFrame({"prompt tokens": rows["tokens"]})
+    for col in rows.columns[1:]:
+        out[col] = [f"{v:.3g}" for v in rows[col]]
+    return (f"{_day(d)}, {_machine(d)}, {d['dtype']}, {d['threads']} threads, {d['family']}\n\n```bash\n{d['command']}"
+            f"\n```\n\n" + _markdown(out))
+
+
 SPEED = "python benchmarks/speed.py --prompts 50 --max-new-tokens 128 --threads 2 --recalibrate --peers default"
 SMOLLM2_SPEED = f"{SPEED} --family smollm2"
+#: Spec-Bench on smollm2: 20 questions per group (MT-bench's two turns each), without AR (HF greedy is the
+#: baseline) and HF assisted(mid) (the slower of the two assisted peers on GSM8K) to fit in two hours
+SPEC_BENCH = ("python benchmarks/speed.py --family smollm2 --dataset spec-bench --per-category 20 --max-new-tokens 128 "
+              "--threads 2 --peers default --tree off --copies-only --skip 'AR,HF assisted(mid)' --max-seconds 6600")
 TABLES = [
     Table("speed-gsm8k-tiny", ("docs/benchmarks.md",), "data/results/speed-gsm8k-tiny/speed.json",
           (f"{SPEED} --family gsm8k-tiny --out data/results/speed-gsm8k-tiny",), render_speed, 15),
@@ -458,10 +525,20 @@ TABLES = [
                 f"data/results/dtype-cost-smollm2/latency.json --note 'csd calibrate --family smollm2 "
                 f"--dtype float32|bfloat16 --threads 2 --force --out data/results/dtype-cost-smollm2/latency.json'"
                 for dt in ("float32", "bfloat16")), render_dtype_cost, 3),
+    Table("spec-bench-smollm2-bfloat16", ("docs/spec-bench.md", "README.md"), "data/results/spec-bench-smollm2-bfloat16/speed.json",
+          (SPEC_BENCH + " --dtypes bfloat16 --out data/results/spec-bench-smollm2-bfloat16",), render_spec_bench, 110),
+    Table("long-prompts-smollm2-bfloat16", ("docs/spec-bench.md",),
+          "data/results/long-prompts-smollm2-bfloat16/long_prompts.json",
+          ("python benchmarks/long_prompts.py --family smollm2 --dtype bfloat16 --lengths 1000,2000,4000 --threads 2 "
+           "--out data/results/long-prompts-smollm2-bfloat16",), render_long_prompts, 2),
     Table("gpu-cost", ("docs/half-precision.md",), "data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json", (),
           lambda _: render_gpu_cost(["data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json",
                                      "data/results/gpu-h200-2026-11-29/latency-gsm8k-tiny.json"])),
 ]
+
+
+#: figures drawn from results files: (png, results, draw(results, png)); redrawn with the tables, not --check'd
+FIGURES = [("figures/spec-bench-smollm2.png", "data/results/spec-bench-smollm2-bfloat16/speed.json", draw_spec_bench)]
 
 
 def marked(name: str) -> re.Pattern:
@@ -508,6 +585,10 @@ def main(argv=None) -> int:
             print(f"[{t.name}] {command}  (about {t.minutes:g} min)", flush=True)
             subprocess.run(shlex.split(command), cwd=ROOT, check=True)
     changed = rewrite(TABLES, check=args.check)
+    if not args.check:
+        for png, results, draw in FIGURES:
+            draw(results, png)
+            print(f"figure: {png}")
     print(("out of date: " if args.check else "rewritten: ") + (", ".join(changed) or "nothing"))
     return 1 if args.check and changed else 0
 
