@@ -61,7 +61,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from csdlib import Stats, flags, generate, zoo  # noqa: E402
+from csdlib import Stats, flags, generate, onednn, zoo  # noqa: E402
 from csdlib.precision import audit, counts, describe, hardware, has_float32_logits  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
 from csdlib.protocol import is_free  # noqa: E402
@@ -135,6 +135,9 @@ def parse_args(argv=None):
     p.add_argument("--skip", default="",
                    help="comma-separated methods not run, by the start of their name (e.g. 'AR,tree CSD'); "
                         "HF greedy, the baseline, cannot be skipped")
+    p.add_argument("--prepack", choices=["auto", "on", "off", "both"], default="auto",
+                   help="linear layers multiplying by weights prepacked for oneDNN on the CPU (csdlib.onednn; auto: "
+                        "the models with >= zoo.PREPACK_MIN_PARAMS parameters, on: every neural model); both: auto, plus 'HF greedy (eager)' and 'CSD (eager)' on plain layers")
     p.add_argument("--out", required=True, help="folder for speed.md, speed.csv, speed.json")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -186,26 +189,30 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def load_family(args, dtype, device):
+def load_family(args, dtype, device, prepack="flag"):
+    """The family as the flags say (`prepack`: `zoo.load`'s, else `--prepack`'s)."""
     f32 = {"auto": None, "on": True, "off": False}[args.float32_logits]
     where = {"path": args.family} if Path(args.family).is_dir() else {"name": args.family}
-    return zoo.load(**where, dtype=dtype, float32_logits=f32, device=device)
+    if prepack == "flag":
+        prepack = {"auto": None, "on": True, "off": False, "both": None}[args.prepack]
+    return zoo.load(**where, dtype=dtype, float32_logits=f32, device=device, prepack=prepack)
 
 
-def build_methods(fam, args, chosen, eos, setting):
+def build_methods(fam, args, chosen, eos, setting, eager=None):
     """name -> (kind, run(prompt) -> (new tokens, Stats or None)), every method on the same target;
-    `setting`: CSD's (`csd_setting`)."""
+    `setting`: CSD's (`csd_setting`); `eager`: the family again with plain linear layers (`--prepack
+    both`), for `HF greedy (eager)` and `CSD (eager)`."""
     target, drafters = fam.target, list(fam.drafters)
-    hf_target, mag = target.model, next((d for d in drafters if is_free(d)), None)
+    mag = next((d for d in drafters if is_free(d)), None)
 
-    def csd(ds, k, lenience=1.0, tree=None):
+    def csd(ds, k, lenience=1.0, tree=None, target=target):
         def run(prompt):
             o = generate(target, ds, prompt, k_matrix=k, lenience=lenience, max_new_tokens=args.max_new_tokens,
                          tree=tree)
             return o.new_tokens, o.stats
         return run
 
-    def hf(**kwargs):
+    def hf(hf_target=target.model, **kwargs):
         def run(prompt):
             return cut_at_eos(hf_generate(hf_target, prompt, args.max_new_tokens, eos, **kwargs), eos), None
         return run
@@ -236,6 +243,10 @@ def build_methods(fam, args, chosen, eos, setting):
                 d, num_assistant_tokens=chosen[d.name], num_assistant_tokens_schedule="constant",
                 assistant_confidence_threshold=0.0))
     methods[f"HF prompt lookup({args.lookup})"] = ("hf peer", hf(prompt_lookup_num_tokens=args.lookup))
+    if eager is not None:                  # what oneDNN's packed weights gain, end to end
+        methods["HF greedy (eager)"] = ("eager", hf(eager.target.model))
+        methods["CSD (eager)"] = ("eager", csd(list(eager.drafters), setting["k_matrix"], setting["lenience"],
+                                              target=eager.target))
     skip = [s.strip() for s in args.skip.split(",") if s.strip()]
     if any("HF greedy".startswith(s) for s in skip):
         raise SystemExit("--skip: HF greedy is the baseline every output is audited against; it cannot be skipped")
@@ -381,11 +392,12 @@ def table(rows, methods, target, models, latency) -> pd.DataFrame:
         if r["stats"]:
             total = Stats.merge_all(r["stats"])
             row["SWI parameters"] = swi(total.new_tokens, total.calls, params, target.name)
+            row["tokens/target call"] = r["tokens"] / total.calls[target.name]
+        if r["stats"] and methods[name][0] != "eager":      # the latency model is the packed models'
             row["predicted s"] = predict_wall_time(total, latency)
             row["prediction error"] = row["predicted s"] / r["wall_s"] - 1
             row["limit s"] = model_seconds(total, target.name, latency)   # if drafting were free
             row["x limit"] = r["wall_s"] / row["limit s"]
-            row["tokens/target call"] = r["tokens"] / total.calls[target.name]
         out.append(row)
     df = pd.DataFrame(out).set_index("method")
     sd, peers = df[df["kind"] == "csdlib SD"], df[df["kind"] == "hf peer"]
@@ -419,7 +431,8 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
         log(f"SD({d.name}): best k = {chosen[d.name]} (predicted speedup by k: "
             + ", ".join(f"{k}: {v:.2f}" for k, v in scores.items()) + ")")
     setting = csd_setting(args, fam, cached, tune, latency, log)
-    methods = build_methods(fam, args, chosen, eos, setting)
+    eager = load_family(args, dtype, device, prepack=False) if args.prepack == "both" else None
+    methods = build_methods(fam, args, chosen, eos, setting, eager)
     tree = setting["tree"]
 
     def result(rows) -> dict:
@@ -432,7 +445,8 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
                 "mag_k": next((d.k for d in fam.drafters if is_free(d)), None),
                 "tree": tree_label(tree) if tree is not None else None, "tree_k_matrix": setting["tree_k_matrix"],
                 "tuned": setting["tuned"], "latency": latency,
-                "tune": (TUNE_OFFSET, TUNE_OFFSET + len(tune) - 1), "float32_logits": has_float32_logits(target)}
+                "tune": (TUNE_OFFSET, TUNE_OFFSET + len(tune) - 1), "float32_logits": has_float32_logits(target),
+                "prepacked": onednn.is_packed(target)}
 
     rows = run_interleaved(methods, items, encode, fam.decode, target, device, args.warmup, log, args.max_seconds,
                            checkpoint=lambda rows: checkpoint(result(rows)))
@@ -458,6 +472,7 @@ def setting_note(run: dict) -> str:
 def markdown(run: dict) -> list[str]:
     df = run["df"]
     md = [f"**{run['dtype']}**" + (" (target logits in float32)" if run["float32_logits"] else "")
+          + (", linear layers prepacked for oneDNN" if run.get("prepacked") else "")
           + f", {run['prompts']} prompts", "",
           "| method | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for name, row in df.iterrows():

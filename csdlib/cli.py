@@ -33,6 +33,7 @@ from . import flags
 from .commands import (RESULTS_DIR, ROOT, cmd_bigram, cmd_calibrate, cmd_report, cmd_run, cmd_seed_config,
                        cmd_train, cmd_tune)
 from .errors import CSDValueError
+from .zoo import PREPACK_MIN_PARAMS
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -87,6 +88,10 @@ def _model_flags(p, k_matrix_example: str) -> None:
                    help="cpu, cuda, cuda:N (default: cuda:<local rank> if available, else cpu)")
     p.add_argument("--device-map", choices=["auto"], default=None,
                    help='"auto" places a large target across GPUs (only with --target; default: one device)')
+    p.add_argument("--prepack", choices=["auto", "on", "off"], default="auto",
+                   help="on the CPU, linear layers multiply by weights prepacked for oneDNN (csdlib.onednn); auto: "
+                        f"the models with at least {PREPACK_MIN_PARAMS / 1e6:g} M parameters "
+                        "(csdlib.zoo.PREPACK_MIN_PARAMS), where it was measured faster")
 
 
 def _threads(p) -> None:

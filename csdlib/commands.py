@@ -25,14 +25,15 @@ def family_from_args(args, device):
     `csdlib.zoo.Family` (`--k-matrix` / `--lenience` override the family's default cascade)."""
     from . import zoo
 
+    prepack = {"auto": None, "on": True, "off": False}[getattr(args, "prepack", "auto")]
     if args.target is None:
-        fam = zoo.load(args.family, dtype=args.dtype or "float32", device=device)
+        fam = zoo.load(args.family, dtype=args.dtype or "float32", device=device, prepack=prepack)
         fam.k_matrix = args.k_matrix or fam.k_matrix
         fam.lenience = args.lenience if args.lenience is not None else fam.lenience
         return fam
     return zoo.from_paths(args.target, args.drafter, bigram=args.bigram, mag_k=args.mag_k or 10,
                           tokenizer=args.tokenizer, k_matrix=args.k_matrix, lenience=args.lenience or 1.0,
-                          dtype=args.dtype, device=device, device_map=args.device_map)
+                          dtype=args.dtype, device=device, device_map=args.device_map, prepack=prepack)
 
 
 def table(summary, tablefmt: str = "simple", columns=None) -> str:

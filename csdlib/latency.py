@@ -94,11 +94,15 @@ def _device_of(model) -> str:
 
 
 def latency_key(model, threads: int | None = None) -> str:
-    """`<model fingerprint>|<device>|<threads>threads`: what a calibration is valid for."""
+    """`<model fingerprint>|<device>|<threads>threads` (and `|onednn` for a model whose linear layers are
+    prepacked, `csdlib.onednn`): what a calibration is valid for."""
     import torch
 
+    from .onednn import is_packed
+
     threads = torch.get_num_threads() if threads is None else threads
-    return f"{fingerprint(model)}|{_device_of(model)}|{threads}threads"
+    packed = "|onednn" if is_packed(model) else ""
+    return f"{fingerprint(model)}|{_device_of(model)}|{threads}threads{packed}"
 
 
 def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 15, warmup: int = 3,

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from . import onednn
 from .errors import CSDValueError
 
 HALF = (torch.bfloat16, torch.float16)
@@ -52,9 +53,16 @@ class Float32Head(torch.nn.Module):
         self.weight = torch.nn.Parameter(head.weight.detach().float().clone(), requires_grad=False)
         bias = getattr(head, "bias", None)
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+        self.packed = None       # the weight prepacked for oneDNN (`csdlib.onednn.prepack`)
+
+    def prepack(self) -> None:
+        """Multiply by a float32 copy of the weight packed for oneDNN (`csdlib.onednn.prepack` calls this)."""
+        self.packed = onednn.pack(self.weight.detach().float())
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.float()
+        if self.packed is not None:
+            return onednn.linear(hidden.float(), self.packed, bias)
         return torch.nn.functional.linear(hidden.float(), self.weight.float(), bias)   # float32 logits
 
 
