@@ -33,10 +33,12 @@ MODEL_NAMES = ("target", "mid", "small")
 BIGRAM_FILE = "bigram.json"
 #: `load(prepack=None)` packs the linear layers of the neural models with at least this many parameters
 #: for oneDNN on the CPU (`csdlib.onednn`). Measured (`benchmarks/forward_cost.py`, AMD EPYC with
-#: AVX512-BF16, 2 threads): SmolLM2-135M's step 1.32x faster in float32, 1.36x in bfloat16, gsm8k-base's
-#: 29 M target 1.41x / 1.28x; a 4.5 M model gains 0.99-1.18x, and below 1.5 M packing loses up to 27 %
-#: (a small model's forward is call overhead, which packing does not remove).
-PREPACK_MIN_PARAMS = 10_000_000
+#: AVX512-BF16, 2 threads, data/results/forward-cost-smollm2): SmolLM2-135M's step 1.32x faster in float32,
+#: 1.40x in bfloat16, its verification of 2-8 tokens 1.40-1.74x / 1.49-1.61x; smollm2's 5.5 M drafter
+#: 1.03-1.21x / 1.21-1.24x; gsm8k-base's 29 M target 1.41x / 1.28x. A 4.5 M model gains 0.99-1.18x, and
+#: at 1.5 M and below packing loses up to 27 % in float32 (a small model's forward is call overhead, which
+#: packing does not remove).
+PREPACK_MIN_PARAMS = 5_000_000
 #: a drafter folder with this file has a vocabulary of its own (`HFModel(vocab=...)`)
 VOCAB_FILE = "vocab.json"
 
