@@ -129,8 +129,8 @@ def render_speed(path) -> str:
             "tokens / target call": df.get("tokens/target call", pd.Series(index=df.index, dtype=float)).map(_x),
             "predicted vs measured": [_error(v) for v in df.get("prediction error", pd.Series(index=df.index, dtype=float))],
             "identical / tie / WRONG": [f"{int(r.identical)} / {int(r.tie)} / {int(r.WRONG)}" for r in df.itertuples()]})
-        parts += [_speed_caption(d, run), "", _markdown(out)]
-    return "\n".join(parts)
+        parts += [_speed_caption(d, run), "", _markdown(out), ""]
+    return "\n".join(parts).rstrip()
 
 
 def _pick(df: pd.DataFrame) -> dict:
@@ -461,12 +461,45 @@ def render_long_prompts(path) -> str:
             f"\n```\n\n" + _markdown(out))
 
 
+def render_forward_cost(path) -> str:
+    """benchmarks/forward_cost.py: each member's forward, eager against prepacked, by tokens fed."""
+    d = _json(path)
+    rows = pd.DataFrame(d["rows"])
+    out = pd.DataFrame({"dtype": rows["dtype"], "model": rows["model"], "params": [f"{v:.3g} M" for v in rows["params M"]],
+                        "tokens fed": rows["fed"], "eager ms": rows["eager ms"].map(lambda v: f"{v:.1f}"),
+                        "packed ms": rows["packed ms"].map(lambda v: f"{v:.1f}"),
+                        "eager / packed": rows["eager / packed"].map(_x),
+                        "x one-token step (eager)": rows["eager x step"].map(_x),
+                        "x one-token step (packed)": rows["packed x step"].map(_x),
+                        "packed / bandwidth time": rows["packed / bandwidth"].map(lambda v: f"{v:.1f}")})
+    return (f"{_day(d)}, {_machine(d)}, {d['threads']} threads, {d['family']}, {d['context']} tokens in the KV cache; "
+            f"memory bandwidth {d['bandwidth GB/s']:.1f} GB/s (a sum over 512 MB); bandwidth time: the weights' bytes "
+            f"over it\n\n```bash\n{d['command']}\n```\n\n" + _markdown(out))
+
+
+def render_prepack_summary(path) -> str:
+    """speed.py --prepack both: packed against eager, as ratios of wall time on the same prompts, per dtype."""
+    d = _json(path)
+    runs = {r["dtype"]: {x["method"]: x["wall s"] for x in r["rows"]} for r in d["runs"]}
+    ratios = [("HF greedy, packed / eager", "HF greedy (eager)", "HF greedy"), ("CSD, packed / eager", "CSD (eager)", "CSD"),
+              ("CSD packed / HF greedy packed", "HF greedy", "CSD"), ("CSD eager / HF greedy packed", "HF greedy", "CSD (eager)"),
+              ("CSD packed / HF greedy eager", "HF greedy (eager)", "CSD")]
+    out = pd.DataFrame({"": [r[0] for r in ratios],
+                        **{dt: [f"{w[slow] / w[fast]:.2f}x" for _, slow, fast in ratios] for dt, w in runs.items()}})
+    return _markdown(out)
+
+
 SPEED = "python benchmarks/speed.py --prompts 50 --max-new-tokens 128 --threads 2 --recalibrate --peers default"
 SMOLLM2_SPEED = f"{SPEED} --family smollm2"
 #: Spec-Bench on smollm2: 20 questions per group (MT-bench's two turns each), without AR (HF greedy is the
 #: baseline) and HF assisted(mid) (the slower of the two assisted peers on GSM8K) to fit in two hours
 SPEC_BENCH = ("python benchmarks/speed.py --family smollm2 --dataset spec-bench --per-category 20 --max-new-tokens 128 "
               "--threads 2 --peers default --tree off --copies-only --skip 'AR,HF assisted(mid)' --max-seconds 6600")
+#: packed against eager on smollm2, both dtypes: the methods of the README's table but SD(small) and
+#: HF assisted(mid) (the slower of each pair there), plus eager HF greedy and eager CSD
+PREPACK_SPEED = ("python benchmarks/speed.py --family smollm2 --prompts 20 --max-new-tokens 128 --threads 2 --recalibrate "
+                 "--peers default --tree off --prepack both --skip 'AR,SD(small),HF assisted(mid)' "
+                 "--dtypes bfloat16,float32 --out data/results/speed-smollm2-prepack")
 TABLES = [
     Table("speed-gsm8k-tiny", ("docs/benchmarks.md",), "data/results/speed-gsm8k-tiny/speed.json",
           (f"{SPEED} --family gsm8k-tiny --out data/results/speed-gsm8k-tiny",), render_speed, 15),
@@ -531,6 +564,13 @@ TABLES = [
           "data/results/long-prompts-smollm2-bfloat16/long_prompts.json",
           ("python benchmarks/long_prompts.py --family smollm2 --dtype bfloat16 --lengths 1000,2000,4000 --threads 2 "
            "--out data/results/long-prompts-smollm2-bfloat16",), render_long_prompts, 2),
+    Table("forward-cost-smollm2", ("docs/forward-cost.md",), "data/results/forward-cost-smollm2/forward_cost.json",
+          ("python benchmarks/forward_cost.py --family smollm2 --dtypes float32,bfloat16 --threads 2 "
+           "--out data/results/forward-cost-smollm2",), render_forward_cost, 3),
+    Table("speed-smollm2-prepack", ("docs/forward-cost.md",), "data/results/speed-smollm2-prepack/speed.json",
+          (PREPACK_SPEED,), render_speed, 45),
+    Table("prepack-summary", ("docs/forward-cost.md",), "data/results/speed-smollm2-prepack/speed.json", (),
+          render_prepack_summary),
     Table("gpu-cost", ("docs/half-precision.md",), "data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json", (),
           lambda _: render_gpu_cost(["data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json",
                                      "data/results/gpu-h200-2026-11-29/latency-gsm8k-tiny.json"])),
