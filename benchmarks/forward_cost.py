@@ -9,6 +9,8 @@ Each member is loaded twice (eager, packed); the two are timed alternately, fed 
 `--context`-token prefix held in the KV cache (cropped back after each forward), median of `--repeats`.
 Bandwidth: a `torch.sum` over 512 MB, the best of 5; a member's "bandwidth time" is its weights' bytes
 (every parameter once; a tied output layer once more, as it is read twice) over that bandwidth.
+`--compiled` adds, for the one-token step, the eager model on transformers' `StaticCache` against the same
+forward compiled by `torch.compile` at fixed shapes (the compile's seconds and the graphs compiled beside).
 Written as markdown and JSON under `--out` with the machine and its ISA.
 """
 
@@ -22,13 +24,14 @@ import shlex
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import write_table  # noqa: E402
 from csdlib import onednn, zoo  # noqa: E402
 from csdlib.precision import hardware  # noqa: E402
 from csdlib.protocol import is_free  # noqa: E402
@@ -74,6 +77,42 @@ def forward_times(models: dict, fed: int, context: int, repeats: int) -> dict:
     return {k: statistics.median(v[1:]) for k, v in times.items()}
 
 
+@torch.no_grad()
+def compiled_step(model, context: int, repeats: int) -> dict:
+    """The one-token step of an `HFModel`'s model on transformers' `StaticCache`, eager and compiled
+    (`torch.compile(fullgraph=True, dynamic=False)`, inductor's defaults), timed alternately: median ms of
+    each, the first compiled call's seconds, and the graphs dynamo compiled (1: no recompilation)."""
+    import torch._dynamo
+    from transformers import StaticCache
+
+    hf = model.model
+    g = torch.Generator().manual_seed(0)
+    prefix = torch.randint(0, hf.config.vocab_size, (1, context), generator=g)
+    one = torch.randint(0, hf.config.vocab_size, (1, 1), generator=g)
+    cache = StaticCache(config=hf.config, max_cache_len=context + 8)
+    hf(prefix, use_cache=True, **{model._cache_arg: cache})
+
+    def step(forward):
+        forward(input_ids=one, use_cache=True, **{model._cache_arg: cache})
+        cache.crop(-1)                              # back to the prefix: every step sees the same context
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(hf.forward, fullgraph=True, dynamic=False)
+    tic = time.perf_counter()
+    step(compiled)
+    compile_s = time.perf_counter() - tic
+    times = {"static": [], "compiled": []}
+    for _ in range(repeats + 1):                    # the first round warms up
+        for name, forward in (("static", hf.forward), ("compiled", compiled)):
+            tic = time.perf_counter()
+            step(forward)
+            times[name].append(time.perf_counter() - tic)
+    static, fast = (statistics.median(times[k][1:]) * 1e3 for k in ("static", "compiled"))
+    return {"static ms": static, "compiled ms": fast, "eager / compiled": static / fast, "compile s": compile_s,
+            "graphs": int(torch._dynamo.utils.counters["stats"]["unique_graphs"])}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--family", default="smollm2")
@@ -82,6 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("--context", type=int, default=200, help="tokens already in the KV cache")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--compiled", action="store_true",
+                   help="also the one-token step on a static KV cache, eager and compiled (torch.compile)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -104,6 +145,8 @@ def main(argv=None) -> int:
                        "eager ms": t["eager"] * 1e3, "packed ms": t["packed"] * 1e3,
                        "eager / packed": t["eager"] / t["packed"], "bandwidth ms": bw_ms,
                        "packed / bandwidth": t["packed"] * 1e3 / bw_ms}
+                if a.compiled and fed == 1:
+                    row.update(compiled_step(m, a.context, a.repeats))
                 rows.append(row)
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         for row in rows:                     # each fed length against the same model's one-token step
@@ -116,18 +159,11 @@ def main(argv=None) -> int:
     command = "python benchmarks/forward_cost.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     cols = ["dtype", "model", "params M", "fed", "eager ms", "packed ms", "eager / packed", "eager x step",
             "packed x step", "bandwidth ms", "packed / bandwidth"]
-    lines = [f"{a.family}, {a.threads} thread(s), {a.context} tokens cached, CPU {machine['cpu']} (bf16 units: "
-             f"{machine['cpu_isa']}), memory {gbs:.1f} GB/s, torch {machine['torch']}; `{command}`", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * 2 + "---:|" * (len(cols) - 2)]
-    for r in rows:
-        lines.append("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "forward_cost.md").write_text("\n".join(lines) + "\n")
-    (out / "forward_cost.json").write_text(json.dumps({**machine, "command": command, "rows": rows,
-                                                       "measured_at": datetime.now(timezone.utc).isoformat(
-                                                           timespec="seconds")}, indent=1) + "\n")
-    print("\n".join(lines))
+    if a.compiled:
+        cols += ["static ms", "compiled ms", "eager / compiled", "compile s", "graphs"]
+    head = (f"{a.family}, {a.threads} thread(s), {a.context} tokens cached, CPU {machine['cpu']} (bf16 units: "
+            f"{machine['cpu_isa']}), memory {gbs:.1f} GB/s, torch {machine['torch']}; `{command}`")
+    print(write_table(a.out, "forward_cost", head, rows, cols, {**machine, "command": command}))
     return 0
 
 

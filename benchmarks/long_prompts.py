@@ -23,13 +23,14 @@ import shlex
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import write_table  # noqa: E402
 from csdlib import zoo  # noqa: E402
 from csdlib.datasets import load_spec_bench  # noqa: E402
 from csdlib.precision import hardware  # noqa: E402
@@ -116,18 +117,9 @@ def main(argv=None) -> int:
                "torch": torch.__version__, "dtype": a.dtype, "family": a.family}
     command = "python benchmarks/long_prompts.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     cols = list(rows[0])
-    lines = [f"{a.family}, {a.dtype}, {a.threads} thread(s), CPU {machine['cpu']} (bf16 units: {machine['cpu_isa']}), "
-             f"torch {machine['torch']}; `{command}`", "",
-             "| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "long_prompts.md").write_text("\n".join(lines) + "\n")
-    (out / "long_prompts.json").write_text(json.dumps({**machine, "command": command, "rows": rows,
-                                                       "measured_at": datetime.now(timezone.utc).isoformat(
-                                                           timespec="seconds")}, indent=1) + "\n")
-    print("\n".join(lines))
+    head = (f"{a.family}, {a.dtype}, {a.threads} thread(s), CPU {machine['cpu']} (bf16 units: {machine['cpu_isa']}), "
+            f"torch {machine['torch']}; `{command}`")
+    print(write_table(a.out, "long_prompts", head, rows, cols, {**machine, "command": command}, digits=4))
     return 0
 
 

@@ -16,9 +16,9 @@ from csdlib.errors import CSDValueError
 from csdlib.latency import latency_key
 from csdlib.precision import audit, counts, float32_logits
 
+from test_stress import VOCAB, random_case   # the stress run's random cascades (64 tokens)
 from tiny import hf_greedy, llama, perturbed, t5
 
-VOCAB = 64
 SEED = random.SystemRandom().randrange(2**31)
 
 
@@ -102,21 +102,6 @@ def test_prepack_refuses_what_is_not_a_model_and_leaves_other_devices_alone():
     assert not onednn.is_packed(MaG(BigramTable.from_sequences([[1, 2, 3]], VOCAB), k=2))
 
 
-def random_cascade(rng, target, pool):
-    neural = [HFModel(m, name=f"d{i}") for i, m in enumerate(rng.sample(pool, rng.randint(0, 3)))]
-    mag = []
-    if rng.random() < 0.6:
-        corpus = [[rng.randrange(VOCAB) for _ in range(rng.randint(2, 30))] for _ in range(3)]
-        mag = [MaG(BigramTable.from_sequences(corpus, VOCAB), k=rng.randint(1, 8))]
-    drafters = neural + mag
-    n = len(drafters)
-    k_matrix = [[rng.randint(1 if j == i else 0, 4) if j >= i else 0 for j in range(n)] for i in range(n)]
-    prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 24))]
-    if rng.random() < 0.3:                 # repeats: MaG copies
-        prompt = (prompt[:rng.randint(1, 6)] * 24)[:rng.randint(2, 24)]
-    return drafters, k_matrix, rng.choice([1, 1, 2, 10]), prompt, rng.randint(1, 24)
-
-
 @pytest.mark.parametrize("kind", ["llama", "t5"])
 def test_random_float32_cascades_on_packed_models_equal_generate(kind):
     """Float32, every member packed: the cascade's output is transformers' greedy output of the same packed
@@ -130,7 +115,7 @@ def test_random_float32_cascades_on_packed_models_equal_generate(kind):
     for m in [target, *pool]:
         assert onednn.prepack(m) > 0
     for case in range(60):
-        drafters, k_matrix, lenience, prompt, max_new = random_cascade(rng, target, pool)
+        drafters, k_matrix, lenience, prompt, max_new = random_case(rng, target, pool)
         tree = (Tree([[rng.randint(1, 3) for _ in range(rng.randint(0, 4))] for _ in range(max(1, len(drafters)))],
                      extend=rng.randint(0, 3)) if rng.random() < 0.3 else None)
         confidence = rng.choice([None, None, 0.5])
@@ -152,7 +137,7 @@ def test_random_bfloat16_cascades_on_packed_models_have_no_wrong_output():
         onednn.prepack(m)
     verdicts = []
     for case in range(40):
-        drafters, k_matrix, lenience, prompt, max_new = random_cascade(rng, target, pool)
+        drafters, k_matrix, lenience, prompt, max_new = random_case(rng, target, pool)
         ref = csdlib.generate(target, [], prompt, max_new_tokens=max_new).new_tokens
         out = csdlib.generate(target, drafters, prompt, k_matrix=k_matrix, lenience=lenience,
                               max_new_tokens=max_new).new_tokens
@@ -204,3 +189,17 @@ def test_forward_cost_script_times_eager_and_packed_per_member(tmp_path):
     assert all(r["eager ms"] > 0 and r["packed ms"] > 0 and r["bandwidth ms"] > 0 for r in rows.values())
     assert rows["target", 1]["packed x step"] == 1.0 and d["bandwidth GB/s"] > 0
     assert "| float32 | target |" in (tmp_path / "forward_cost.md").read_text()
+
+
+def test_forward_cost_script_compiles_the_one_token_step_once(tmp_path):
+    """--compiled: the one-token step on a static cache, eager and compiled, one graph per model (no
+    recompilation while it is timed)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import forward_cost
+
+    assert forward_cost.main(["--family", "gsm8k-tiny", "--dtypes", "float32", "--fed", "1", "--repeats", "2",
+                              "--context", "16", "--threads", "1", "--compiled", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "forward_cost.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["target", "mid", "small"]
+    assert all(r["graphs"] == 1 and r["compiled ms"] > 0 and r["static ms"] > 0 and r["compile s"] > 0 for r in rows)
+    assert "compiled ms" in (tmp_path / "forward_cost.md").read_text()
