@@ -472,6 +472,12 @@ def render_forward_cost(path) -> str:
                         "x one-token step (eager)": rows["eager x step"].map(_x),
                         "x one-token step (packed)": rows["packed x step"].map(_x),
                         "packed / bandwidth time": rows["packed / bandwidth"].map(lambda v: f"{v:.1f}")})
+    if "compiled ms" in rows:                        # --compiled: the one-token step on a static cache
+        out = out.drop(columns=["tokens fed", "x one-token step (eager)", "x one-token step (packed)"]).assign(**{
+            "static cache ms": rows["static ms"].map(lambda v: f"{v:.1f}"),
+            "compiled ms": rows["compiled ms"].map(lambda v: f"{v:.1f}"),
+            "static / compiled": rows["eager / compiled"].map(_x),
+            "compile s": rows["compile s"].map(lambda v: f"{v:.0f}"), "graphs": rows["graphs"]})
     return (f"{_day(d)}, {_machine(d)}, {d['threads']} threads, {d['family']}, {d['context']} tokens in the KV cache; "
             f"memory bandwidth {d['bandwidth GB/s']:.1f} GB/s (a sum over 512 MB); bandwidth time: the weights' bytes "
             f"over it\n\n```bash\n{d['command']}\n```\n\n" + _markdown(out))
@@ -574,6 +580,10 @@ TABLES = [
     Table("forward-cost-smollm2", ("docs/forward-cost.md",), "data/results/forward-cost-smollm2/forward_cost.json",
           ("python benchmarks/forward_cost.py --family smollm2 --dtypes float32,bfloat16 --threads 2 "
            "--out data/results/forward-cost-smollm2",), render_forward_cost, 3),
+    Table("forward-cost-smollm2-compiled", ("docs/forward-cost.md",),
+          "data/results/forward-cost-smollm2-compiled/forward_cost.json",
+          ("python benchmarks/forward_cost.py --family smollm2 --dtypes float32,bfloat16 --fed 1 --threads 2 --compiled "
+           "--out data/results/forward-cost-smollm2-compiled",), render_forward_cost, 5),
     Table("speed-smollm2-prepack", ("docs/forward-cost.md",), "data/results/speed-smollm2-prepack/speed.json",
           (PREPACK_SPEED,), render_speed, 45),
     Table("prepack-summary", ("docs/forward-cost.md",), "data/results/speed-smollm2-prepack/speed.json", (),
