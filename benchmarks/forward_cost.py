@@ -9,6 +9,9 @@ Each member is loaded twice (eager, packed); the two are timed alternately, fed 
 `--context`-token prefix held in the KV cache (cropped back after each forward), median of `--repeats`.
 Bandwidth: a `torch.sum` over 512 MB, the best of 5; a member's "bandwidth time" is its weights' bytes
 (every parameter once; a tied output layer once more, as it is read twice) over that bandwidth.
+`--static` adds each packed member's forward through `HFModel.logits` (the cascade's own call: the cache
+rolled back, the new tokens fed) on transformers' `DynamicCache` against its `StaticCache` (with
+`--compiled` also compiled, `HFModel(cache="static", compile=True)`; the first, compiling call untimed).
 `--compiled` adds, for the one-token step, the eager model on transformers' `StaticCache` against the same
 forward compiled by `torch.compile` at fixed shapes (the compile's seconds and the graphs compiled beside).
 Written as markdown and JSON under `--out` with the machine and its ISA.
@@ -17,6 +20,7 @@ Written as markdown and JSON under `--out` with the machine and its ISA.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -77,6 +81,25 @@ def forward_times(models: dict, fed: int, context: int, repeats: int) -> dict:
     return {k: statistics.median(v[1:]) for k, v in times.items()}
 
 
+def member_times(models: dict, fed: int, context: int, repeats: int) -> dict:
+    """Median seconds of `HFModel.logits` over `fed` new tokens after `context` cached ones, per member
+    (the cache rolled back by `fed` before each call, as after a rejected draft), timed alternately."""
+    g = torch.Generator().manual_seed(fed)
+    vocab = min(m.vocab_size for m in models.values())
+    seq = torch.randint(0, vocab, (context + fed,), generator=g).tolist()
+    times = {k: [] for k in models}
+    for m in models.values():
+        m.start(seq[:context])
+        m.reserve(context + fed)
+        m.logits(seq[:context], 1)
+    for _ in range(repeats + 1):                 # the first round warms up
+        for k, m in models.items():
+            tic = time.perf_counter()
+            m.logits(seq, fed)
+            times[k].append(time.perf_counter() - tic)
+    return {k: statistics.median(v[1:]) for k, v in times.items()}
+
+
 @torch.no_grad()
 def compiled_step(model, context: int, repeats: int) -> dict:
     """The one-token step of an `HFModel`'s model on transformers' `StaticCache`, eager and compiled
@@ -123,6 +146,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--compiled", action="store_true",
                    help="also the one-token step on a static KV cache, eager and compiled (torch.compile)")
+    p.add_argument("--static", action="store_true",
+                   help="also each packed member's forward through HFModel (cache handling included) on transformers' "
+                        "DynamicCache against its StaticCache (HFModel(cache='static'))")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -147,6 +173,18 @@ def main(argv=None) -> int:
                        "packed / bandwidth": t["packed"] * 1e3 / bw_ms}
                 if a.compiled and fed == 1:
                     row.update(compiled_step(m, a.context, a.repeats))
+                if a.static:                 # the packed member through HFModel, on each KV cache
+                    members = {"dynamic": q, "static": copy.copy(q)}
+                    members["static"].set_cache("static")
+                    if a.compiled:           # and compiled, as the cascade calls it (compiled on first use)
+                        members["compiled"] = copy.copy(q)
+                        members["compiled"].set_cache("static", compile=True)
+                    c = member_times(members, fed, a.context, a.repeats)
+                    row.update({"dynamic cache ms": c["dynamic"] * 1e3, "static cache ms": c["static"] * 1e3,
+                                "dynamic / static": c["dynamic"] / c["static"]})
+                    if a.compiled:
+                        row.update({"HFModel compiled ms": c["compiled"] * 1e3,
+                                    "dynamic / compiled": c["dynamic"] / c["compiled"]})
                 rows.append(row)
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         for row in rows:                     # each fed length against the same model's one-token step
@@ -161,6 +199,10 @@ def main(argv=None) -> int:
             "packed x step", "bandwidth ms", "packed / bandwidth"]
     if a.compiled:
         cols += ["static ms", "compiled ms", "eager / compiled", "compile s", "graphs"]
+    if a.static:
+        cols += ["dynamic cache ms", "static cache ms", "dynamic / static"]
+    if a.static and a.compiled:
+        cols += ["HFModel compiled ms", "dynamic / compiled"]
     head = (f"{a.family}, {a.threads} thread(s), {a.context} tokens cached, CPU {machine['cpu']} (bf16 units: "
             f"{machine['cpu_isa']}), memory {gbs:.1f} GB/s, torch {machine['torch']}; `{command}`")
     print(write_table(a.out, "forward_cost", head, rows, cols, {**machine, "command": command}))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU run, prepared: the three families (smollm2, gsm8k-base, gsm8k-tiny) in bfloat16 on CUDA (target logits in float32), every
 # method of benchmarks/speed.py (HF greedy, AR, SD per drafter, CSD, HF assisted generation, prompt
-# lookup), CUDA-synchronised timing, every output audited (identical / tie / WRONG). No network needed.
+# lookup; HF greedy and CSD on static KV caches too, smollm2's CSD also compiled), CUDA-synchronised timing, every output audited (identical / tie / WRONG). No network needed.
 # At most 9.5 minutes on one GPU (each family time-boxed by speed.py --max-seconds; speed.py rewrites its
 # tables after every prompt, so a killed run keeps what it finished); results under $OUT (default tmp/gpu):
 #
@@ -39,9 +39,13 @@ for run in "${runs[@]}"; do
     echo "== smollm2: skipped, its target cannot be fetched here ($(tail -n 1 "$OUT/smollm2-fetch.txt"))"
     continue
   fi
+  # beside the dynamic-cache methods: HF greedy on a static cache (compiled by transformers on a GPU: its
+  # fastest plain decoding) and CSD on static caches; on the GPU, smollm2's members compiled too
+  extra=(--kv-cache both)
+  if [ "$family" = smollm2 ] && [ -z "${GPU_SH_FAST:-}" ]; then extra+=(--compile); fi
   echo "== $family: $prompts prompts, $tokens new tokens, bfloat16 (limit ${limit}s, cascade tuned for ${tune}s)"
   timeout "$limit" "$PY" benchmarks/speed.py --family "$family" --dtypes bfloat16 --prompts "$prompts" \
-      --max-new-tokens "$tokens" --max-seconds "$seconds" "${common[@]}" --tune-csd "$tune" \
+      --max-new-tokens "$tokens" --max-seconds "$seconds" "${common[@]}" "${extra[@]}" --tune-csd "$tune" \
       --latency-file "$OUT/latency-$family.json" \
       --out "$OUT/$family" --quiet || { rc=$?; echo "$family: exit status $rc"; status=1; }
 done

@@ -25,6 +25,13 @@ first `--prompts` GSM8K dev prompts:
   best tree (what a machine with cheap verification needs: a default tuned elsewhere is not its best);
 - with `--copies-only`, `CSD (MaG copies only)`: the same cascade with `MaG(fill=False)` (no bigram-table
   guesses: where MaG copies nothing the target takes a plain step);
+- with `--confidence C[,C...]`, `CSD (confidence=C)`: the same cascade with dynamic draft length
+  (`generate(confidence=C)`: a level stops drafting when a neural drafter's newest token had probability
+  below C under it);
+- with `--kv-cache both`, `HF greedy (static cache)` (transformers' `generate(cache_implementation="static")`)
+  and `CSD (static cache)` (the default cascade, every neural member on a `StaticCache`); `--kv-cache static`
+  runs every csdlib method on static caches; with `--compile` also `CSD (compiled)`, the members' forwards
+  compiled at fixed shapes (the run records how many graphs were compiled);
 - `HF assisted(<drafter>)`: transformers' assisted generation with each neural drafter, its default
   schedule and a constant k (the drafter's best k above, confidence threshold off);
 - `HF prompt lookup`: `prompt_lookup_num_tokens=--lookup`.
@@ -64,6 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from csdlib import Stats, flags, generate, onednn, zoo  # noqa: E402
 from csdlib.precision import audit, counts, describe, hardware, has_float32_logits  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
+from csdlib.checks import check_confidence  # noqa: E402
 from csdlib.protocol import is_free  # noqa: E402
 from csdlib.cost import parameter_costs, swi  # noqa: E402
 from csdlib.latency import calibrate_latency, machine_id, model_seconds, predict_wall_time  # noqa: E402
@@ -92,7 +100,7 @@ def parse_args(argv=None):
                    help="what is measured: GSM8K's dev prompts, or Spec-Bench's questions (MT-bench's two turns "
                         "each, the second after the target's own greedy answer to the first); SD's k and CSD's "
                         "tuning always use GSM8K dev items 250+")
-    p.add_argument("--categories", default="all",
+    p.add_argument("--categories", default="all", type=flags.spec_bench_categories,
                    help=f"with --dataset spec-bench: comma-separated, of {','.join(SPEC_BENCH_NAMES)} (or all)")
     p.add_argument("--per-category", type=int, default=20,
                    help="with --dataset spec-bench: questions per category (evenly spaced in it)")
@@ -132,12 +140,22 @@ def parse_args(argv=None):
     p.add_argument("--copies-only", action="store_true",
                    help="adds 'CSD (MaG copies only)': CSD with MaG(fill=False), which proposes only what it copies "
                         "from the prompt or the sequence (where nothing is copied the target steps alone)")
+    p.add_argument("--confidence", default="", type=confidences,
+                   help="comma-separated thresholds: a 'CSD (confidence=C)' row for each, the default cascade with "
+                        "dynamic draft length (a level stops drafting when a neural drafter's newest token had "
+                        "probability below C under it)")
     p.add_argument("--skip", default="",
                    help="comma-separated methods not run, by the start of their name (e.g. 'AR,tree CSD'); "
                         "HF greedy, the baseline, cannot be skipped")
     p.add_argument("--prepack", choices=["auto", "on", "off", "both"], default="auto",
                    help="linear layers multiplying by weights prepacked for oneDNN on the CPU (csdlib.onednn; auto: "
                         "the models with >= zoo.PREPACK_MIN_PARAMS parameters, on: every neural model); both: auto, plus 'HF greedy (eager)' and 'CSD (eager)' on plain layers")
+    p.add_argument("--kv-cache", choices=["dynamic", "static", "both"], default="dynamic",
+                   help="the csdlib members' KV cache (transformers' DynamicCache or StaticCache); both: dynamic, "
+                        "plus 'HF greedy (static cache)' and 'CSD (static cache)'")
+    p.add_argument("--compile", action="store_true",
+                   help="with --kv-cache both: also 'CSD (compiled)', the members' forwards compiled at fixed shapes "
+                        "(the warm-up compiles what the first prompt needs; the run records the graphs compiled)")
     p.add_argument("--out", required=True, help="folder for speed.md, speed.csv, speed.json")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -189,13 +207,44 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextmanager
+def kv_cache(models, kind, compile=False):
+    """The neural members on `kind` of KV cache ("dynamic" / "static"), their forwards compiled or not,
+    inside the block (kind None: as loaded)."""
+    neural = [m for m in models if hasattr(m, "set_cache")] if kind is not None else []
+    was = [(m.cache, m.compile) for m in neural]
+    for m in neural:
+        m.set_cache(kind, compile)
+    try:
+        yield
+    finally:
+        for m, old in zip(neural, was):
+            m.set_cache(*old)
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile (dynamo) compiled so far in this process."""
+    import torch._dynamo
+
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def confidences(text: str) -> list[float]:
+    """--confidence: comma-separated thresholds in (0, 1)."""
+    try:
+        return [check_confidence(float(c)) for c in text.split(",") if c.strip()]
+    except ValueError as e:                            # CSDValueError is a ValueError
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in (0, 1), got {text!r} ({e})") from None
+
+
 def load_family(args, dtype, device, prepack="flag"):
     """The family as the flags say (`prepack`: `zoo.load`'s, else `--prepack`'s)."""
     f32 = {"auto": None, "on": True, "off": False}[args.float32_logits]
     where = {"path": args.family} if Path(args.family).is_dir() else {"name": args.family}
     if prepack == "flag":
         prepack = {"auto": None, "on": True, "off": False, "both": None}[args.prepack]
-    return zoo.load(**where, dtype=dtype, float32_logits=f32, device=device, prepack=prepack)
+    return zoo.load(**where, dtype=dtype, float32_logits=f32, device=device, prepack=prepack,
+                    cache="static" if args.kv_cache == "static" else "dynamic")
 
 
 def build_methods(fam, args, chosen, eos, setting, eager=None):
@@ -205,10 +254,11 @@ def build_methods(fam, args, chosen, eos, setting, eager=None):
     target, drafters = fam.target, list(fam.drafters)
     mag = next((d for d in drafters if is_free(d)), None)
 
-    def csd(ds, k, lenience=1.0, tree=None, target=target):
+    def csd(ds, k, lenience=1.0, tree=None, target=target, confidence=None, cache=None, compile=False):
         def run(prompt):
-            o = generate(target, ds, prompt, k_matrix=k, lenience=lenience, max_new_tokens=args.max_new_tokens,
-                         tree=tree)
+            with kv_cache([target, *ds], cache, compile):
+                o = generate(target, ds, prompt, k_matrix=k, lenience=lenience, max_new_tokens=args.max_new_tokens,
+                             tree=tree, confidence=confidence)
             return o.new_tokens, o.stats
         return run
 
@@ -231,6 +281,9 @@ def build_methods(fam, args, chosen, eos, setting, eager=None):
     if args.copies_only and mag is not None:          # dynamic draft length for MaG: no bigram guesses
         copies = [mag.copies_only() if d is mag else d for d in drafters]
         methods["CSD (MaG copies only)"] = ("csdlib CSD", csd(copies, setting["k_matrix"], setting["lenience"]))
+    for c in args.confidence:                          # dynamic draft length for the neural drafters
+        methods[f"CSD (confidence={c:g})"] = ("csdlib CSD", csd(drafters, setting["k_matrix"], setting["lenience"],
+                                                                confidence=c))
     if setting["tree"] is not None:
         methods[f"tree CSD {tree_label(setting['tree'])}"] = ("csdlib CSD", csd(
             drafters, setting["tree_k_matrix"], setting["tree_lenience"], setting["tree"]))
@@ -247,6 +300,13 @@ def build_methods(fam, args, chosen, eos, setting, eager=None):
         methods["HF greedy (eager)"] = ("eager", hf(eager.target.model))
         methods["CSD (eager)"] = ("eager", csd(list(eager.drafters), setting["k_matrix"], setting["lenience"],
                                               target=eager.target))
+    if args.kv_cache == "both":               # what a static KV cache gains, end to end
+        methods["HF greedy (static cache)"] = ("static", hf(cache_implementation="static"))
+        methods["CSD (static cache)"] = ("static", csd(drafters, setting["k_matrix"], setting["lenience"],
+                                                       cache="static"))
+        if args.compile:                   # and compiled at fixed shapes (each compiles on first use)
+            methods["CSD (compiled)"] = ("static", csd(drafters, setting["k_matrix"], setting["lenience"],
+                                                       cache="static", compile=True))
     skip = [s.strip() for s in args.skip.split(",") if s.strip()]
     if any("HF greedy".startswith(s) for s in skip):
         raise SystemExit("--skip: HF greedy is the baseline every output is audited against; it cannot be skipped")
@@ -317,8 +377,8 @@ def questions(args) -> list[dict]:
     (group "GSM8K"), or Spec-Bench's (--categories, --per-category; MT-bench's have two turns)."""
     if args.dataset == "gsm8k":
         return [{"group": "GSM8K", "turns": [x["question"]]} for x in load_gsm8k("dev", args.data_dir)[:args.prompts]]
-    cats = None if args.categories == "all" else [c.strip() for c in args.categories.split(",")]
-    picked = [{"group": q["group"], "turns": q["turns"]} for q in load_spec_bench(cats, args.per_category, args.data_dir)]
+    picked = [{"group": q["group"], "turns": q["turns"]}
+              for q in load_spec_bench(args.categories, args.per_category, args.data_dir)]
     return spread(picked)
 
 
@@ -393,7 +453,7 @@ def table(rows, methods, target, models, latency) -> pd.DataFrame:
             total = Stats.merge_all(r["stats"])
             row["SWI parameters"] = swi(total.new_tokens, total.calls, params, target.name)
             row["tokens/target call"] = r["tokens"] / total.calls[target.name]
-        if r["stats"] and methods[name][0] != "eager":      # the latency model is the packed models'
+        if r["stats"] and methods[name][0] not in ("eager", "static"):   # the latency model is the family's own
             row["predicted s"] = predict_wall_time(total, latency)
             row["prediction error"] = row["predicted s"] / r["wall_s"] - 1
             row["limit s"] = model_seconds(total, target.name, latency)   # if drafting were free
@@ -446,7 +506,8 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
                 "tree": tree_label(tree) if tree is not None else None, "tree_k_matrix": setting["tree_k_matrix"],
                 "tuned": setting["tuned"], "latency": latency,
                 "tune": (TUNE_OFFSET, TUNE_OFFSET + len(tune) - 1), "float32_logits": has_float32_logits(target),
-                "prepacked": onednn.is_packed(target)}
+                "prepacked": onednn.is_packed(target), "cache": getattr(target, "cache", "dynamic"),
+                "compiled_graphs": compiled_graphs() if args.compile else None}
 
     rows = run_interleaved(methods, items, encode, fam.decode, target, device, args.warmup, log, args.max_seconds,
                            checkpoint=lambda rows: checkpoint(result(rows)))
@@ -473,6 +534,7 @@ def markdown(run: dict) -> list[str]:
     df = run["df"]
     md = [f"**{run['dtype']}**" + (" (target logits in float32)" if run["float32_logits"] else "")
           + (", linear layers prepacked for oneDNN" if run.get("prepacked") else "")
+          + (", static KV caches" if run.get("cache") == "static" else "")
           + f", {run['prompts']} prompts", "",
           "| method | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for name, row in df.iterrows():

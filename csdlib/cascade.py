@@ -177,6 +177,9 @@ class Cascade:
         seq = self.models[0].start(prompt)
         for m in self.models[1:]:
             m.start(prompt)
+        for m in self.models:                          # a static KV cache: room for every token to come
+            if hasattr(m, "reserve"):
+                m.reserve(len(seq) + max_new_tokens)
         self.reviews, self.switches, self.last_forward = [], [0] * len(self.models), None
         self.tree_calls, self.tree_tokens = [0] * len(self.models), [0] * len(self.models)
         self.alts, self.trees = [[] for _ in seq], []

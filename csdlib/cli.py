@@ -92,6 +92,12 @@ def _model_flags(p, k_matrix_example: str) -> None:
                    help="on the CPU, linear layers multiply by weights prepacked for oneDNN (csdlib.onednn); auto: "
                         f"the models with at least {PREPACK_MIN_PARAMS / 1e6:g} M parameters "
                         "(csdlib.zoo.PREPACK_MIN_PARAMS), where it was measured faster")
+    p.add_argument("--kv-cache", choices=["dynamic", "static"], default="dynamic",
+                   help="the neural members' KV cache: transformers' DynamicCache, or its StaticCache (allocated "
+                        "once per prompt, rejected drafts dropped by moving the write position back)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the neural members' forwards at fixed shapes (torch.compile; on static KV caches; "
+                        "CUDA graphs on a GPU); each shape compiles on first use")
 
 
 def _threads(p) -> None:

@@ -26,14 +26,17 @@ def family_from_args(args, device):
     from . import zoo
 
     prepack = {"auto": None, "on": True, "off": False}[getattr(args, "prepack", "auto")]
+    cache, compile = getattr(args, "kv_cache", "dynamic"), getattr(args, "compile", False)
     if args.target is None:
-        fam = zoo.load(args.family, dtype=args.dtype or "float32", device=device, prepack=prepack)
+        fam = zoo.load(args.family, dtype=args.dtype or "float32", device=device, prepack=prepack, cache=cache,
+                       compile=compile)
         fam.k_matrix = args.k_matrix or fam.k_matrix
         fam.lenience = args.lenience if args.lenience is not None else fam.lenience
         return fam
     return zoo.from_paths(args.target, args.drafter, bigram=args.bigram, mag_k=args.mag_k or 10,
                           tokenizer=args.tokenizer, k_matrix=args.k_matrix, lenience=args.lenience or 1.0,
-                          dtype=args.dtype, device=device, device_map=args.device_map, prepack=prepack)
+                          dtype=args.dtype, device=device, device_map=args.device_map, prepack=prepack, cache=cache,
+                          compile=compile)
 
 
 def table(summary, tablefmt: str = "simple", columns=None) -> str:
@@ -153,8 +156,7 @@ def spec_bench_items(args) -> list[dict]:
     every prefix covers the groups alike (`datasets.spread`)."""
     from .datasets import load_spec_bench, spread
 
-    cats = None if args.categories == "all" else [c.strip() for c in args.categories.split(",")]
-    return spread(load_spec_bench(cats, args.n_samples, args.data_dir))
+    return spread(load_spec_bench(args.categories, args.n_samples, args.data_dir))
 
 
 def spec_bench_split(args) -> str:

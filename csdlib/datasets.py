@@ -299,8 +299,10 @@ def load_spec_bench(categories=None, per_category: int | None = None, data_dir=N
     """Spec-Bench's questions in file order: dicts with ``question_id``, ``category`` (the file's),
     ``group`` (Spec-Bench's column, `SPEC_BENCH_GROUPS`) and ``turns`` (the user's turns: two for
     MT-bench). `categories`: group short names (`SPEC_BENCH_NAMES`: mt-bench, translation, summarization,
-    qa, math_reasoning, rag; default all); `per_category`: N questions of each group, evenly spaced in
+    qa, math_reasoning, rag), as a list or comma-separated (`--categories`); None or "all": every group; `per_category`: N questions of each group, evenly spaced in
     it (so that N of MT-bench's 80 cover its eight categories alike)."""
+    if isinstance(categories, str):
+        categories = None if categories == "all" else [c.strip() for c in categories.split(",")]
     names = list(SPEC_BENCH_NAMES) if categories is None else list(categories)
     unknown = [c for c in names if c not in SPEC_BENCH_NAMES]
     if unknown or not names:

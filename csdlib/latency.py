@@ -93,16 +93,24 @@ def _device_of(model) -> str:
     return str(getattr(model, "device", "cpu"))
 
 
-def latency_key(model, threads: int | None = None) -> str:
-    """`<model fingerprint>|<device>|<threads>threads` (and `|onednn` for a model whose linear layers are
-    prepacked, `csdlib.onednn`): what a calibration is valid for."""
-    import torch
-
+def runtime(model) -> str:
+    """How a member runs where that changes its speed but not its output: ``"|onednn"`` (linear layers
+    prepacked, `csdlib.onednn`), then ``"|static"`` (a static KV cache, `HFModel(cache="static")`) and
+    ``"|compiled"`` (compiled forwards, `HFModel(compile=True)`); ``""`` for none. Calibrations and
+    records are kept apart by it."""
     from .onednn import is_packed
 
+    return (("|onednn" if is_packed(model) else "") + ("|static" if getattr(model, "cache", None) == "static" else "")
+            + ("|compiled" if getattr(model, "compile", None) is True else ""))
+
+
+def latency_key(model, threads: int | None = None) -> str:
+    """`<model fingerprint>|<device>|<threads>threads` (and `|onednn` for a model whose linear layers are
+    prepacked, `csdlib.onednn`, `|static` for one on a static KV cache): what a calibration is valid for."""
+    import torch
+
     threads = torch.get_num_threads() if threads is None else threads
-    packed = "|onednn" if is_packed(model) else ""
-    return f"{fingerprint(model)}|{_device_of(model)}|{threads}threads{packed}"
+    return f"{fingerprint(model)}|{_device_of(model)}|{threads}threads{runtime(model)}"
 
 
 def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 15, warmup: int = 3,
@@ -135,6 +143,8 @@ def calibrate_model(model, *, context: int = 96, ns=LATENCY_NS, repeats: int = 1
     trees = callable(getattr(model, "tree_logits", None))
     cascade = Cascade([model], None, tree=Tree([[2] * len(tail)]) if trees else None)
     seq0 = model.start(prompt)
+    if hasattr(model, "reserve"):                        # a static cache: room for the longest review
+        model.reserve(len(seq0) + len(tail) + 1)
     tic = time.perf_counter()
     model.logits(seq0, 1)                                # prefill: the whole prompt in one forward
     prefill = time.perf_counter() - tic

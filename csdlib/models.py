@@ -20,6 +20,13 @@ hung below `seq` in one forward (a 4D attention mask lets each node see the pref
 ancestors only; position ids are prefix length + depth), and `keep_path(path)` keeps in the cache only
 the accepted root path (every layer's keys and values gathered), so the cache again holds a plain
 token sequence.
+
+`HFModel(cache="static")` holds its keys and values in transformers' `StaticCache` instead: buffers
+allocated once per prompt (`reserve`: the cascade reserves the prompt and every new token), written in
+place. Cropping moves the write position back (gpt-fast's way of dropping a rejected draft), and
+`keep_path` copies the path's slots up behind the prefix. `compile=True` adds compiled forwards at fixed
+shapes for chain forwards (each fed length compiled once per cache size; the cache size is rounded up to
+`COMPILE_BUCKET`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,17 @@ from contextlib import contextmanager
 import torch
 
 from .errors import CSDValueError
+
+
+#: `HFModel(cache=)`: transformers' DynamicCache or StaticCache
+CACHES = ("dynamic", "static")
+#: static cache: extra positions (at least) allocated when a forward outgrows what was reserved
+STATIC_SLACK = 64
+#: compiled forwards: the longest feed compiled (a longer one, e.g. a prefill, runs eager)
+COMPILE_MAX_FED = 16
+#: compiled forwards: the static cache's size rounded up to a multiple of this, so that prompts of about
+#: the same length share graphs
+COMPILE_BUCKET = 128
 
 
 def _first(value):
@@ -80,14 +98,22 @@ class HFModel:
             Its logits come back over the target's vocabulary, -inf outside `vocab`: it proposes only
             those tokens, and its distribution (for lenience and sampling) is zero elsewhere.
         full_vocab_size: the target's vocabulary size (with `vocab`).
+        cache: "dynamic" (transformers' `DynamicCache`, grown by concatenation) or "static" (its
+            `StaticCache`: buffers allocated once per prompt, sized by `reserve`, written in place; a
+            rejected draft is dropped by moving the write position back, as gpt-fast does).
+        compile: with a static cache, decoder-only: chain forwards of up to `COMPILE_MAX_FED` tokens run
+            `torch.compile`d at fixed shapes (one graph per fed length and cache size; CUDA graphs on a
+            GPU, inductor's default on the CPU); prefills and tree forwards run eager.
     """
 
     def __init__(self, hf_model, name: str | None = None, cost: float | None = None, vocab=None,
-                 full_vocab_size: int | None = None):
+                 full_vocab_size: int | None = None, cache: str = "dynamic", compile: bool = False):
         self.model = hf_model.eval()
         config = hf_model.config
         self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
         self.name = name or getattr(config, "name_or_path", "") or config.model_type
+        self._compiled = None          # the model compiled (`compile`), made on first use
+        self.set_cache(cache, compile)
         self.cost = float(cost) if cost is not None else float(sum(p.numel() for p in hf_model.parameters()))
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.vocab_size = int(text_config.vocab_size)
@@ -117,6 +143,9 @@ class HFModel:
         self._cache_arg = "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
         self._encoder_outputs = None
         self._tree: int | None = None  # after tree_logits: the prefix length; the cache then holds the tree too
+        self._reserved = 0             # static cache: positions to allocate (`reserve`)
+        self.reallocations = 0
+        self._capacity = 0             # static cache: positions allocated
 
     def _set_vocab(self, vocab: list[int], full: int | None) -> None:
         own = self.vocab_size
@@ -170,7 +199,8 @@ class HFModel:
     def start(self, prompt_ids: list[int]) -> list[int]:
         self.calls = self.encoder_calls = self.tokens_fed = self.one_token_calls = 0
         self.forward_seconds = 0.0
-        self._cache, self._cached, self._tree = None, [], None
+        self._cache, self._cached, self._tree, self._capacity = None, [], None, 0
+        self.reallocations = 0    # static cache: reallocated because a forward outgrew `reserve`
         if not self.is_encoder_decoder:
             return list(prompt_ids)
         ids = torch.tensor([prompt_ids], device=self.device)
@@ -179,9 +209,25 @@ class HFModel:
         self.encoder_calls += 1
         return [self.decoder_start_token_id]
 
+    def set_cache(self, cache: str, compile: bool = False) -> None:
+        """The KV cache of the next `start`: "dynamic" or "static", and whether its forwards are compiled
+        (see the class)."""
+        if cache not in CACHES:
+            raise CSDValueError(f"cache: expected one of {list(CACHES)}, got {cache!r}")
+        if compile and (cache != "static" or self.is_encoder_decoder):
+            raise CSDValueError(f"compile: needs cache='static' and a decoder-only model (model {self.name!r}: "
+                                f"cache={cache!r}, encoder-decoder: {self.is_encoder_decoder})")
+        self.cache, self.compile = cache, bool(compile)
+
+    def reserve(self, length: int) -> None:
+        """Static cache: allocate room for `length` positions (the cascade reserves the prompt, every new
+        token and a draft's slack before its first forward; a forward that needs more reallocates the
+        cache and feeds the prefix again). Nothing to do for a dynamic cache."""
+        self._reserved = int(length)
+
     def logits(self, seq: list[int], n: int) -> torch.Tensor:
         # reuse cached prefix, feed rest
-        keep = self._reuse(seq, n)
+        keep = self._room(self._reuse(seq, n), len(seq))
         return self._forward(seq[keep:], n, list(seq))
 
     def tree_logits(self, seq: list[int], tokens: list[int], parents: list[int]) -> torch.Tensor:
@@ -189,14 +235,16 @@ class HFModel:
         forward. Node t holds `tokens[t]`; its parent is node `parents[t]` (-1: the end of `seq`; parents
         come before their children) and it sits at position `len(seq) + depth`. It sees the prefix and
         its ancestors only. The nodes stay in the cache until `keep_path` (or the next call drops them)."""
-        keep = self._reuse(seq, 1)
+        keep = self._room(self._reuse(seq, 1), len(seq) + len(tokens))
         fed, m = seq[keep:] + list(tokens), len(seq) - keep     # m prefix tokens, then the tree
         depth, sees = tree_depths(parents), torch.eye(len(tokens), dtype=torch.bool)
         for t, parent in enumerate(parents):           # a node sees what its parent sees, and itself
             if parent >= 0:
                 sees[t] |= sees[parent]
-        allowed = torch.ones(len(fed), keep + len(fed), dtype=torch.bool).tril(keep)   # causal
-        allowed[m:, keep + m:] = sees                                                    # tree
+        width = self._capacity if self.cache == "static" else keep + len(fed)   # a static cache: every slot
+        allowed = torch.ones(len(fed), width, dtype=torch.bool).tril(keep)      # causal
+        allowed[:, keep + len(fed):] = False                                     # (slots not yet written)
+        allowed[m:, keep + m:keep + len(fed)] = sees                             # tree
         positions = list(range(keep, len(seq))) + [len(seq) + d for d in depth]
         dtype = self.model.dtype
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
@@ -209,23 +257,65 @@ class HFModel:
         the rest of the tree: every layer's keys and values gathered at the kept positions."""
         if self._tree is None:
             raise CSDValueError("keep_path: no tree to keep a path of; call tree_logits first")
-        kept = torch.tensor(list(range(self._tree)) + [self._tree + t for t in path], device=self.device)
         cache = getattr(self._cache, "self_attention_cache", self._cache)   # T5: not the encoder's keys
-        for layer in cache.layers:
-            layer.keys, layer.values = layer.keys.index_select(-2, kept), layer.values.index_select(-2, kept)
+        if self.cache == "static":                     # move the path's slots up behind the prefix, in place
+            src = torch.tensor([self._tree + t for t in path], dtype=torch.long, device=self.device)
+            dst = torch.arange(self._tree, self._tree + len(path), device=self.device)
+            for layer in cache.layers:
+                layer.keys.index_copy_(-2, dst, layer.keys.index_select(-2, src))
+                layer.values.index_copy_(-2, dst, layer.values.index_select(-2, src))
+                layer.cumulative_length.fill_(self._tree + len(path))
+        else:
+            kept = torch.tensor(list(range(self._tree)) + [self._tree + t for t in path], device=self.device)
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys.index_select(-2, kept), layer.values.index_select(-2, kept)
         self._cached = self._cached + [self._tree_tokens[t] for t in path]
         self._tree = None
 
     def _reuse(self, seq: list[int], n: int) -> int:
         """Crop the cache to what it shares with seq, leaving the last n tokens to feed; drops a tree left
         in it. Returns how many tokens of seq stay cached."""
+        cache = getattr(self._cache, "self_attention_cache", self._cache)   # T5: not the encoder's keys
         if self._tree is not None:                       # a tree whose path was not kept: drop it all
-            self._cache.crop(self._tree - self._cache.get_seq_length())
+            cache.crop(self._tree - int(cache.get_seq_length()))
             self._tree = None
         keep = min(common_prefix(self._cached, seq), len(seq) - n)
         if keep < len(self._cached):
-            self._cache.crop(keep - len(self._cached))
+            cache.crop(keep - len(self._cached))         # a static cache: the write position moves back
         return keep
+
+    def _room(self, keep: int, end: int) -> int:
+        """Static cache: make sure positions 0..end-1 fit, allocating the cache (or, when a forward needs
+        more than was reserved, a larger one: the prefix is then fed again). Returns how many tokens stay
+        cached (`keep`, or 0 after a reallocation)."""
+        if self.cache != "static" or (self._cache is not None and end <= self._capacity):
+            return keep
+        from transformers import DynamicCache, EncoderDecoderCache, StaticCache
+
+        grown = self._cache is not None
+        fits = not grown and end <= self._reserved
+        self._capacity = self._reserved if fits else end + max(STATIC_SLACK, end // 2)   # else: room to grow
+        if self.compile:                               # prompts of about the same length share graphs
+            self._capacity = -(-self._capacity // COMPILE_BUCKET) * COMPILE_BUCKET
+        cache = StaticCache(config=self.model.config, max_cache_len=self._capacity)
+        if self.is_encoder_decoder:                    # the encoder's keys: computed once, kept as they are
+            cache = EncoderDecoderCache(cache, DynamicCache(config=self.model.config))
+        self._cache, self._cached = cache, []
+        self.reallocations += int(grown)
+        return 0
+
+    def _compiled_forward(self):
+        """The model compiled at fixed shapes (`torch.compile(fullgraph=True, dynamic=False)`; CUDA graphs on
+        a GPU): dynamo compiles one graph per fed length and cache size, on first use."""
+        if self._compiled is None:
+            import torch._dynamo
+
+            config = torch._dynamo.config           # every member shares the model class's forward:
+            config.cache_size_limit = max(config.cache_size_limit, 256)          # room for all their graphs
+            config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, 1024)
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._compiled = torch.compile(self.model, fullgraph=True, dynamic=False, mode=mode)
+        return self._compiled
 
     def _forward(self, fed: list[int], n: int, cached: list[int], mask=None, positions=None) -> torch.Tensor:
         """One forward over `fed` (the tokens not in the cache); the logits of the last n positions."""
@@ -242,8 +332,9 @@ class HFModel:
                 out = self.model(encoder_outputs=self._encoder_outputs, decoder_input_ids=new,
                                  use_cache=True, **{self._cache_arg: self._cache}, **extra)
             else:
-                out = self.model(input_ids=new, use_cache=True, logits_to_keep=n, **{self._cache_arg: self._cache},
-                                 **extra)
+                forward = self._compiled_forward() if self.compile and mask is None and len(fed) <= COMPILE_MAX_FED \
+                    else self.model
+                out = forward(input_ids=new, use_cache=True, logits_to_keep=n, **{self._cache_arg: self._cache}, **extra)
         logits = out.logits[0, -n:].float()   # float32 like HF's generate: ties break the same way
         if self.vocab is not None:            # own rows -> the target's vocabulary, -inf elsewhere
             own, logits = logits, logits.new_full((logits.shape[0], self.vocab_size), float("-inf"))
@@ -299,7 +390,8 @@ def _t5_positions(model, positions):
     key_pos = torch.tensor(list(range(positions[0])) + list(positions))
 
     def compute_bias(query_length, key_length, device=None, past_seen_tokens=0):
-        relative = key_pos[None, :key_length] - key_pos[-query_length:, None]    # key minus query position
+        pos = key_pos if key_length <= len(key_pos) else torch.cat([key_pos, torch.arange(len(key_pos), key_length)])
+        relative = pos[None, :key_length] - key_pos[-query_length:, None]     # key minus query position
         buckets = attn._relative_position_bucket(relative, bidirectional=False,
                                                  num_buckets=attn.relative_attention_num_buckets,
                                                  max_distance=attn.relative_attention_max_distance)

@@ -60,3 +60,4 @@ def fingerprint(model) -> str:
     if not callable(getattr(model, "fingerprint", None)):
         raise CSDValueError(f"model: cannot fingerprint {type(model).__name__}; it has no fingerprint() method")
     return model.fingerprint()
+

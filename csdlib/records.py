@@ -2,7 +2,8 @@
 
 - A record's key covers everything that determines it: the method's configuration (`config_hash`:
   models' names, costs and full fingerprints - config, generation_config, every weight -, k-matrix,
-  lenience, sampling settings), the data source (dataset, split, template), max_new_tokens, the
+  lenience, sampling settings; how a model runs, `latency.runtime`: prepacked layers, a static KV
+  cache), the data source (dataset, split, template), max_new_tokens, the
   prompt's token ids, and where it was measured (`environment`: machine, device, threads, library
   versions). Records made on another machine or with other threads are never reused.
 - Every record is appended (and flushed) to the JSONL file as soon as its sample finishes
@@ -75,6 +76,11 @@ def config_hash(target, method, dataset, max_new_tokens: int, env: dict | None =
     config = {"method": method.name, "context": context_of(target, source, max_new_tokens, env),
               "drafters": [[d.name, float(d.cost), fingerprint(d)] for d in method.drafters],
               "k_matrix": method.k_matrix, "lenience": float(method.lenience), "generate_kwargs": kwargs}
+    from .latency import runtime
+
+    runs = {m.name: runtime(m) for m in [target, *method.drafters] if runtime(m)}
+    if runs:                          # packed layers, static caches: the same outputs, other wall times
+        config["runtime"] = runs
     return digest(config)
 
 

@@ -181,7 +181,7 @@ def drafter_names(info: dict) -> list[str]:
 
 def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="float32",
          float32_logits: bool | None = None, device=None, target=None, progress: bool = True,
-         prepack: bool | None = None) -> Family:
+         prepack: bool | None = None, cache: str = "dynamic", compile: bool = False) -> Family:
     """An embedded family (default: ``DEFAULT_FAMILY``), offline: ``.tokenizer``, ``.target`` and ``.drafters`` (`csdlib` models,
     largest first, MaG last) and the default ``.k_matrix`` / ``.lenience`` chosen by measurement (stored
     in ``family.json``); models in `dtype` (a torch dtype or its name) on `device`.
@@ -198,7 +198,9 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="fl
     half-precision dtype, so ties of its logits are rare); ``device``: ``"auto"`` is CUDA when present;
     ``prepack``: the neural models' linear layers multiply by weights prepacked for oneDNN on the CPU
     (`csdlib.onednn`; None: those of the models with at least `PREPACK_MIN_PARAMS` parameters, the
-    default chosen by measurement; True: every neural model's; False: none).
+    default chosen by measurement; True: every neural model's; False: none); ``cache``: the neural
+    models' KV cache, ``"dynamic"`` or ``"static"``; ``compile``: their forwards compiled at fixed shapes
+    (on static caches; `csdlib.HFModel`).
     """
     from .mag import BigramTable, MaG
     from .models import HFModel
@@ -209,8 +211,8 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="fl
 
     name, path, info = family_info(name, path)
     if "drafters" in info:  # smollm2: a fetched target, drafters with vocabularies of their own
-        return _prepacked(_load_fetched(name, path, info, mag_k, dtype, float32_logits, device, target, progress),
-                          prepack)
+        return _finished(_load_fetched(name, path, info, mag_k, dtype, float32_logits, device, target, progress),
+                         prepack, cache, compile)
     if target is not None:
         raise CSDValueError(f"target: family {name!r} brings its own target; target= is for a fetched one (smollm2)")
     if "shares" in info:  # gsm8k-base: its own target on top of another family's models
@@ -230,19 +232,21 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="fl
         with_float32_logits(hf["target"])
     target = HFModel(hf.pop("target"), name="target")
     drafters = [*(HFModel(m, name=n) for n, m in hf.items()), mag]
-    return _prepacked(Family(name, path, tok, target, drafters, default["k_matrix"], default["lenience"],
-                             shared / BIGRAM_FILE, tree_from_json(default.get("tree"))), prepack)
+    return _finished(Family(name, path, tok, target, drafters, default["k_matrix"], default["lenience"],
+                            shared / BIGRAM_FILE, tree_from_json(default.get("tree"))), prepack, cache, compile)
 
 
-def _prepacked(family: Family, prepack: bool | None) -> Family:
+def _finished(family: Family, prepack: bool | None, cache: str = "dynamic", compile: bool = False) -> Family:
     """The family with its neural models' linear layers packed for oneDNN (`csdlib.onednn`) as `load`'s
-    `prepack` says."""
+    `prepack` says, on the KV cache `cache` says (a static one when `compile`), compiled or not."""
     from .onednn import prepack as pack
     from .protocol import is_free
 
     for m in [family.target, *family.drafters]:
-        if not is_free(m) and prepack is not False and (
-                prepack or sum(p.numel() for p in m.model.parameters()) >= PREPACK_MIN_PARAMS):
+        if is_free(m):
+            continue
+        m.set_cache("static" if compile else cache, compile)
+        if prepack is not False and (prepack or sum(p.numel() for p in m.model.parameters()) >= PREPACK_MIN_PARAMS):
             pack(m)
     return family
 
@@ -293,10 +297,11 @@ def resolve_device(device=None):
 
 
 def from_paths(target, drafters, *, bigram=None, mag_k: int = 10, tokenizer=None, k_matrix, lenience=1.0,
-               dtype=None, device=None, device_map=None, name: str = "custom", prepack: bool | None = None) -> Family:
+               dtype=None, device=None, device_map=None, name: str = "custom", prepack: bool | None = None,
+               cache: str = "dynamic", compile: bool = False) -> Family:
     """A `Family` from model directories (or hub ids): decoder-only or encoder-decoder, detected from
     the config; MaG from `bigram` as the last drafter; the tokenizer from `tokenizer` or the target;
-    `prepack` as in `load`."""
+    `prepack`, `cache` and `compile` as in `load`."""
     from transformers import AutoTokenizer
 
     from .mag import BigramTable, MaG
@@ -308,5 +313,5 @@ def from_paths(target, drafters, *, bigram=None, mag_k: int = 10, tokenizer=None
     if bigram:
         ds.append(MaG(BigramTable.load(bigram, vocab_size=tm.vocab_size), k=mag_k))
     tok = AutoTokenizer.from_pretrained(tokenizer or target)
-    return _prepacked(Family(name, None, tok, tm, ds, k_matrix, lenience, Path(bigram) if bigram is not None else None,
-                             chat=bool(getattr(tok, "chat_template", None))), prepack)
+    return _finished(Family(name, None, tok, tm, ds, k_matrix, lenience, Path(bigram) if bigram is not None else None,
+                            chat=bool(getattr(tok, "chat_template", None))), prepack, cache, compile)

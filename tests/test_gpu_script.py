@@ -21,6 +21,7 @@ def test_gpu_script_fast_cpu_path_writes_audited_tables(tmp_path):
     result = json.loads((tmp_path / "gsm8k-tiny" / "speed.json").read_text())
     rows = result["runs"][0]["rows"]
     assert result["cpu_isa"] in ("AMX-BF16", "AVX512-BF16", "neither") and result["device"] == "cpu"
-    assert {r["method"] for r in rows} >= {"HF greedy", "AR", "CSD", "HF prompt lookup(10)"}
+    assert {r["method"] for r in rows} >= {"HF greedy", "AR", "CSD", "HF prompt lookup(10)", "HF greedy (static cache)",
+                                          "CSD (static cache)"}
     assert any(r["method"].startswith("tree CSD w") for r in rows)          # tree drafts, audited like the rest
     assert all(r["identical"] + r["tie"] + r["WRONG"] == 2 and r["WRONG"] == 0 for r in rows)

@@ -182,11 +182,12 @@ def test_forward_cost_script_times_eager_and_packed_per_member(tmp_path):
     import forward_cost
 
     assert forward_cost.main(["--family", "gsm8k-tiny", "--dtypes", "float32", "--fed", "1,3", "--repeats", "2",
-                              "--context", "16", "--threads", "1", "--out", str(tmp_path)]) == 0
+                              "--context", "16", "--threads", "1", "--static", "--out", str(tmp_path)]) == 0
     d = json.loads((tmp_path / "forward_cost.json").read_text())
     rows = {(r["model"], r["fed"]): r for r in d["rows"]}
     assert set(rows) == {(m, f) for m in ("target", "mid", "small") for f in (1, 3)}
     assert all(r["eager ms"] > 0 and r["packed ms"] > 0 and r["bandwidth ms"] > 0 for r in rows.values())
+    assert all(r["static cache ms"] > 0 and r["dynamic cache ms"] > 0 for r in rows.values())      # --static
     assert rows["target", 1]["packed x step"] == 1.0 and d["bandwidth GB/s"] > 0
     assert "| float32 | target |" in (tmp_path / "forward_cost.md").read_text()
 

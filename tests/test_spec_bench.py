@@ -39,6 +39,8 @@ def test_per_category_picks_evenly_across_a_group(tmp_path):
     got = load_spec_bench(["rag", "qa"], per_category=2, data_dir=tmp_path)
     assert [r["group"] for r in got] == ["QA", "QA", "RAG", "RAG"]
     assert len(load_spec_bench(["rag"], per_category=50, data_dir=tmp_path)) == 3     # all there are
+    assert load_spec_bench("rag, qa", per_category=2, data_dir=tmp_path) == got       # as --categories says it
+    assert load_spec_bench("all", data_dir=tmp_path) == load_spec_bench(data_dir=tmp_path)
 
 
 def test_bad_arguments_and_a_missing_file_are_named(tmp_path, monkeypatch):

@@ -89,6 +89,47 @@ def test_skip_leaves_methods_out_but_never_the_baseline(tmp_path, capsys):
             speed.main(args + ["--skip", skip])
 
 
+def test_confidence_adds_a_dynamic_draft_length_row_per_threshold(tmp_path, monkeypatch):
+    import speed
+
+    seen = []
+    real = speed.generate
+
+    def generate(*a, **k):
+        seen.append(k["confidence"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(speed, "generate", generate)
+    args = FAST + ["--prompts", "1", "--out", str(tmp_path / "s"), "--latency-file", str(tmp_path / "latency.json"),
+                   "--skip", "AR,SD,HF assisted"]
+    assert speed.main(args + ["--confidence", "0.3,0.7"]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "s" / "speed.json").read_text())["runs"][0]["rows"]}
+    for c in ("0.3", "0.7"):
+        assert rows[f"CSD (confidence={c})"]["identical"] == 1 and rows[f"CSD (confidence={c})"]["kind"] == "csdlib CSD"
+    assert {0.3, 0.7, None} <= set(seen)               # the thresholds reach generate; plain CSD has none
+    for bad in ("1.5", "0", "x"):
+        with pytest.raises(SystemExit):
+            speed.parse_args(["--out", "o", "--confidence", bad])
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--out", "o", "--dataset", "spec-bench", "--categories", "qa,poetry"])
+
+
+def test_cache_both_adds_static_cache_rows_and_static_runs_every_csdlib_method_on_one(tmp_path):
+    import speed
+
+    args = FAST + ["--prompts", "1", "--latency-file", str(tmp_path / "latency.json"), "--skip", "AR,SD,HF assisted"]
+    assert speed.main(args + ["--out", str(tmp_path / "both"), "--kv-cache", "both"]) == 0
+    run = json.loads((tmp_path / "both" / "speed.json").read_text())["runs"][0]
+    rows = {r["method"]: r for r in run["rows"]}
+    assert run["cache"] == "dynamic"
+    for name in ("HF greedy (static cache)", "CSD (static cache)"):
+        assert rows[name]["identical"] == 1 and rows[name]["kind"] == "static" and rows[name].get("predicted s") is None
+    assert speed.main(args + ["--out", str(tmp_path / "static"), "--kv-cache", "static"]) == 0
+    run = json.loads((tmp_path / "static" / "speed.json").read_text())["runs"][0]
+    assert run["cache"] == "static" and "static KV caches" in (tmp_path / "static" / "speed.md").read_text()
+    assert {r["method"]: r["identical"] for r in run["rows"]}["CSD"] == 1
+
+
 def test_the_second_turn_is_prompted_with_greedys_own_answer():
     import speed
 
