@@ -479,7 +479,8 @@ def render_forward_cost(path) -> str:
             "static / compiled": rows["eager / compiled"].map(_x),
             "compile s": rows["compile s"].map(lambda v: f"{v:.0f}"), "graphs": rows["graphs"]})
     if "static cache ms" in rows:                    # --static: the packed member through HFModel, each KV cache
-        out = out[["dtype", "model", "params", "tokens fed"]].assign(**{
+        out = pd.DataFrame({"dtype": rows["dtype"], "model": rows["model"],
+                            "params": [f"{v:.3g} M" for v in rows["params M"]], "tokens fed": rows["fed"]}).assign(**{
             "dynamic cache ms": rows["dynamic cache ms"].map(lambda v: f"{v:.1f}"),
             "static cache ms": rows["static cache ms"].map(lambda v: f"{v:.1f}"),
             "dynamic / static": rows["dynamic / static"].map(_x)})
@@ -579,7 +580,7 @@ TABLES = [
                 f"--dtype float32|bfloat16 --threads 2 --force --out data/results/dtype-cost-smollm2/latency.json'"
                 for dt in ("float32", "bfloat16")), render_dtype_cost, 3),
     Table("spec-bench-smollm2-bfloat16", ("docs/spec-bench.md", "README.md"),
-          "data/results/spec-bench-smollm2-bfloat16-packed/speed.json", (SPEC_BENCH,), render_spec_bench, 115),
+          "data/results/spec-bench-smollm2-bfloat16-packed/speed.json", (SPEC_BENCH,), render_spec_bench, 95),
     Table("spec-bench-smollm2-float32", ("docs/spec-bench.md",), "data/results/spec-bench-smollm2-float32/speed.json",
           (SPEC_BENCH_FLOAT32,), render_spec_bench, 90),
     Table("long-prompts-smollm2-bfloat16", ("docs/spec-bench.md",),
@@ -597,6 +598,10 @@ TABLES = [
           "data/results/forward-cost-smollm2-static/forward_cost.json",
           ("python benchmarks/forward_cost.py --family smollm2 --dtypes float32,bfloat16 --fed 1,2,4,8 --threads 2 --static "
            "--out data/results/forward-cost-smollm2-static",), render_forward_cost, 1),
+    Table("forward-cost-smollm2-static-compiled", ("docs/forward-cost.md",),
+          "data/results/forward-cost-smollm2-static-compiled/forward_cost.json",
+          ("python benchmarks/forward_cost.py --family smollm2 --dtypes float32,bfloat16 --fed 1,4 --threads 2 --static "
+           "--compiled --out data/results/forward-cost-smollm2-static-compiled",), render_forward_cost, 5),
     Table("speed-smollm2-prepack", ("docs/forward-cost.md",), "data/results/speed-smollm2-prepack/speed.json",
           (PREPACK_SPEED,), render_speed, 45),
     Table("prepack-summary", ("docs/forward-cost.md",), "data/results/speed-smollm2-prepack/speed.json", (),
