@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import csdlib
-from csdlib import BigramTable, HFModel, MaG, Tree, onednn, zoo
+from csdlib import BigramTable, HFModel, MaG, onednn, zoo
 from csdlib.errors import CSDValueError
 from csdlib.latency import latency_key
-from csdlib.precision import audit, counts, float32_logits
+from csdlib.precision import float32_logits
 
-from test_stress import VOCAB, random_case   # the stress run's random cascades (64 tokens)
-from tiny import hf_greedy, llama, perturbed, t5
+from test_stress import VOCAB, check_bf16_random_cascades, check_exact_random_cascades   # the stress run's cascades
+from tiny import llama, perturbed, t5
 
 SEED = random.SystemRandom().randrange(2**31)
 
@@ -114,36 +114,19 @@ def test_random_float32_cascades_on_packed_models_equal_generate(kind):
     pool = [f32(perturbed(target, noise, i)) for i, noise in enumerate([0.0, 0.02, 0.2])]
     for m in [target, *pool]:
         assert onednn.prepack(m) > 0
-    for case in range(60):
-        drafters, k_matrix, lenience, prompt, max_new = random_case(rng, target, pool)
-        tree = (Tree([[rng.randint(1, 3) for _ in range(rng.randint(0, 4))] for _ in range(max(1, len(drafters)))],
-                     extend=rng.randint(0, 3)) if rng.random() < 0.3 else None)
-        confidence = rng.choice([None, None, 0.5])
-        out = csdlib.generate(target, drafters, prompt, k_matrix=k_matrix, lenience=lenience,
-                              max_new_tokens=max_new, tree=tree, confidence=confidence)
-        ref = hf_greedy(target, prompt, max_new)[0].tolist()
-        assert out.sequences[0].tolist() == ref, (f"seed {SEED} {kind} case {case}: K={k_matrix} lenience={lenience} "
-                                                  f"tree={tree} confidence={confidence} prompt={prompt}")
+    check_exact_random_cascades(rng, target, target, pool, 60, f"seed {SEED} {kind}")
 
 
 @pytest.mark.skipif(not onednn.supported(torch.bfloat16), reason="this CPU's oneDNN has no bfloat16 path")
 def test_random_bfloat16_cascades_on_packed_models_have_no_wrong_output():
     torch.set_num_threads(1)
-    rng = random.Random(f"{SEED}-bf16")
-    plain = llama(rng.randrange(10**6), vocab=VOCAB).to(torch.bfloat16)
-    pool = [perturbed(plain, noise, i) for i, noise in enumerate([0.0, 0.02, 0.2])]
-    target = float32_logits(plain)
-    for m in [target, *pool]:
-        onednn.prepack(m)
-    verdicts = []
-    for case in range(40):
-        drafters, k_matrix, lenience, prompt, max_new = random_case(rng, target, pool)
-        ref = csdlib.generate(target, [], prompt, max_new_tokens=max_new).new_tokens
-        out = csdlib.generate(target, drafters, prompt, k_matrix=k_matrix, lenience=lenience,
-                              max_new_tokens=max_new).new_tokens
-        verdicts.append(audit(target, prompt, ref, out))
-        assert verdicts[-1].verdict != "WRONG", (SEED, case, k_matrix, prompt, verdicts[-1])
-    assert counts(verdicts)["identical"] + counts(verdicts)["tie"] == 40
+
+    def packed(target, pool):
+        for m in [target, *pool]:
+            onednn.prepack(m)
+        return target
+
+    check_bf16_random_cascades(random.Random(f"{SEED}-bf16"), 40, packed)
 
 
 def test_zoo_packs_the_neural_members_and_the_latency_model_keeps_them_apart():

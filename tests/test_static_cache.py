@@ -8,13 +8,12 @@ import pytest
 import torch
 
 import csdlib
-from csdlib import HFModel, Tree, onednn, zoo
+from csdlib import HFModel, onednn, zoo
 from csdlib.errors import CSDValueError
 from csdlib.latency import latency_key
 from csdlib.mag import MaG
-from csdlib.precision import audit, counts, float32_logits
 
-from test_stress import VOCAB, random_case   # the stress run's random cascades (64 tokens)
+from test_stress import VOCAB, check_bf16_random_cascades, check_exact_random_cascades   # the stress run's cascades
 from tiny import hf_greedy, llama, perturbed, t5
 
 SEED = random.SystemRandom().randrange(2**31)
@@ -66,40 +65,12 @@ def test_random_cascades_on_static_caches_equal_generate(kind):
     make = llama if kind == "llama" else t5
     raw = make(rng.randrange(10**6), vocab=VOCAB)
     pool = [perturbed(raw, noise, i) for i, noise in enumerate([0.0, 0.02, 0.2])]
-    target = static(raw)
-    for case in range(40):
-        drafters, k_matrix, lenience, prompt, max_new = random_case(rng, target, pool)
-        for d in drafters:
-            if not isinstance(d, MaG):
-                d.set_cache("static")
-        tree = (Tree([[rng.randint(1, 3) for _ in range(rng.randint(0, 4))] for _ in range(max(1, len(drafters)))],
-                     extend=rng.randint(0, 3)) if rng.random() < 0.3 else None)
-        confidence = rng.choice([None, None, 0.5])
-        out = csdlib.generate(target, drafters, prompt, k_matrix=k_matrix, lenience=lenience,
-                              max_new_tokens=max_new, tree=tree, confidence=confidence)
-        ref = hf_greedy(raw, prompt, max_new)[0].tolist()
-        assert out.sequences[0].tolist() == ref, (f"seed {SEED} {kind} case {case}: K={k_matrix} lenience={lenience} "
-                                                  f"tree={tree} confidence={confidence} prompt={prompt}")
+    check_exact_random_cascades(rng, static(raw), raw, pool, 40, f"seed {SEED} {kind}", drafter_cache="static")
 
 
 def test_random_bfloat16_cascades_on_static_caches_have_no_wrong_output():
     torch.set_num_threads(1)
-    rng = random.Random(f"{SEED}-bf16")
-    plain = llama(rng.randrange(10**6), vocab=VOCAB).to(torch.bfloat16)
-    pool = [perturbed(plain, noise, i) for i, noise in enumerate([0.0, 0.02, 0.2])]
-    target = static(float32_logits(plain))
-    verdicts = []
-    for case in range(30):
-        drafters, k_matrix, lenience, prompt, max_new = random_case(rng, target, pool)
-        for d in drafters:
-            if not isinstance(d, MaG):
-                d.set_cache("static")
-        ref = csdlib.generate(target, [], prompt, max_new_tokens=max_new).new_tokens
-        out = csdlib.generate(target, drafters, prompt, k_matrix=k_matrix, lenience=lenience,
-                              max_new_tokens=max_new).new_tokens
-        verdicts.append(audit(target, prompt, ref, out))
-        assert verdicts[-1].verdict != "WRONG", (SEED, case, k_matrix, prompt, verdicts[-1])
-    assert counts(verdicts)["identical"] + counts(verdicts)["tie"] == 30
+    check_bf16_random_cascades(random.Random(f"{SEED}-bf16"), 30, lambda target, pool: static(target), "static")
 
 
 def test_the_cascade_reserves_the_whole_output_and_nothing_is_reallocated():

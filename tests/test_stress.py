@@ -22,6 +22,7 @@ import torch
 
 import csdlib
 from csdlib import BigramTable, HFModel, MaG, Tree
+from csdlib.precision import audit, counts, float32_logits
 
 from tiny import hf_greedy, llama, perturbed, t5
 
@@ -63,6 +64,48 @@ def random_case(rng: random.Random, target, pool):
     if rng.random() < 0.3:                 # repeats: MaG's max-gram search finds matches
         prompt = (prompt[:rng.randint(1, 8)] * 48)[:rng.randint(1, 48)]
     return drafters, k_matrix, lenience, prompt, rng.randint(1, 48)
+
+
+def check_exact_random_cascades(rng: random.Random, target, raw, pool, cases: int, label: str,
+                                drafter_cache: str = "dynamic") -> None:
+    """Random cascades (chains and small trees, with and without dynamic draft length) over `target` (an
+    HFModel or the transformers model `raw` itself), drafters from `pool` on `drafter_cache`: each output
+    is transformers' greedy output of `raw`, token for token."""
+    for case in range(cases):
+        drafters, k_matrix, lenience, prompt, max_new = random_case(rng, target, pool)
+        for d in drafters:
+            if isinstance(d, HFModel):
+                d.set_cache(drafter_cache)
+        tree = (Tree([[rng.randint(1, 3) for _ in range(rng.randint(0, 4))] for _ in range(max(1, len(drafters)))],
+                     extend=rng.randint(0, 3)) if rng.random() < 0.3 else None)
+        confidence = rng.choice([None, None, 0.5])
+        out = csdlib.generate(target, drafters, prompt, k_matrix=k_matrix, lenience=lenience,
+                              max_new_tokens=max_new, tree=tree, confidence=confidence)
+        ref = hf_greedy(raw, prompt, max_new)[0].tolist()
+        assert out.sequences[0].tolist() == ref, (f"{label} case {case}: K={k_matrix} lenience={lenience} "
+                                                  f"tree={tree} confidence={confidence} prompt={prompt}")
+
+
+def check_bf16_random_cascades(rng: random.Random, cases: int, prepare=lambda target, pool: target,
+                               drafter_cache: str = "dynamic") -> None:
+    """Random bfloat16 cascades over a Llama target with a float32 output layer (`prepare(target, pool)`
+    may pack or wrap it; the drafters run on `drafter_cache`): no output WRONG against the target's own
+    autoregressive one (`csdlib.precision.audit`)."""
+    plain = llama(rng.randrange(10**6), vocab=VOCAB).to(torch.bfloat16)
+    pool = [perturbed(plain, noise, i) for i, noise in enumerate([0.0, 0.02, 0.2])]
+    target = prepare(float32_logits(plain), pool)
+    verdicts = []
+    for case in range(cases):
+        drafters, k_matrix, lenience, prompt, max_new = random_case(rng, target, pool)
+        for d in drafters:
+            if isinstance(d, HFModel):
+                d.set_cache(drafter_cache)
+        ref = csdlib.generate(target, [], prompt, max_new_tokens=max_new).new_tokens
+        out = csdlib.generate(target, drafters, prompt, k_matrix=k_matrix, lenience=lenience,
+                              max_new_tokens=max_new).new_tokens
+        verdicts.append(audit(target, prompt, ref, out))
+        assert verdicts[-1].verdict != "WRONG", (case, k_matrix, prompt, verdicts[-1])
+    assert counts(verdicts)["identical"] + counts(verdicts)["tie"] == cases
 
 
 def check_random_case(rng: random.Random, kind: str, targets, case: int, tree: bool = False):
