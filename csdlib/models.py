@@ -220,8 +220,8 @@ class HFModel:
         self.cache, self.compile = cache, bool(compile)
 
     def reserve(self, length: int) -> None:
-        """Static cache: allocate room for `length` positions (the cascade reserves the prompt, every new
-        token and a draft's slack before its first forward; a forward that needs more reallocates the
+        """Static cache: allocate room for `length` positions (the cascade reserves the prompt and every new
+        token before its first forward; a forward that needs more, e.g. a wide tree, reallocates the
         cache and feeds the prefix again). Nothing to do for a dynamic cache."""
         self._reserved = int(length)
 
@@ -254,7 +254,8 @@ class HFModel:
 
     def keep_path(self, path: list[int]) -> None:
         """After `tree_logits`: keep in the cache the prefix and the nodes of `path` (a root path), drop
-        the rest of the tree: every layer's keys and values gathered at the kept positions."""
+        the rest of the tree: every layer's keys and values gathered at the kept positions (a static cache:
+        the path's slots copied up behind the prefix, in place)."""
         if self._tree is None:
             raise CSDValueError("keep_path: no tree to keep a path of; call tree_logits first")
         cache = getattr(self._cache, "self_attention_cache", self._cache)   # T5: not the encoder's keys

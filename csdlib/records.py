@@ -78,7 +78,7 @@ def config_hash(target, method, dataset, max_new_tokens: int, env: dict | None =
               "k_matrix": method.k_matrix, "lenience": float(method.lenience), "generate_kwargs": kwargs}
     from .latency import runtime
 
-    runs = {m.name: runtime(m) for m in [target, *method.drafters] if runtime(m)}
+    runs = {m.name: r for m in [target, *method.drafters] if (r := runtime(m))}
     if runs:                          # packed layers, static caches: the same outputs, other wall times
         config["runtime"] = runs
     return digest(config)
