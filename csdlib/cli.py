@@ -211,6 +211,8 @@ def _other_parsers(sub, families) -> None:
     tr.add_argument("--stage", choices=["all", "more"], default="all",
                     help="smollm2: all (both rounds of csdlib.distill.RECIPE) or more (only its second round, "
                          "from the drafters in the family folder)")
+    tr.add_argument("--base", type=flags.directory, default=None,
+                    help="smollm2-general: the family folder whose drafters it starts from (default: data/models/smollm2)")
 
     bg = _add(sub, "bigram", "build MaG's bigram table from GSM8K's training text", cmd_bigram)
     bg.add_argument("--out", type=flags.directory, default=str(ROOT / "data" / "models" / "gsm8k-tiny"),

@@ -498,6 +498,12 @@ def cmd_train(args) -> int:
         report = run(args.out or zoo.FAMILY_DIRS[args.family], args.data_dir, RECIPES[args.budget],
                      only=args.only, seed=args.seed)
         print(json.dumps(report, indent=2))
+    elif args.family == "smollm2-general":     # general-purpose drafters, started from smollm2's
+        from .distill import RECIPES, distill_general
+
+        report = distill_general(args.out or zoo.FAMILY_DIRS[args.family], args.base or zoo.FAMILY_DIRS["smollm2"],
+                                 args.data_dir, RECIPES[args.budget], only=args.only, seed=args.seed)
+        print(json.dumps(report, indent=2))
     elif args.family == "gsm8k-base":
         recipe.train_base(args.out, args.data_dir, args.budget, args.seed)
     else:

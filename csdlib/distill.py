@@ -100,6 +100,76 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], cache_dir, *, m
     return out
 
 
+def instruction_prefix(tokenizer) -> str:
+    """The chat template's text up to the user's turn (the system turn and the user's header): what the
+    target continues with a user's request of its own (Magpie, Xu et al. 2024)."""
+    marker = "\x00INSTRUCTION\x00"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=True,
+                                         tokenize=False)
+    return text[:text.index(marker)]
+
+
+def self_instructions(model, tokenizer, n: int, cache_dir, *, seed: int = 0, max_new_tokens: int = 96,
+                      batch: int = SHARD, progress: bool = True) -> list[str]:
+    """`n` user requests written by the target itself (Magpie): the chat template's prefix up to the
+    user's turn, continued by sampling (temperature 1, no top-k / top-p) until the end-of-turn marker. A
+    request is kept if it ends within `max_new_tokens`, is not empty and was not written before. Each
+    batch is drawn with its own seed (``seed * 1_000_003 + batch index``) and cached in `cache_dir` as soon
+    as it is done, so a killed run resumes where it stopped and gives the same requests."""
+    from tqdm.auto import tqdm
+
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    stop = [t for t in {end, tokenizer.eos_token_id} if t is not None]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    prefix = tokenizer(instruction_prefix(tokenizer), return_tensors="pt").input_ids
+    out: list[str] = []
+    bar = tqdm(total=n, disable=not progress, desc="the target's own requests", unit="request", mininterval=5)
+    s = 0
+    while len(out) < n:
+        if s >= 8 + 4 * n // batch:
+            raise CSDValueError(f"requests: only {len(out)} of {n} ended within {max_new_tokens} tokens in {s} "
+                                f"batches; allow more tokens")
+        path = cache / f"requests-{s:05d}.json"
+        if path.is_file():
+            texts = json.loads(path.read_text())
+        else:
+            if model is None:
+                raise CSDValueError(f"cache: batch {s} of requests is not in {cache} and no model was given")
+            torch.manual_seed(seed * 1_000_003 + s)
+            with torch.no_grad():
+                gen = model.generate(input_ids=prefix.repeat(batch, 1).to(model.device),
+                                     attention_mask=torch.ones(batch, prefix.shape[1], dtype=torch.long,
+                                                               device=model.device),
+                                     do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                     max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=pad)
+            texts = []
+            for row in gen[:, prefix.shape[1]:].tolist():
+                ended = next((i for i, t in enumerate(row) if t in stop), None)
+                texts.append(None if ended is None else tokenizer.decode(row[:ended]).strip())
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(texts))
+            tmp.replace(path)
+        for t in texts:
+            if t and t not in out and len(out) < n:
+                out.append(t)
+                bar.update(1)
+        s += 1
+    bar.close()
+    return out
+
+
+def overlapping(texts: list[str], references: list[str], n: int = 8) -> list[int]:
+    """Indices of `texts` that share a run of `n` words (lower-cased) with any of `references`: the
+    decontamination check that keeps a benchmark's prompts out of the training data."""
+    def grams(t):
+        w = t.lower().split()
+        return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+    seen = set().union(*(grams(r) for r in references)) if references else set()
+    return [i for i, t in enumerate(texts) if grams(t) & seen]
+
+
 def _as_list(value) -> list[int]:
     if value is None:
         return []
@@ -259,6 +329,10 @@ RECIPE = {
     # drafter trained on to them from the first round's weights (same loss, a new warm-up and cosine)
     "more": {"questions": [2048, 4096],
              "models": {"mid": {"epochs": 3, "lr": 1e-3}, "small": {"epochs": 3, "lr": 2e-3}}},
+    # general-purpose drafters (`distill_general`, the family smollm2-general): the target's answers to
+    # requests it wrote itself (Magpie), mixed with as many GSM8K answers of the second round
+    "general": {"requests": 1024, "request_tokens": 96, "seed": 0, "gsm8k": 1024,
+                "models": {"mid": {"epochs": 3, "lr": 1e-3}, "small": {"epochs": 3, "lr": 2e-3}}},
 }
 #: the whole recipe in a minute (tests): 8 questions, 16 new tokens, two tiny drafters
 TOY_RECIPE = {**RECIPE, "questions": 8, "max_new_tokens": 16, "vocab": 256, "val_fraction": 0.25, "batch": 4,
@@ -267,17 +341,20 @@ TOY_RECIPE = {**RECIPE, "questions": 8, "max_new_tokens": 16, "vocab": 256, "val
                          "small": {"arch": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
                                             "num_attention_heads": 1}, "steps": 4, "lr": 3e-3}},
               "more": {"questions": [8, 12], "models": {"mid": {"steps": 2, "lr": 1e-3},
-                                                          "small": {"steps": 2, "lr": 1e-3}}}}
+                                                          "small": {"steps": 2, "lr": 1e-3}}},
+              "general": {"requests": 4, "request_tokens": 16, "seed": 0, "gsm8k": 4,
+                          "models": {"mid": {"steps": 2, "lr": 1e-3}, "small": {"steps": 2, "lr": 1e-3}}}}
 RECIPES = {"full": RECIPE, "toy": TOY_RECIPE}
 #: what a drafter folder holds (copied from the training folder in the cache into the family folder)
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "training.json", "loss_log.jsonl")
 
 
 def answers_for(questions: list[str], target_dir, recipe: dict = RECIPE, cache=None, progress: bool = True,
-                first: int = 0):
+                first: int = 0, origin: str | None = None):
     """(tokenizer, rows): the target's greedy answers to `questions` (chat template), from the cache or
     generated now (`generate_answers`). `first`: the index of ``questions[0]`` in GSM8K's training split
-    (answers to questions further on are cached in a folder of their own)."""
+    (answers to questions further on are cached in a folder of their own); `origin`: where the questions
+    come from when they are not GSM8K's (e.g. the target's own requests), a folder of its own too)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .smollm2 import cache_root
@@ -289,7 +366,8 @@ def answers_for(questions: list[str], target_dir, recipe: dict = RECIPE, cache=N
     source = json.loads(done_file.read_text())["gguf_sha256"] if done_file.is_file() else str(target_dir)
     key = settings_key(target=source,
                        dtype=recipe["dtype"], max_new_tokens=recipe["max_new_tokens"], top_k=recipe["top_k"],
-                       batch=SHARD, **({"first": first} if first else {}))
+                       batch=SHARD, **({"first": first} if first else {}),
+                       **({"origin": origin} if origin else {}))
     folder = Path(cache or cache_root()) / "smollm2" / f"answers-{key}"
     done = sum(1 for _ in folder.glob("shard-*.pt")) if folder.is_dir() else 0
     if done * SHARD >= len(prompts):
@@ -436,4 +514,128 @@ def distill_more(out_dir, data_dir=None, recipe: dict = RECIPE, only=None, cache
         report["models"][name] = summary["more"]
         if progress:
             print(f"{name} (more): agreement on the new held-out answers {agreement_before} -> {after}", flush=True)
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# General-purpose drafters: the family smollm2-general
+# --------------------------------------------------------------------------------------------------
+
+def remap_vocab(model, old: list[int], new: list[int]) -> None:
+    """Move a drafter's embedding rows (tied to its output layer) from vocabulary `old` to `new` (same
+    size, each plus one row for every other token), in place: a token in both keeps its trained row, a
+    token new to it starts from the old "every other token" row."""
+    if len(old) != len(new):
+        raise CSDValueError(f"vocabularies: expected the same size, got {len(old)} and {len(new)}")
+    pos = {t: i for i, t in enumerate(old)}
+    rows = torch.tensor([pos.get(t, len(old)) for t in new] + [len(old)])
+    emb = model.get_input_embeddings().weight
+    with torch.no_grad():
+        emb.copy_(emb[rows].clone())
+        head = model.get_output_embeddings()
+        if head is not None and head.weight is not emb:
+            head.weight.copy_(head.weight[rows].clone())
+
+
+def distill_general(out_dir, base_dir, data_dir=None, recipe: dict = RECIPE, only=None, cache=None,
+                    progress: bool = True, seed: int = 0) -> dict:
+    """General-purpose drafters for SmolLM2 (the family smollm2-general, `out_dir`), from `base_dir`'s
+    (smollm2's, distilled on GSM8K): the target's greedy answers to ``recipe["general"]["requests"]``
+    requests it wrote itself (`self_instructions`; any that shares 8 words in a row with a Spec-Bench
+    question, when that file is at hand, is dropped), mixed with as many of the second round's GSM8K
+    answers; a vocabulary of their own (FR-Spec, over both), each drafter started from `base_dir`'s
+    weights (`remap_vocab`) and trained on the mix with the first round's loss; MaG's bigram table over
+    both. Returns the held-out agreement on each source, before (the GSM8K drafter) and after."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    from .datasets import load_gsm8k, load_spec_bench
+    from .errors import MissingFileError
+    from .mag import BigramTable
+    from .smollm2 import cache_root, target_dir
+    from .training import TrainConfig
+
+    out_dir, base_dir, g = Path(out_dir), Path(base_dir), recipe["general"]
+    root = Path(cache or cache_root()) / "smollm2"
+    tdir = target_dir(cache, progress=progress)
+    tok = AutoTokenizer.from_pretrained(tdir)
+    origin = f"requests-seed{g['seed']}-{g['request_tokens']}"
+    model = AutoModelForCausalLM.from_pretrained(tdir, dtype=getattr(torch, recipe["dtype"])).eval()
+    requests = self_instructions(model, tok, g["requests"], root / origin, seed=g["seed"],
+                                 max_new_tokens=g["request_tokens"], progress=progress)
+    del model
+    try:
+        refs = [t for q in load_spec_bench(data_dir=data_dir) for t in q["turns"]]
+    except MissingFileError:
+        refs = []
+    dropped = overlapping(requests, refs)
+    requests = [r for i, r in enumerate(requests) if i not in set(dropped)]
+    _, own_rows = answers_for(requests, tdir, recipe, cache, progress, origin=origin)
+    first = recipe["more"]["questions"][0]
+    questions = [x["question"] for x in load_gsm8k("train", data_dir)][first:first + g["gsm8k"]]
+    _, gsm_rows = answers_for(questions, tdir, recipe, cache, progress, first=first)
+    own_val, own_train = held_out(own_rows, recipe["val_fraction"], seed)
+    gsm_val, gsm_train = held_out(gsm_rows, recipe["val_fraction"], seed)
+    train_rows, full = own_train + gsm_train, len(tok)
+    special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    vocab = frequent_tokens(train_rows, recipe["vocab"], keep=[t for t in special.values() if t is not None],
+                            vocab_size=full)
+    table = local_ids(vocab, full)
+    report = {"requests": len(requests), "requests_dropped_spec_bench_overlap": len(dropped),
+              "spec_bench_checked": bool(refs), "gsm8k_questions": [first, first + len(gsm_rows)],
+              "answer_tokens": {"requests": sum(len(r["answer"]) for r in own_rows),
+                                "gsm8k": sum(len(r["answer"]) for r in gsm_rows)},
+              "vocab_coverage_val": {"requests": round(coverage(own_val, vocab), 5),
+                                     "gsm8k": round(coverage(gsm_val, vocab), 5)},
+              "models": {}}
+    train_seqs = sequences(train_rows, table)
+    val_seqs = sequences(own_val + gsm_val, table)
+    teacher = SoftLabels(train_rows, train_seqs, table, recipe["seq_len"]) if recipe["distill"] > 0 else None
+    for name, m in g["models"].items():
+        if only and name not in only:
+            continue
+        base = base_dir / name
+        old_vocab = json.loads((base / "vocab.json").read_text())["ids"]
+        old_table = local_ids(old_vocab, full)
+        start = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32)
+        before = {"requests": round(agreement(start, own_val, old_table, old_vocab), 4),
+                  "gsm8k": round(agreement(start, gsm_val, old_table, old_vocab), 4)}
+        remap_vocab(start, old_vocab, vocab)
+        weights = hashlib.sha256((base / "model.safetensors").read_bytes()).hexdigest()[:12]
+        work = root / f"general-{settings_key(**g, m=m, init=weights, vocab_ids=vocab, split_seed=seed)}"
+        start.save_pretrained(work / f"{name}.init")
+        config = {k: v for k, v in start.config.to_dict().items() if k in json.loads((base / "config.json").read_text())
+                  and k not in ("architectures", "dtype", "transformers_version")}
+        cfg = TrainConfig(epochs=m.get("epochs"), steps=m.get("steps"), lr=m["lr"], warmup=100,
+                          batch=recipe["batch"], seq_len=recipe["seq_len"], seed=seed, distill=recipe["distill"],
+                          save_dtype=torch.bfloat16)
+        model, summary = _train_or_reuse(work / name, config, train_seqs, val_seqs, cfg, teacher,
+                                         work / f"{name}.init", progress)
+        after = {"requests": round(agreement(model, own_val, table, vocab), 4),
+                 "gsm8k": round(agreement(model, gsm_val, table, vocab), 4)}
+        dest = out_dir / name
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in MODEL_FILES:
+            shutil.copy2(work / name / f, dest / f)
+        (dest / "vocab.json").write_text(json.dumps({"target_vocab_size": full, "ids": vocab}))
+        summary = {**summary, "init_from": f"smollm2/{name} (its vocabulary remapped)", "general": report,
+                   "recipe": {k: v for k, v in g.items() if k != "models"},
+                   "agreement_val_before": before, "agreement_val": after}
+        summary["general"] = {k: v for k, v in report.items() if k != "models"}
+        (dest / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+        report["models"][name] = {"parameters": summary["parameters"], "val_loss": summary["val_loss"],
+                                  "train_time_s": summary["train_time_s"], "agreement_val_before": before,
+                                  "agreement_val": after}
+        if progress:
+            print(f"{name} (general): held-out agreement {before} -> {after}", flush=True)
+    BigramTable.from_sequences([r["prompt"][-2:] + r["answer"] for r in train_rows], vocab_size=full).save(
+        out_dir / "bigram.json")
+    if not (out_dir / "family.json").is_file():        # the base family's default until `csd tune` chooses one
+        base_info = base_dir / "family.json"     # (a toy base has none: zoo's default cascade then)
+        info = json.loads(base_info.read_text()) if base_info.is_file() else {}
+        info = {"name": out_dir.name, "target": "smollm2", "prompt": "chat", "drafters": list(g["models"]),
+                **{k: info[k] for k in ("default", "defaults") if k in info},
+                "default_from": f"{base_dir.name}'s (not tuned for these drafters yet)"}
+        (out_dir / "family.json").write_text(json.dumps(info, indent=2) + "\n")
     return report

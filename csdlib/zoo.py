@@ -25,7 +25,7 @@ from .errors import CSDValueError, MissingFileError
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
 FAMILY_DIRS = {"gsm8k-tiny": MODELS_DIR / "gsm8k-tiny", "gsm8k-base": MODELS_DIR / "gsm8k-base",
-               "smollm2": MODELS_DIR / "smollm2"}
+               "smollm2": MODELS_DIR / "smollm2", "smollm2-general": MODELS_DIR / "smollm2-general"}
 #: what ``load()``, ``csd run`` / ``calibrate`` / ``tune`` and the notebooks use when no family is named
 DEFAULT_FAMILY = "gsm8k-tiny"
 #: the models of a family folder (gsm8k-base has only its target and shares the others)

@@ -210,9 +210,60 @@ def test_the_toy_distillation_runs_end_to_end(real_target, tmp_path):
     weights = (out / "mid" / "model.safetensors").read_bytes()
     assert cli.main(["train", "--family", "smollm2", "--budget", "toy", "--out", str(out), "--stage", "more"]) == 0
     assert (out / "mid" / "model.safetensors").read_bytes() == weights      # a round already done is not redone
+    # general-purpose drafters: the target's own requests and GSM8K answers, started from those drafters
+    general = tmp_path / "general"
+    assert cli.main(["train", "--family", "smollm2-general", "--budget", "toy", "--out", str(general),
+                     "--base", str(out)]) == 0
+    info = json.loads((general / "family.json").read_text())
+    assert info["target"] == "smollm2" and info["drafters"] == ["mid", "small"] and "not tuned" in info["default_from"]
+    for name in ("mid", "small"):
+        summary = json.loads((general / name / "training.json").read_text())
+        assert summary["complete"] and summary["general"]["requests"] + summary["general"][
+            "requests_dropped_spec_bench_overlap"] == 4
+        assert set(summary["agreement_val"]) == {"requests", "gsm8k"}
+        vocab = json.loads((general / name / "vocab.json").read_text())["ids"]
+        assert len(vocab) == 256 and vocab[:3] == json.loads((out / name / "vocab.json").read_text())["ids"][:3]
+    fam = zoo.load(path=general)                        # loads as a family, and generates exactly
+    prompt = fam.prompt_ids("Write a short note to a friend.")
+    ref = fam.target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=16)
+    got = csdlib.generate(fam.target, fam.drafters, prompt, k_matrix=fam.k_matrix, lenience=fam.lenience, max_new_tokens=16)
+    assert got.sequences.tolist() == ref.tolist()
 
 
 # -- the distillation's pieces ----------------------------------------------------------------------
+
+def test_decontamination_drops_a_request_sharing_eight_words_with_a_benchmark_question():
+    from csdlib.distill import overlapping
+
+    refs = ["Summarize the following article about the history of the city of Rome in three sentences please."]
+    texts = ["Tell me about Rome.",                                                        # shares 2 words
+             "Could you summarize the following article about the history of the city of Paris?",  # 8 in a row
+             "the history of the city of rome in THREE sentences"]                          # case ignored
+    assert overlapping(texts, refs) == [1, 2]
+    assert overlapping(texts, refs, n=12) == [] and overlapping(texts, []) == []
+
+
+def test_a_remapped_vocabulary_keeps_each_shared_tokens_row():
+    from csdlib.distill import remap_vocab
+
+    model = llama(vocab=5, seed=0)                        # 4 tokens + the "every other token" row
+    before = model.get_input_embeddings().weight.detach().clone()
+    remap_vocab(model, [10, 11, 12, 13], [12, 20, 10, 21])
+    after = model.get_input_embeddings().weight.detach()
+    assert torch.equal(after[0], before[2]) and torch.equal(after[2], before[0])   # 12 and 10 moved
+    assert torch.equal(after[1], before[4]) and torch.equal(after[3], before[4])   # new tokens: the other row
+    assert torch.equal(after[4], before[4])
+    with pytest.raises(CSDValueError, match="same size"):
+        remap_vocab(model, [1, 2], [1, 2, 3])
+
+
+def test_the_request_prefix_ends_at_the_users_header(real_target):
+    from transformers import AutoTokenizer
+
+    from csdlib.distill import instruction_prefix
+
+    prefix = instruction_prefix(AutoTokenizer.from_pretrained(real_target))
+    assert prefix.startswith("<|im_start|>system\n") and prefix.endswith("<|im_start|>user\n")
 
 def test_the_vocabulary_keeps_specials_then_frequency_then_low_ids():
     from csdlib.distill import coverage, frequent_tokens, local_ids
