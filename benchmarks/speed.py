@@ -23,6 +23,8 @@ first `--prompts` GSM8K dev prompts:
 - with `--tune-csd SECONDS` both are tuned here first, for this machine and dtype: `csd tune`'s search on
   the tuning prompts, priced by this run's latency model; `CSD` runs the best chain found, `tree CSD` the
   best tree (what a machine with cheap verification needs: a default tuned elsewhere is not its best);
+- with `--mag-copy K`, `SD(MaG copies up to K)` and `CSD (MaG copies up to K)`: MaG(copy_k=K), whose copies
+  run on up to K tokens as prompt lookup's do (its bigram guesses stay as many as the k-matrix asks);
 - with `--copies-only`, `CSD (MaG copies only)`: the same cascade with `MaG(fill=False)` (no bigram-table
   guesses: where MaG copies nothing the target takes a plain step);
 - with `--confidence C[,C...]`, `CSD (confidence=C)`: the same cascade with dynamic draft length
@@ -140,6 +142,10 @@ def parse_args(argv=None):
     p.add_argument("--copies-only", action="store_true",
                    help="adds 'CSD (MaG copies only)': CSD with MaG(fill=False), which proposes only what it copies "
                         "from the prompt or the sequence (where nothing is copied the target steps alone)")
+    p.add_argument("--mag-copy", type=int, default=None, metavar="K",
+                   help="adds 'CSD (MaG copies up to K)' and 'SD(MaG copies up to K)': MaG(copy_k=K), whose copies "
+                        "from the prompt or the sequence run on up to K tokens (as prompt lookup's do), more than "
+                        "the k-matrix asks; its bigram guesses stay as many as asked")
     p.add_argument("--confidence", default="", type=confidences,
                    help="comma-separated thresholds: a 'CSD (confidence=C)' row for each, the default cascade with "
                         "dynamic draft length (a level stops drafting when a neural drafter's newest token had "
@@ -281,6 +287,13 @@ def build_methods(fam, args, chosen, eos, setting, eager=None):
     if args.copies_only and mag is not None:          # dynamic draft length for MaG: no bigram guesses
         copies = [mag.copies_only() if d is mag else d for d in drafters]
         methods["CSD (MaG copies only)"] = ("csdlib CSD", csd(copies, setting["k_matrix"], setting["lenience"]))
+    if args.mag_copy and mag is not None:             # MaG's copies as long as prompt lookup's
+        long_mag = mag.copying(args.mag_copy)
+        long = [long_mag if d is mag else d for d in drafters]
+        methods[f"SD(MaG copies up to {args.mag_copy}) k={chosen[mag.name]}"] = (
+            "csdlib SD", csd([long_mag], [[chosen[mag.name]]]))
+        methods[f"CSD (MaG copies up to {args.mag_copy})"] = ("csdlib CSD", csd(long, setting["k_matrix"],
+                                                                                 setting["lenience"]))
     for c in args.confidence:                          # dynamic draft length for the neural drafters
         methods[f"CSD (confidence={c:g})"] = ("csdlib CSD", csd(drafters, setting["k_matrix"], setting["lenience"],
                                                                 confidence=c))

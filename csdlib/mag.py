@@ -9,6 +9,11 @@ MaG proposes tokens after the current sequence, at (almost) no cost: as many as 
    for decoder-only models the sequence starts with the prompt);
 3. fill the rest greedily from a bigram table: `next[token]` = the most frequent successor of `token`.
 
+`MaG(..., copy_k=K)` lets a copy run longer than it was asked: when steps 1-2 copy more than the tokens
+asked for, MaG proposes up to K of them (as prompt lookup decoding proposes its 10), and the bigram table
+still fills only up to what was asked. Where the answer quotes its prompt (summaries, retrieved passages)
+one review then checks a whole phrase; elsewhere the draft is as before.
+
 `MaG(..., fill=False)` skips step 3: it proposes only what it copies, fewer tokens than asked or none,
 and the cascade then reviews what it has. Where nothing is copied (translation, short answers) the target
 takes a plain one-token step instead of verifying bigram guesses: dynamic draft length for MaG, whose
@@ -240,12 +245,14 @@ class MaG:
             k-matrix says (what `csdlib.compat` and the seed's config dicts use).
         fill: True (default): what the max-gram searches leave is filled from the bigram table. False:
             only copied tokens are proposed (maybe none); tree drafts still branch at the table's successors.
+        copy_k: None (default): a call proposes at most what was asked. An int K: copied tokens (steps 1-2)
+            run on up to K, more than asked when the copy goes on (not in seed mode).
     """
 
     free = True     # the cascade's protocol: no forward pass, point-mass proposals, cannot review
 
     def __init__(self, table, k: int = 10, name: str = "mag", cost: float = 0.0, seed_mode: bool = False,
-                 fill: bool = True):
+                 fill: bool = True, copy_k: int | None = None):
         if not isinstance(table, BigramTable):
             table = BigramTable.load(table)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -255,8 +262,13 @@ class MaG:
                 raise CSDValueError(f"{flag}: expected True or False, got {value!r}")
         if seed_mode and not fill:
             raise CSDValueError("fill=False: the seed's MaG always proposes k tokens; leave seed_mode False")
+        if copy_k is not None and (isinstance(copy_k, bool) or not isinstance(copy_k, (int, np.integer)) or copy_k < 1):
+            raise CSDValueError(f"copy_k: expected None or a positive int, got {copy_k!r}")
+        if seed_mode and copy_k is not None:
+            raise CSDValueError("copy_k: the seed's MaG always proposes k tokens; leave seed_mode False")
         self.table, self.k, self.name, self.cost = table, int(k), name, float(cost)
         self.seed_mode, self.fill = seed_mode, fill
+        self.copy_k = None if copy_k is None else int(copy_k)
         self.calls = 0
         self.tokens_fed = self.one_token_calls = self.encoder_calls = 0   # MaG runs no forward pass
         self._prompt: list[int] = []
@@ -267,17 +279,19 @@ class MaG:
 
     def __repr__(self) -> str:
         mode = ", seed_mode=True" if self.seed_mode else "" if self.fill else ", fill=False"
+        mode += f", copy_k={self.copy_k}" if self.copy_k is not None else ""
         return f"MaG(k={self.k}, vocab={self.vocab_size}{mode})"
 
     def draft(self, prompt_ids, sequence_ids, k: int | None = None) -> list[int]:
         """Exactly k proposed ids after `sequence_ids` (the sequence being continued); with fill=False the
-        copied ones only (at most k)."""
+        copied ones only (at most k); with copy_k, copied ones up to max(k, copy_k)."""
         k = self.k if k is None else int(k)
+        n = max(k, self.copy_k or 0)                   # copied tokens: up to copy_k
         seq = np.asarray(sequence_ids, dtype=np.int64)
-        out = _longest_suffix_match(np.asarray(prompt_ids, dtype=np.int64), seq, k)
-        if len(out) < k:
+        out = _longest_suffix_match(np.asarray(prompt_ids, dtype=np.int64), seq, n)
+        if len(out) < n:
             seq = np.concatenate([seq, np.asarray(out, dtype=np.int64)])
-            more = _longest_suffix_match(seq, seq, k - len(out))
+            more = _longest_suffix_match(seq, seq, n - len(out))
             out += more
             seq = np.concatenate([seq, np.asarray(more, dtype=np.int64)])
         if not self.fill:
@@ -296,14 +310,16 @@ class MaG:
             h.update(self.table.top.tobytes())
         # seed mode hashes as before the k-matrix-sized mode existed (same behaviour, same fingerprint)
         h.update(json.dumps([self.k, self.table.default] + ([] if self.seed_mode else ["sized"])
-                            + ([] if self.fill else ["copies only"])).encode())
+                            + ([] if self.fill else ["copies only"])
+                            + ([] if self.copy_k is None else [f"copies up to {self.copy_k}"])).encode())
         return h.hexdigest()[:16]
 
     def start(self, prompt_ids: list[int]) -> None:
         self.calls, self._prompt = 0, list(prompt_ids)
 
     def draft_size(self, need: int) -> int:
-        """Tokens one call proposes when the cascade asks for `need`: min(need, k), or k in seed mode."""
+        """Tokens one call proposes when the cascade asks for `need`: min(need, k), or k in seed mode
+        (with copy_k, a copy may run longer: `propose`)."""
         return self.k if self.seed_mode else max(0, min(int(need), self.k))
 
     def alternatives(self, seq: list[int], n: int) -> list[int]:
@@ -322,7 +338,8 @@ class MaG:
     def propose(self, seq: list[int], n: int) -> tuple[list[int], list[float]]:
         """`draft_size(n)` tokens after `seq`, each a point mass (q = 1). The cascade asks again while
         its k-matrix entry is not filled, so an entry larger than k takes several (free) calls; with
-        fill=False it may give fewer, or none (the cascade then reviews what it has)."""
+        fill=False it may give fewer, or none (the cascade then reviews what it has); with copy_k, more
+        when the copy goes on (the cascade reviews them all, within its length cap)."""
         size = self.draft_size(n)
         if size == 0:
             return [], []
@@ -331,5 +348,9 @@ class MaG:
         return tokens, [1.0] * len(tokens)
 
     def copies_only(self) -> "MaG":
-        """This MaG (same table, k and name) with fill=False."""
-        return MaG(self.table, k=self.k, name=self.name, cost=self.cost, fill=False)
+        """This MaG (same table, k, copy_k and name) with fill=False."""
+        return MaG(self.table, k=self.k, name=self.name, cost=self.cost, fill=False, copy_k=self.copy_k)
+
+    def copying(self, copy_k: int) -> "MaG":
+        """This MaG (same table, k, fill and name) whose copies run on up to `copy_k` tokens."""
+        return MaG(self.table, k=self.k, name=self.name, cost=self.cost, fill=self.fill, copy_k=copy_k)

@@ -328,3 +328,57 @@ def test_copies_only_is_lossless_and_the_target_steps_alone_where_nothing_is_cop
     out = csdlib.generate(target, [MaG(tbl, k=4, fill=False)], list(range(10, 40)), k_matrix=[[4]],
                           max_new_tokens=20, do_sample=True, seed=3)
     assert len(out.new_tokens) == 20
+
+
+def test_copy_k_lets_a_copy_run_longer_than_asked_and_fills_only_what_was_asked():
+    tbl = table([(3, 8), (8, 9)])
+    mag = MaG(tbl, k=3, copy_k=6)
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert mag.draft(prompt, [7, 2, 3], k=3) == [4, 5, 6, 7, 8, 9]            # the copy runs on to copy_k
+    assert mag.draft(prompt, [7, 8, 9], k=3) == [10, 0, 0]                    # copied 1, filled up to k only
+    assert mag.draft([1, 2], [5, 6, 7, 3], k=2) == [8, 9]                     # nothing copied: exactly k
+    assert MaG(tbl, k=3, copy_k=2).draft(prompt, [7, 2, 3], k=3) == [4, 5, 6]  # copy_k below k: k
+    assert mag.copies_only().draft(prompt, [7, 8, 9], k=3) == [10]            # with fill=False: copies only
+    mag.start(prompt)
+    assert mag.propose([0, 2, 3], 1) == ([4, 5, 6, 7, 8, 9], [1.0] * 6)        # more than the 1 asked
+    assert "copy_k=6" in repr(mag) and MaG(tbl, k=3).copying(6).copy_k == 6
+    from csdlib.protocol import fingerprint
+    assert fingerprint(mag) != fingerprint(MaG(tbl, k=3)) == fingerprint(MaG(tbl, k=3, copy_k=None))
+    assert fingerprint(mag) == fingerprint(MaG(tbl, k=3).copying(6))
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="^copy_k: expected None or a positive int"):
+            MaG(tbl, copy_k=bad)
+    with pytest.raises(ValueError, match="seed's MaG always proposes k tokens"):
+        MaG(tbl, seed_mode=True, copy_k=10)
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_long_copies_are_lossless_in_chains_cascades_and_trees(do_sample):
+    """SD and cascades over MaG(copy_k=10) equal greedy's output (a tree too); sampling runs too, its
+    draws equal to those of the same cascade without long copies (same seed, lossless both)."""
+    import csdlib
+    import tiny
+
+    tbl = BigramTable([(t + 1) % 96 for t in range(96)])
+    target, drafter = csdlib.HFModel(tiny.llama(0), name="target"), csdlib.HFModel(tiny.llama(1), name="d")
+    for prompt in ([5, 6, 7, 8] * 6, list(range(10, 40))):
+        long = MaG(tbl, k=3, copy_k=10)
+        if not do_sample:
+            ref = tiny.hf_greedy(target.model, prompt, 40)[0].tolist()[len(prompt):]
+            sd = csdlib.generate(target, [long], prompt, k_matrix=[[3]], max_new_tokens=40)
+            csd = csdlib.generate(target, [drafter, long], prompt, k_matrix=[[2, 3], [0, 2]], max_new_tokens=40)
+            tree = csdlib.generate(target, [drafter, long], prompt, k_matrix=[[2, 3], [0, 2]], max_new_tokens=40,
+                                   tree=csdlib.Tree(((2, 2),)))
+            assert sd.new_tokens == ref and csd.new_tokens == ref and tree.new_tokens == ref
+            assert len(sd.new_tokens) == 40                                 # the length cap holds
+        else:
+            out = csdlib.generate(target, [drafter, long], prompt, k_matrix=[[2, 3], [0, 2]], max_new_tokens=30,
+                                  do_sample=True, seed=3)
+            assert len(out.new_tokens) == 30
+    # this target falls into a 7-token cycle, which MaG copies from the sequence: in long runs, fewer calls
+    prompt = list(range(10, 40))
+    short = csdlib.generate(target, [MaG(tbl, k=3)], prompt, k_matrix=[[3]], max_new_tokens=40)
+    long = csdlib.generate(target, [MaG(tbl, k=3, copy_k=10)], prompt, k_matrix=[[3]], max_new_tokens=40)
+    assert long.new_tokens == short.new_tokens
+    assert long.stats.calls["target"] < short.stats.calls["target"]
+    assert len(long.stats.levels[0].drafted_per_position) > 3 == len(short.stats.levels[0].drafted_per_position)

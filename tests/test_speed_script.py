@@ -79,11 +79,13 @@ def test_skip_leaves_methods_out_but_never_the_baseline(tmp_path, capsys):
     import speed
 
     args = FAST + ["--prompts", "1", "--out", str(tmp_path / "s"), "--latency-file", str(tmp_path / "latency.json")]
-    assert speed.main(args + ["--skip", "AR,HF assisted", "--copies-only"]) == 0
+    assert speed.main(args + ["--skip", "AR,HF assisted", "--copies-only", "--mag-copy", "8"]) == 0
     rows = {r["method"]: r for r in json.loads((tmp_path / "s" / "speed.json").read_text())["runs"][0]["rows"]}
     assert "AR" not in rows and not any(m.startswith("HF assisted") for m in rows)
-    assert {"HF greedy", "CSD", "CSD (MaG copies only)", "HF prompt lookup(10)"} <= set(rows)
+    assert {"HF greedy", "CSD", "CSD (MaG copies only)", "HF prompt lookup(10)", "CSD (MaG copies up to 8)"} <= set(rows)
     assert rows["CSD (MaG copies only)"]["identical"] == 1 and rows["CSD (MaG copies only)"]["kind"] == "csdlib CSD"
+    long_sd = [m for m in rows if m.startswith("SD(MaG copies up to 8) k=")]
+    assert len(long_sd) == 1 and rows[long_sd[0]]["identical"] == rows["CSD (MaG copies up to 8)"]["identical"] == 1
     for skip, message in (("HF greedy", "HF greedy is the baseline"), ("ARX", "['ARX'] match no method")):
         with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
             speed.main(args + ["--skip", skip])
