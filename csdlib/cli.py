@@ -150,7 +150,10 @@ def _tune_parser(sub, families) -> None:
     t.add_argument("--family-path", type=flags.directory, default=None, help="a family folder instead of a name")
     t.add_argument("--objective", choices=["latency", "parameters", "model_parameters", "previous_work"],
                    default="latency", help="latency (predicted wall-clock speedup) or a cost table's SWI")
-    t.add_argument("--prompts", type=flags.at_least(1), default=8, help="GSM8K dev prompts to tune on")
+    t.add_argument("--prompts", type=flags.at_least(1), default=8, help="prompts to tune on")
+    t.add_argument("--prompts-from", choices=["gsm8k", "requests"], default="gsm8k",
+                   help="gsm8k: GSM8K dev questions from --offset; requests (a chat family): the first requests the target "
+                        "writes itself, drawn apart from its drafters' training data (csdlib.distill.tuning_requests)")
     t.add_argument("--offset", type=flags.at_least(0), default=TUNE_OFFSET,
                    help="first dev prompt used (apart from those csd run and the benchmarks measure)")
     t.add_argument("--max-new-tokens", type=flags.at_least(1), default=64, help="new tokens per prompt")

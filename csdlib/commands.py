@@ -341,9 +341,17 @@ def default_threads(processes: int = 1) -> int:
 
 def tuning_prompts(fam, args) -> list[list[int]]:
     """GSM8K dev prompts from `--offset` on (default `datasets.TUNE_OFFSET`, 250: apart from the first
-    ones that `csd run` and the benchmarks measure), in the family's prompt format."""
+    ones that `csd run` and the benchmarks measure), in the family's prompt format; with
+    ``--prompts-from requests`` (a chat family), the first `--prompts` requests the target writes itself
+    (`distill.tuning_requests`: drawn apart from those its drafters were trained on; no offset)."""
     from . import datasets as ds
 
+    if getattr(args, "prompts_from", "gsm8k") == "requests":
+        from .distill import tuning_requests
+
+        if not fam.chat:
+            raise CSDValueError(f"--prompts-from requests: family {fam.name!r} has no chat template")
+        return [fam.prompt_ids(t) for t in tuning_requests(fam.target.model, fam.tokenizer, args.prompts)]
     items = ds.load_gsm8k("dev", args.data_dir)[args.offset:args.offset + args.prompts]
     return [fam.prompt_ids(x["question"]) for x in items]
 
@@ -443,13 +451,17 @@ def _save_tuned(args, tuned, threads: int, latency, family_dir, n_prompts: int) 
     from .latency import default_latency_path, machine_id
     from .tuning import save_default
 
-    chosen_by = (f"csd tune --objective {args.objective} --prompts {args.prompts} --offset {args.offset} "
+    requests = getattr(args, "prompts_from", "gsm8k") == "requests"
+    source = ("the target's own requests (seed 1) " if requests else "GSM8K dev prompts ")
+    first = 0 if requests else args.offset
+    chosen_by = (f"csd tune --objective {args.objective} --prompts {args.prompts} "
+                 + ("--prompts-from requests " if requests else f"--offset {args.offset} ") +
                  f"--max-new-tokens {args.max_new_tokens} --n-trials {args.n_trials} --k-max {args.k_max} "
                  f"--timeout {args.timeout:g} --seed {args.seed} --threads {threads} "
                  f"--tree-max {','.join(map(str, args.tree_max))}"
                  + (f" --dtype {args.dtype}" if args.dtype else "")
-                 + (f" --latency-file {args.latency_file}" if args.latency_file else "") + " (GSM8K dev prompts "
-                 f"{args.offset}..{args.offset + n_prompts - 1}, greedy; machine {machine_id()}; Optuna TPE, "
+                 + (f" --latency-file {args.latency_file}" if args.latency_file else "") + f" ({source}"
+                 f"{first}..{first + n_prompts - 1}, greedy; machine {machine_id()}; Optuna TPE, "
                  f"{tuned.seconds:.0f} s)")
     default = {**tuned.as_default(), "threads": threads, "chosen_by": chosen_by}
     if latency is not None:

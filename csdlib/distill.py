@@ -160,6 +160,15 @@ def self_instructions(model, tokenizer, n: int, cache_dir, *, seed: int = 0, max
     return out
 
 
+def tuning_requests(model, tokenizer, n: int, cache=None, progress: bool = True) -> list[str]:
+    """`n` requests the target writes itself (`self_instructions`, seed 1: apart from the seed-0 requests
+    that smollm2-general's drafters were trained on), for `csd tune --prompts-from requests`; cached."""
+    from .smollm2 import cache_root
+
+    folder = Path(cache or cache_root()) / "smollm2" / "requests-seed1-96"
+    return self_instructions(model, tokenizer, n, folder, seed=1, max_new_tokens=96, progress=progress)
+
+
 def overlapping(texts: list[str], references: list[str], n: int = 8) -> list[int]:
     """Indices of `texts` that share a run of `n` words (lower-cased) with any of `references`: the
     decontamination check that keeps a benchmark's prompts out of the training data."""

@@ -56,3 +56,32 @@ def test_a_cascade_tuned_for_a_dtype_is_what_zoo_load_uses_in_that_dtype(tmp_pat
     assert info["default"] == json.loads((tiny / "family.json").read_text())["default"]
     assert zoo.load(path=tmp_path, dtype="bfloat16").k_matrix == [[0, 3, 1], [0, 2, 0], [0, 0, 1]]
     assert zoo.load(path=tmp_path).k_matrix == info["default"]["k_matrix"]
+
+
+def test_tune_on_the_targets_own_requests_needs_a_chat_family(world, tmp_path, monkeypatch, capsys):
+    """`--prompts-from requests`: the requests the target writes itself (stubbed here: generating them is
+    `distill.self_instructions`, tested with the toy distillation) go through the chat template; a family
+    without one is refused."""
+    from csdlib import distill
+
+    paths, bigram, data = world
+    args = ["tune", "--objective", "parameters", "--target", str(paths["llama_7b"]),
+            "--drafter", str(paths["JackFram/llama-160m"]), "--bigram", str(bigram), "--prompts-from", "requests",
+            "--prompts", "1", "--max-new-tokens", "4", "--n-trials", "2", "--threads", "1", "--quiet",
+            "--cache", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "t.json"), "--dtype", "float64"]
+    assert main(args) == 2
+    assert "--prompts-from requests: family 'custom' has no chat template" in capsys.readouterr().err
+    asked = []
+
+    def requests(model, tokenizer, n, cache=None, progress=True):
+        asked.append(n)
+        return ["Write a haiku about rain.", "Name three rivers."][:n]
+
+    monkeypatch.setattr(distill, "tuning_requests", requests)
+    out = tmp_path / "smol.json"
+    assert main(["tune", "--family", "smollm2", "--objective", "parameters", "--prompts-from", "requests",
+                 "--prompts", "2", "--max-new-tokens", "4", "--n-trials", "2", "--threads", "1", "--quiet",
+                 "--cache", str(tmp_path / "s.jsonl"), "--out", str(out)]) == 0
+    chosen = json.loads(out.read_text())
+    assert asked == [2] and "--prompts-from requests" in chosen["chosen_by"]
+    assert "the target's own requests (seed 1) 0..1" in chosen["chosen_by"] and "--offset" not in chosen["chosen_by"]
