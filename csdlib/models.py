@@ -77,9 +77,13 @@ def tree_depths(parents: list[int]) -> list[int]:
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
+    """Length of the longest common prefix of two token lists (compared in C first: a member's cached
+    tokens usually differ from the new sequence only in its last few, if at all)."""
     n = min(len(a), len(b))
-    for i in range(n):
+    if a[:n] == b[:n]:
+        return n
+    start = n - 16 if n > 16 and a[:n - 16] == b[:n - 16] else 0
+    for i in range(start, n):
         if a[i] != b[i]:
             return i
     return n

@@ -195,3 +195,17 @@ def test_confidence_is_greedy_only():
     with pytest.raises(ValueError, match="confidence: dynamic draft length is implemented for greedy"):
         csdlib.generate(target, [HFModel(llama(1), name="d")], [1, 2, 3], k_matrix=[[2]], confidence=0.5,
                         do_sample=True, seed=0)
+
+
+def test_common_prefix_equals_the_plain_loop():
+    """`models.common_prefix` (compared in C first, then from 16 tokens before the end) against the loop."""
+    import random
+
+    from csdlib.models import common_prefix
+
+    rng = random.Random(0)
+    for _ in range(5000):
+        a = [rng.randint(0, 2) for _ in range(rng.randint(0, 60))]
+        b = a[:rng.randint(0, len(a))] + [rng.randint(0, 2) for _ in range(rng.randint(0, 30))]
+        want = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
+        assert common_prefix(a, b) == common_prefix(b, a) == want
