@@ -23,6 +23,8 @@ first `--prompts` GSM8K dev prompts:
 - with `--tune-csd SECONDS` both are tuned here first, for this machine and dtype: `csd tune`'s search on
   the tuning prompts, priced by this run's latency model; `CSD` runs the best chain found, `tree CSD` the
   best tree (what a machine with cheap verification needs: a default tuned elsewhere is not its best);
+- with `--also-family NAME`, `CSD (NAME)`: another family's drafters (e.g. smollm2-general's) in its default cascade,
+  drafting for this run's target, in the same process;
 - with `--mag-copy K`, `SD(MaG copies up to K)` and `CSD (MaG copies up to K)`: MaG(copy_k=K), whose copies
   run on up to K tokens as prompt lookup's do (its bigram guesses stay as many as the k-matrix asks);
 - with `--copies-only`, `CSD (MaG copies only)`: the same cascade with `MaG(fill=False)` (no bigram-table
@@ -74,7 +76,7 @@ from csdlib import Stats, flags, generate, onednn, zoo  # noqa: E402
 from csdlib.precision import audit, counts, describe, hardware, has_float32_logits  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
 from csdlib.checks import check_confidence  # noqa: E402
-from csdlib.protocol import is_free  # noqa: E402
+from csdlib.protocol import fingerprint, is_free  # noqa: E402
 from csdlib.cost import parameter_costs, swi  # noqa: E402
 from csdlib.latency import calibrate_latency, machine_id, model_seconds, predict_wall_time  # noqa: E402
 from csdlib.experiment import by_group, turn_frame  # noqa: E402
@@ -97,6 +99,10 @@ def parse_args(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--family", default="gsm8k-tiny", help="gsm8k-tiny, gsm8k-base or a family folder")
+    p.add_argument("--also-family", default="",
+                   help="comma-separated families sharing this family's target (e.g. smollm2-general): a "
+                        "'CSD (NAME)' row each, their drafters (named NAME:mid, ...) in their default cascade for "
+                        "this dtype, drafting for this run's target")
     p.add_argument("--prompts", type=int, default=50, help="GSM8K dev prompts measured (the first N)")
     p.add_argument("--dataset", choices=["gsm8k", "spec-bench"], default="gsm8k",
                    help="what is measured: GSM8K's dev prompts, or Spec-Bench's questions (MT-bench's two turns "
@@ -253,10 +259,25 @@ def load_family(args, dtype, device, prepack="flag"):
                     cache="static" if args.kv_cache == "static" else "dynamic")
 
 
-def build_methods(fam, args, chosen, eos, setting, eager=None):
+def other_families(args, fam, dtype, device) -> dict:
+    """--also-family: name -> (drafters, k-matrix, lenience) of each family that shares `fam`'s target,
+    its drafters renamed ``NAME:mid``... (their latency and costs apart from this family's)."""
+    out = {}
+    for name in [n.strip() for n in args.also_family.split(",") if n.strip()]:
+        other = load_family(argparse.Namespace(**{**vars(args), "family": name}), dtype, device)
+        if fingerprint(other.target) != fingerprint(fam.target) or other.chat != fam.chat:
+            raise SystemExit(f"--also-family {name}: its target is not {fam.name}'s")
+        for d in other.drafters:
+            d.name = f"{name}:{d.name}"
+        out[name] = (list(other.drafters), other.k_matrix, other.lenience)
+        del other
+    return out
+
+
+def build_methods(fam, args, chosen, eos, setting, eager=None, others=None):
     """name -> (kind, run(prompt) -> (new tokens, Stats or None)), every method on the same target;
     `setting`: CSD's (`csd_setting`); `eager`: the family again with plain linear layers (`--prepack
-    both`), for `HF greedy (eager)` and `CSD (eager)`."""
+    both`), for `HF greedy (eager)` and `CSD (eager)`; `others`: `other_families`, a `CSD (NAME)` each."""
     target, drafters = fam.target, list(fam.drafters)
     mag = next((d for d in drafters if is_free(d)), None)
 
@@ -284,6 +305,8 @@ def build_methods(fam, args, chosen, eos, setting, eager=None):
         label = "MaG" if d is mag else d.name
         methods[f"SD({label}) k={chosen[d.name]}"] = ("csdlib SD", csd([d], [[chosen[d.name]]]))
     methods["CSD"] = ("csdlib CSD", csd(drafters, setting["k_matrix"], setting["lenience"]))
+    for name, (ds, k, lenience) in (others or {}).items():   # another family's drafters for this target
+        methods[f"CSD ({name})"] = ("csdlib CSD", csd(ds, k, lenience))
     if args.copies_only and mag is not None:          # dynamic draft length for MaG: no bigram guesses
         copies = [mag.copies_only() if d is mag else d for d in drafters]
         methods["CSD (MaG copies only)"] = ("csdlib CSD", csd(copies, setting["k_matrix"], setting["lenience"]))
@@ -484,7 +507,8 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
     (`checkpoint(run)`: the result so far, after each prompt)."""
     fam = load_family(args, dtype, device)
     target, drafters = fam.target, list(fam.drafters)
-    models, eos = [target, *drafters], sorted(target.eos_token_ids)
+    others = other_families(args, fam, dtype, device)
+    models, eos = [target, *drafters, *(d for ds, _, _ in others.values() for d in ds)], sorted(target.eos_token_ids)
     dev = load_gsm8k("dev", args.data_dir)
     items, encode = questions(args), encoder(fam, args.dataset)
     tune = [fam.prompt_ids(x["question"]) for x in dev[TUNE_OFFSET:TUNE_OFFSET + args.tune_prompts]]
@@ -505,7 +529,7 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
             + ", ".join(f"{k}: {v:.2f}" for k, v in scores.items()) + ")")
     setting = csd_setting(args, fam, cached, tune, latency, log)
     eager = load_family(args, dtype, device, prepack=False) if args.prepack == "both" else None
-    methods = build_methods(fam, args, chosen, eos, setting, eager)
+    methods = build_methods(fam, args, chosen, eos, setting, eager, others)
     tree = setting["tree"]
 
     def result(rows) -> dict:

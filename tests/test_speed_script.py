@@ -149,3 +149,19 @@ def test_the_second_turn_is_prompted_with_greedys_own_answer():
                                  target=None, device=torch.device("cpu"), warmup=0, log=lambda *a: None)
     assert seen == [[1], [2, 3]]                     # turn 2: two turns, and the answer "xxx" to the first
     assert [t["turn"] for t in rows["HF greedy"]["turns"]] == [1, 2]
+
+
+def test_also_family_adds_a_row_with_another_familys_drafters_for_the_same_target(tmp_path):
+    """`--also-family`: a `CSD (NAME)` row whose drafters (renamed NAME:...) draft for this run's target,
+    audited like every row; a family with another target is refused."""
+    import speed
+
+    args = FAST + ["--prompts", "1", "--out", str(tmp_path / "s"), "--latency-file", str(tmp_path / "latency.json"),
+                   "--skip", "AR,HF assisted,SD"]
+    assert speed.main(args + ["--also-family", "gsm8k-tiny"]) == 0
+    run = json.loads((tmp_path / "s" / "speed.json").read_text())["runs"][0]
+    rows = {r["method"]: r for r in run["rows"]}
+    assert rows["CSD (gsm8k-tiny)"]["identical"] == 1 and rows["CSD (gsm8k-tiny)"]["kind"] == "csdlib CSD"
+    assert rows["CSD (gsm8k-tiny)"]["tokens/target call"] == rows["CSD"]["tokens/target call"]   # the same drafters
+    with pytest.raises(SystemExit, match="--also-family gsm8k-base: its target is not gsm8k-tiny's"):
+        speed.main(args + ["--also-family", "gsm8k-base"])
