@@ -211,10 +211,14 @@ def _tune(args) -> None:
 
 
 def _train(args) -> None:
-    if args.only and args.family not in ("gsm8k-tiny", "smollm2"):
-        raise argparse.ArgumentTypeError("--only: only with --family gsm8k-tiny or smollm2 (gsm8k-base trains one model)")
-    if args.only and args.family == "smollm2" and "target" in args.only:
-        raise argparse.ArgumentTypeError("--only: smollm2's target is fetched, not trained; its drafters are mid, small")
+    if args.only and args.family not in ("gsm8k-tiny", "smollm2", "smollm2-general"):
+        raise argparse.ArgumentTypeError("--only: only with --family gsm8k-tiny, smollm2 or smollm2-general "
+                                         "(gsm8k-base trains one model)")
+    if args.only and args.family.startswith("smollm2") and "target" in args.only:
+        raise argparse.ArgumentTypeError(f"--only: {args.family}'s target is fetched, not trained; its drafters are "
+                                         "mid, small")
+    if getattr(args, "base", None) and args.family != "smollm2-general":
+        raise argparse.ArgumentTypeError("--base: only with --family smollm2-general")
 
 
 def _report(args) -> None:
