@@ -168,6 +168,24 @@ def test_real_target_float32_chain_and_tree_equal_greedy(dev_prompts):
         assert chain.stats.calls["target"] < 32           # the distilled drafters are accepted
 
 
+def test_the_general_family_loads_its_own_drafters_and_equals_greedy():
+    """smollm2-general: the fetched target, its own drafters (a vocabulary of their own) and bigram table;
+    its default (MaG's tokens) and a cascade through both neural drafters equal the target's greedy output
+    on a request that is not GSM8K's."""
+    fam = zoo.load("smollm2-general", dtype="float32")
+    base = zoo.load("smollm2", dtype="float32")
+    assert [d.name for d in fam.drafters] == ["mid", "small", "mag"] and fam.chat
+    assert not torch.equal(fam.drafters[0].vocab, base.drafters[0].vocab)       # its own vocabulary
+    assert fam.bigram_path.parent.name == "smollm2-general"
+    p = fam.prompt_ids("Can you suggest three names for a small bakery, and say why each one works?")
+    ref = _greedy(fam, p, 32)
+    for k_matrix in (fam.k_matrix, [[2, 0, 2], [0, 1, 1], [0, 0, 2]]):
+        out = csdlib.generate(fam.target, fam.drafters, p, k_matrix=k_matrix, lenience=fam.lenience,
+                              max_new_tokens=32)
+        assert out.new_tokens == ref
+    assert out.stats.calls["mid"] > 0 and out.stats.calls["small"] > 0
+
+
 def test_real_target_bfloat16_has_no_wrong_output(dev_prompts):
     fam = zoo.load("smollm2", dtype="bfloat16")
     verdicts = []
