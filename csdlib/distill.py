@@ -628,10 +628,10 @@ def distill_general(out_dir, base_dir, data_dir=None, recipe: dict = RECIPE, onl
         for f in MODEL_FILES:
             shutil.copy2(work / name / f, dest / f)
         (dest / "vocab.json").write_text(json.dumps({"target_vocab_size": full, "ids": vocab}))
-        summary = {**summary, "init_from": f"smollm2/{name} (its vocabulary remapped)", "general": report,
+        summary = {**summary, "init_from": f"smollm2/{name} (its vocabulary remapped)",
+                   "general": {k: v for k, v in report.items() if k != "models"},
                    "recipe": {k: v for k, v in g.items() if k != "models"},
                    "agreement_val_before": before, "agreement_val": after}
-        summary["general"] = {k: v for k, v in report.items() if k != "models"}
         (dest / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
         report["models"][name] = {"parameters": summary["parameters"], "val_loss": summary["val_loss"],
                                   "train_time_s": summary["train_time_s"], "agreement_val_before": before,
