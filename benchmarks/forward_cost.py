@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_table  # noqa: E402
 from csdlib import onednn, zoo  # noqa: E402
+from csdlib.models import CPU_COMPILE_OPTIONS  # noqa: E402
 from csdlib.precision import hardware  # noqa: E402
 from csdlib.protocol import is_free  # noqa: E402
 
@@ -103,7 +104,8 @@ def member_times(models: dict, fed: int, context: int, repeats: int) -> dict:
 @torch.no_grad()
 def compiled_step(model, context: int, repeats: int) -> dict:
     """The one-token step of an `HFModel`'s model on transformers' `StaticCache`, eager and compiled
-    (`torch.compile(fullgraph=True, dynamic=False)`, inductor's defaults), timed alternately: median ms of
+    (`torch.compile(fullgraph=True, dynamic=False)` with `HFModel`'s options on the CPU, inductor's
+    `freezing`), timed alternately: median ms of
     each, the first compiled call's seconds, and the graphs dynamo compiled (1: no recompilation)."""
     import torch._dynamo
     from transformers import StaticCache
@@ -121,7 +123,7 @@ def compiled_step(model, context: int, repeats: int) -> dict:
 
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    compiled = torch.compile(hf.forward, fullgraph=True, dynamic=False)
+    compiled = torch.compile(hf.forward, fullgraph=True, dynamic=False, options=CPU_COMPILE_OPTIONS)
     tic = time.perf_counter()
     step(compiled)
     compile_s = time.perf_counter() - tic

@@ -118,6 +118,9 @@ def parse_args(argv=None):
     p.add_argument("--tune-prompts", type=int, default=8, help="dev prompts (from item 250) to choose SD's k")
     p.add_argument("--lookup", type=int, default=10, help="prompt_lookup_num_tokens")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs of every method first")
+    p.add_argument("--warmup-prompts", type=int, default=1,
+                   help="the warm-up runs every method on this many of the first prompts (with --compile: so that "
+                        "the graphs of the fed lengths the run needs compile before it is timed)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--latency-file", default=None, help="default: data/latency/<machine>.json")
     p.add_argument("--recalibrate", action="store_true",
@@ -427,18 +430,20 @@ def encoder(fam, dataset: str):
 
 
 def run_interleaved(methods, items, encode, decode, target, device, warmup, log, max_seconds=None,
-                    checkpoint=None):
+                    checkpoint=None, warmup_prompts=1):
     """Every method on every turn of every question (`items`, `questions`; `encode(item, answers)` gives a
     turn's prompt), the order rotating from prompt to prompt; each output audited against HF greedy's,
     whose answer (`decode`) goes into the next turn's prompt; `checkpoint(rows)` after each question.
     Returns {name: {"wall_s", "tokens", "stats", "verdicts", "turns"}} ("turns": group, wall time, tokens
     and target calls of each prompt)."""
     names = list(methods)
-    first = encode(items[0], [])
     for _ in range(warmup):
-        for name in names:
-            methods[name][1](first[:])
-    rows = {name: {"wall_s": 0.0, "tokens": 0, "stats": [], "verdicts": [], "turns": []} for name in names}
+        for item in items[:warmup_prompts]:
+            first = encode(item, [])
+            for name in names:
+                methods[name][1](first[:])
+    rows = {name: {"wall_s": 0.0, "tokens": 0, "stats": [], "verdicts": [], "turns": [], "compiled_while_timed": 0}
+            for name in names}
     i = 0                                                 # prompts (turns) measured so far
     for q, item in enumerate(items):
         if max_seconds is not None and time.perf_counter() - STARTED > max_seconds and q > 0:
@@ -449,11 +454,13 @@ def run_interleaved(methods, items, encode, decode, target, device, warmup, log,
             prompt = encode(item, answers)
             outputs = {}
             for name in names[i % len(names):] + names[:i % len(names)]:
+                graphs = compiled_graphs()
                 sync(device)
                 tic = time.perf_counter()
                 tokens, stats = methods[name][1](prompt)
                 sync(device)
                 dt = time.perf_counter() - tic
+                rows[name]["compiled_while_timed"] += compiled_graphs() - graphs   # a compile inside the timing
                 rows[name]["wall_s"] += dt
                 rows[name]["tokens"] += len(tokens)
                 rows[name]["turns"].append({"group": item["group"], "turn": turn + 1, "wall_s": dt, "tokens": len(tokens),
@@ -544,10 +551,11 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
                 "tuned": setting["tuned"], "latency": latency,
                 "tune": (TUNE_OFFSET, TUNE_OFFSET + len(tune) - 1), "float32_logits": has_float32_logits(target),
                 "prepacked": onednn.is_packed(target), "cache": getattr(target, "cache", "dynamic"),
-                "compiled_graphs": compiled_graphs() if args.compile else None}
+                "compiled_graphs": compiled_graphs() if args.compile else None,
+                "compiled_while_timed": {n: r["compiled_while_timed"] for n, r in rows.items() if r["compiled_while_timed"]}}
 
     rows = run_interleaved(methods, items, encode, fam.decode, target, device, args.warmup, log, args.max_seconds,
-                           checkpoint=lambda rows: checkpoint(result(rows)))
+                           checkpoint=lambda rows: checkpoint(result(rows)), warmup_prompts=args.warmup_prompts)
     return result(rows)
 
 
@@ -592,6 +600,10 @@ def markdown(run: dict) -> list[str]:
            + "; limit = predicted time of "
            "the target's calls alone. Audit against HF greedy, all methods: "
            + describe({k: int(df[k].sum()) for k in ("identical", "tie", "WRONG")}) + "."]
+    if run.get("compiled_graphs") is not None:
+        timed = run.get("compiled_while_timed") or {}
+        md.append(f"Graphs compiled in this process: {run['compiled_graphs']}; while timed: "
+                  + (", ".join(f"{n} {g}" for n, g in timed.items()) or "none") + ".")
     for t in run["ties"]:
         path = (f", {t['path_margin']:.4g} in a verification forward's order" if t.get("path_margin") is not None
                 else "")

@@ -12,7 +12,10 @@ with ``packed = None`` and a ``prepack()`` method that sets it (csdlib's float32
 
 This is what inductor does to linear weights when it compiles a model with ``freezing`` on; it is
 hand-written here (two private ops, `torch.ops.mkldnn._reorder_linear_weight` and `_linear_pointwise`)
-because a compiled forward is specialized to its shapes, and a KV cache gives every step a new one.
+because a compiled forward is specialized to its shapes, and a KV cache gives every step a new one; and
+because in float32 inductor's own product reads the weights at MKL's speed, not oneDNN's. Inside a
+compiled forward a packed layer calls the custom op ``csdlib::packed_linear`` (`product`), which inductor
+runs as it is: the packed weight is found by a key, since a tensor in oneDNN's layout cannot be traced.
 
 Packing is for inference on the CPU, once the weights are final: the packed copy does not follow
 `.to(device)` or later changes of the weight, and is not saved (`state_dict` holds the plain weight);
@@ -21,6 +24,8 @@ rounding (float32: about 1e-4 on SmolLM2's logits; bfloat16 runs oneDNN either w
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -51,6 +56,34 @@ def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> 
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
 
 
+#: the packed weights, by key, for `csdlib::packed_linear` inside compiled forwards (each layer keeps its own)
+_PACKED: "weakref.WeakValueDictionary[int, torch.Tensor]" = weakref.WeakValueDictionary()
+
+
+def register(packed: torch.Tensor) -> int:
+    """The key under which a compiled forward finds `packed` (held as long as its layer holds it)."""
+    _PACKED[id(packed)] = packed
+    return id(packed)
+
+
+@torch.library.custom_op("csdlib::packed_linear", mutates_args=())
+def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, key: int) -> torch.Tensor:
+    return linear(x, _PACKED[key], bias)
+
+
+@_packed_linear.register_fake
+def _(x, weight, bias, key):             # the shape: `weight` is the plain one, only its size is read
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def product(x: torch.Tensor, packed: torch.Tensor, key: int, weight: torch.Tensor,
+            bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias`` by the packed copy: `linear` eager, ``csdlib::packed_linear`` when compiling."""
+    if torch.compiler.is_compiling():
+        return torch.ops.csdlib.packed_linear(x.contiguous(), weight, bias, key)
+    return linear(x, packed, bias)
+
+
 class PackedLinear(torch.nn.Linear):
     """An `nn.Linear` (its own weight and bias, shared) whose forward multiplies by a packed copy."""
 
@@ -61,14 +94,13 @@ class PackedLinear(torch.nn.Linear):
         new.in_features, new.out_features = layer.in_features, layer.out_features
         new.weight, new.bias = layer.weight, layer.bias          # the same Parameters (ties kept)
         new.packed = pack(layer.weight)
+        new.key = register(new.packed)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and self.weight.requires_grad:    # training: the plain, differentiable product
             return super().forward(x)
-        if torch.compiler.is_compiling():     # inside torch.compile: the plain product, inductor picks its kernel
-            return super().forward(x)
-        return linear(x, self.packed, self.bias)
+        return product(x, self.packed, self.key, self.weight, self.bias)
 
 
 def prepack(model) -> int:

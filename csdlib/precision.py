@@ -58,11 +58,12 @@ class Float32Head(torch.nn.Module):
     def prepack(self) -> None:
         """Multiply by a float32 copy of the weight packed for oneDNN (`csdlib.onednn.prepack` calls this)."""
         self.packed = onednn.pack(self.weight.detach().float())
+        self.key = onednn.register(self.packed)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.float()
-        if self.packed is not None and not torch.compiler.is_compiling():   # compiled: inductor's own product
-            return onednn.linear(hidden.float(), self.packed, bias)
+        if self.packed is not None:
+            return onednn.product(hidden.float(), self.packed, self.key, self.weight, bias)
         return torch.nn.functional.linear(hidden.float(), self.weight.float(), bias)   # float32 logits
 
 

@@ -45,6 +45,25 @@ def test_a_packed_bfloat16_product_equals_the_plain_one():
     torch.testing.assert_close(onednn.PackedLinear.of(layer)(x), layer(x))
 
 
+def test_compiled_a_packed_model_still_multiplies_by_its_packed_weights():
+    """Inside torch.compile every packed layer (and a float32 output layer) is one call of the custom op
+    csdlib::packed_linear, not a plain product, and the logits equal the eager packed model's."""
+    from torch._dynamo.testing import EagerAndRecordGraphs
+
+    model = float32_logits(llama(2, vocab=VOCAB).to(torch.bfloat16)) if onednn.supported(torch.bfloat16) \
+        else f32(llama(2, vocab=VOCAB))
+    layers = onednn.prepack(model)
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    record = EagerAndRecordGraphs()
+    with torch.no_grad():
+        eager = model(ids).logits
+        compiled = torch.compile(model, backend=record, fullgraph=True)(ids).logits
+    ops = [n.target for g in record.graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert ops.count(torch.ops.csdlib.packed_linear) == layers and layers == 2 * 7 + 1
+    assert torch.nn.functional.linear not in ops
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+
+
 def test_with_gradients_a_packed_layer_multiplies_by_its_plain_weight():
     layer = onednn.PackedLinear.of(torch.nn.Linear(8, 4))
     layer(torch.randn(2, 8)).sum().backward()

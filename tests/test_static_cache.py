@@ -12,6 +12,7 @@ from csdlib import HFModel, onednn, zoo
 from csdlib.errors import CSDValueError
 from csdlib.latency import latency_key
 from csdlib.mag import MaG
+from csdlib.models import COMPILE_BUCKET
 
 from test_stress import VOCAB, check_bf16_random_cascades, check_exact_random_cascades   # the stress run's cascades
 from tiny import hf_greedy, llama, perturbed, t5
@@ -140,7 +141,7 @@ def test_compiled_members_equal_generate_and_compile_each_shape_once():
     torch.set_num_threads(1)
     raw = llama(21, vocab=VOCAB).float()
     drafter = HFModel(perturbed(raw, 0.02, 1).float(), name="d", cache="static", compile=True)
-    onednn.prepack(raw)                                 # a packed layer compiles to inductor's own product
+    onednn.prepack(raw)                                 # compiled, a packed layer calls csdlib::packed_linear
     target = HFModel(raw, name="t", cache="static", compile=True)
     rng = random.Random(5)
     prompt = [rng.randrange(VOCAB) for _ in range(12)]
@@ -153,7 +154,7 @@ def test_compiled_members_equal_generate_and_compile_each_shape_once():
     again = csdlib.generate(target, [drafter], prompt, k_matrix=[[3]], max_new_tokens=24)
     assert again.new_tokens == out.new_tokens
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs      # nothing recompiled
-    assert target._capacity % 128 == 0                 # a bucket: prompts of about this length share graphs
+    assert target._capacity % COMPILE_BUCKET == 0      # a bucket: prompts of about this length share graphs
     for bad in (dict(cache="dynamic", compile=True), dict(cache="static", compile=True)):
         model = t5(1, vocab=VOCAB) if bad["cache"] == "static" else raw
         with pytest.raises(CSDValueError, match="compile: needs cache='static' and a decoder-only model"):
