@@ -5,7 +5,10 @@ Usage: python benchmarks/call_overhead.py        (smollm2's small drafter, float
 
 Prints the mean of 300 one-token calls (after 20 untimed) for: `HFModel.logits` on a dynamic cache, on a
 static cache, on a static cache compiled; the raw forward of the same model on a `StaticCache`, eager and
-compiled (the same compiled module); then a profile of the compiled `HFModel.logits` call.
+compiled (the same compiled module); then a profile of the compiled `HFModel.logits` call; then the
+compiled call again once the mid drafter's graphs for 1-4 tokens and the target's one-token graph are
+compiled in the same process (do the guards of every member's graphs, all on `LlamaForCausalLM.forward`,
+slow a call down?).
 """
 import torch, time, cProfile, pstats, sys
 from csdlib import zoo
@@ -53,3 +56,16 @@ pr = cProfile.Profile(); pr.enable()
 for _ in range(N): small.logits(seq, 1)
 pr.disable()
 pstats.Stats(pr).sort_stats("tottime").print_stats(22)
+
+# dynamo's guards: every member's graphs hang on the one LlamaForCausalLM.forward
+def ready(m):
+    m.set_cache("static", True); m.start(seq[:len(prompt)]); m.reserve(len(seq) + 8)
+def calls(m, n, times):
+    for _ in range(times): m.logits(seq, n)
+ready(small); print(f"{'small compiled, alone':40s} {timeit(lambda: small.logits(seq, 1)):.3f} ms")
+mid = fam.drafters[0]; ready(mid)
+for n in (1, 2, 3, 4): calls(mid, n, 3)
+ready(small); print(f"{'small compiled, with mid 1-4 compiled':40s} {timeit(lambda: small.logits(seq, 1)):.3f} ms")
+ready(fam.target); calls(fam.target, 1, 2)
+ready(small); print(f"{'small compiled, with the target too':40s} {timeit(lambda: small.logits(seq, 1)):.3f} ms")
+print("graphs", torch._dynamo.utils.counters["stats"]["unique_graphs"])

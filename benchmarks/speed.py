@@ -35,7 +35,9 @@ first `--prompts` GSM8K dev prompts:
 - with `--kv-cache both`, `HF greedy (static cache)` (transformers' `generate(cache_implementation="static")`)
   and `CSD (static cache)` (the default cascade, every neural member on a `StaticCache`); `--kv-cache static`
   runs every csdlib method on static caches; with `--compile` also `CSD (compiled)`, the members' forwards
-  compiled at fixed shapes (the run records how many graphs were compiled);
+  compiled at fixed shapes (the run records how many graphs were compiled, and how many of them while a method
+  was timed: `--warmup-prompts N` warms the compiled methods up on N prompts, so that the fed lengths the run
+  needs compile first);
 - `HF assisted(<drafter>)`: transformers' assisted generation with each neural drafter, its default
   schedule and a constant k (the drafter's best k above, confidence threshold off);
 - `HF prompt lookup`: `prompt_lookup_num_tokens=--lookup`.
@@ -119,8 +121,9 @@ def parse_args(argv=None):
     p.add_argument("--lookup", type=int, default=10, help="prompt_lookup_num_tokens")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs of every method first")
     p.add_argument("--warmup-prompts", type=int, default=1,
-                   help="the warm-up runs every method on this many of the first prompts (with --compile: so that "
-                        "the graphs of the fed lengths the run needs compile before it is timed)")
+                   help="with --compile: the warm-up runs the compiled methods on this many of the first prompts "
+                        "(every other method on the first), so that the graphs of the fed lengths the run needs "
+                        "compile before it is timed")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--latency-file", default=None, help="default: data/latency/<machine>.json")
     p.add_argument("--recalibrate", action="store_true",
@@ -170,7 +173,8 @@ def parse_args(argv=None):
                         "plus 'HF greedy (static cache)' and 'CSD (static cache)'")
     p.add_argument("--compile", action="store_true",
                    help="with --kv-cache both: also 'CSD (compiled)', the members' forwards compiled at fixed shapes "
-                        "(the warm-up compiles what the first prompt needs; the run records the graphs compiled)")
+                        "(the warm-up compiles what its prompts need; the run records the graphs compiled, and how "
+                        "many while timed)")
     p.add_argument("--out", required=True, help="folder for speed.md, speed.csv, speed.json")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -437,10 +441,10 @@ def run_interleaved(methods, items, encode, decode, target, device, warmup, log,
     Returns {name: {"wall_s", "tokens", "stats", "verdicts", "turns"}} ("turns": group, wall time, tokens
     and target calls of each prompt)."""
     names = list(methods)
-    for _ in range(warmup):
-        for item in items[:warmup_prompts]:
+    for _ in range(warmup):                   # every method on the first prompt, compiled ones on more
+        for j, item in enumerate(items[:warmup_prompts]):
             first = encode(item, [])
-            for name in names:
+            for name in names if j == 0 else [n for n in names if "(compiled)" in n]:
                 methods[name][1](first[:])
     rows = {name: {"wall_s": 0.0, "tokens": 0, "stats": [], "verdicts": [], "turns": [], "compiled_while_timed": 0}
             for name in names}

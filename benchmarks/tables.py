@@ -110,17 +110,21 @@ def _speed_caption(d: dict, run: dict) -> str:
         tree += (f" (chain and tree tuned in this run for this machine: {t['completed']} trials in {t['seconds']:g} s"
                  + (f"; the tree over `{run['tree_k_matrix']}`" if run.get("tree") else "") + ")")
     stopped = "**an incomplete run (stopped part-way)**, " if d.get("complete") is False else ""
+    graphs = ""
+    if run.get("compiled_graphs") is not None:
+        timed = ", ".join(f"{n} {g}" for n, g in (run.get("compiled_while_timed") or {}).items()) or "none"
+        graphs = f"; graphs compiled in the process: {run['compiled_graphs']}, while timed: {timed}"
     return (f"{stopped}{_day(d)}, {_machine(d)}, {run['dtype']}, {d['threads']} threads, "
             f"{run['prompts']} GSM8K dev prompts, {d['max_new_tokens']} new tokens, every method interleaved "
             f"prompt by prompt in one process; CSD: k-matrix `{run['k_matrix']}`, lenience {run['lenience']}, "
-            f"MaG k {run.get('mag_k', '?')}{tree}; every output audited against HF greedy's: {_audit(df)}.\n\n"
+            f"MaG k {run.get('mag_k', '?')}{tree}; every output audited against HF greedy's: {_audit(df)}{graphs}.\n\n"
             f"```bash\n{d['command']}\n```")
 
 
-def render_speed(path) -> str:
-    """The whole speed table of one speed.py run (every dtype it measured)."""
+def render_speed(path, dtypes=None) -> str:
+    """The whole speed table of one speed.py run (every dtype it measured, or those in `dtypes`)."""
     d, parts = _json(path), []
-    for run in d["runs"]:
+    for run in (r for r in d["runs"] if dtypes is None or r["dtype"] in dtypes):
         df = _speed_rows(run)
         out = pd.DataFrame({
             "method": df.index, "tokens/s": [f"{v:.1f}" for v in df["tokens/s"]],
@@ -492,16 +496,45 @@ def render_forward_cost(path) -> str:
             f"over it\n\n```bash\n{d['command']}\n```\n\n" + _markdown(out))
 
 
-def render_prepack_summary(path) -> str:
-    """speed.py --prepack both: packed against eager, as ratios of wall time on the same prompts, per dtype."""
+def render_time_split(path) -> str:
+    """benchmarks/time_split.py: each member's share of the cascade's wall time, default against compiled."""
     d = _json(path)
-    runs = {r["dtype"]: {x["method"]: x["wall s"] for x in r["rows"]} for r in d["runs"]}
-    ratios = [("HF greedy, packed / eager", "HF greedy (eager)", "HF greedy"), ("CSD, packed / eager", "CSD (eager)", "CSD"),
-              ("CSD packed / HF greedy packed", "HF greedy", "CSD"), ("CSD eager / HF greedy packed", "HF greedy", "CSD (eager)"),
-              ("CSD packed / HF greedy eager", "HF greedy (eager)", "CSD")]
+    rows = pd.DataFrame(d["rows"])
+    names = [c[:-2] for c in rows.columns if c.endswith(" %") and c != "rest %" and rows[f"{c[:-2]} calls"].sum() > 0]
+    out = pd.DataFrame({"dtype": rows["dtype"], "members": rows["members"],
+                        "tokens/s": rows["tokens/s"].map(lambda v: f"{v:.1f}"),
+                        "x default": (rows["wall s"].groupby(rows["dtype"]).transform("first") / rows["wall s"]).map(_x),
+                        **{f"{n}: % of time (ms/call)": [f"{p:.0f} % ({ms:.1f})" if c else "-" for p, ms, c in
+                                                         zip(rows[f"{n} %"], rows[f"{n} ms/call"], rows[f"{n} calls"])]
+                           for n in names},
+                        "rest %": rows["rest %"].map(lambda v: f"{v:.0f}"),
+                        "x if drafters were free": rows["x if drafters were free"].map(_x),
+                        "same output as default": rows["same output as default"],
+                        "graphs compiled while timed": rows["graphs compiled while timed"]})
+    return (f"{_day(d)}, {_machine(d)}, {d['threads']} threads, {d['family']}, {d['max_new_tokens']} new tokens\n\n"
+            f"```bash\n{d['command']}\n```\n\n" + _markdown(out))
+
+
+def render_ratios(paths, ratios) -> str:
+    """Speed ratios of speed.py runs, per dtype (a later run's dtype replaces an earlier's): (label, slower
+    method, faster method) -> the slower's wall time over the faster's on the same prompts."""
+    runs = {r["dtype"]: {x["method"]: x["wall s"] for x in r["rows"]}
+            for path in ([paths] if isinstance(paths, str) else paths) for r in _json(path)["runs"]}
     out = pd.DataFrame({"": [r[0] for r in ratios],
                         **{dt: [f"{w[slow] / w[fast]:.2f}x" for _, slow, fast in ratios] for dt, w in runs.items()}})
     return _markdown(out)
+
+
+#: speed.py --prepack both: packed against eager
+PREPACK_RATIOS = [("HF greedy, packed / eager", "HF greedy (eager)", "HF greedy"), ("CSD, packed / eager", "CSD (eager)", "CSD"),
+                  ("CSD packed / HF greedy packed", "HF greedy", "CSD"), ("CSD eager / HF greedy packed", "HF greedy", "CSD (eager)"),
+                  ("CSD packed / HF greedy eager", "HF greedy (eager)", "CSD")]
+#: speed.py --kv-cache both --compile: compiled and static-cache members against the (packed, dynamic-cache) default
+COMPILED_RATIOS = [("CSD compiled / CSD", "CSD", "CSD (compiled)"),
+                   ("CSD static cache / CSD", "CSD", "CSD (static cache)"),
+                   ("HF greedy static cache / HF greedy", "HF greedy", "HF greedy (static cache)"),
+                   ("CSD compiled / HF greedy", "HF greedy", "CSD (compiled)"),
+                   ("CSD compiled / HF greedy static cache", "HF greedy (static cache)", "CSD (compiled)")]
 
 
 SPEED = "python benchmarks/speed.py --prompts 50 --max-new-tokens 128 --threads 2 --recalibrate --peers default"
@@ -516,6 +549,16 @@ SPEC_BENCH = ("python benchmarks/speed.py --family smollm2 --dataset spec-bench 
 PREPACK_SPEED = ("python benchmarks/speed.py --family smollm2 --prompts 20 --max-new-tokens 128 --threads 2 --recalibrate "
                  "--peers default --tree off --prepack both --skip 'AR,SD(small),HF assisted(mid)' "
                  "--dtypes bfloat16,float32 --out data/results/speed-smollm2-prepack")
+#: every member compiled (static caches, inductor's freezing, packed layers kept) against the default, both
+#: dtypes; the warm-up runs 3 prompts so that the fed lengths the run needs compile before it is timed
+COMPILED_SPEED = ("python benchmarks/speed.py --family smollm2 --prompts 20 --max-new-tokens 128 --threads 2 "
+                  "--peers default --tree off --kv-cache both --compile --warmup-prompts 3 "
+                  "--skip 'AR,SD(small),HF assisted(mid)' --dtypes float32,bfloat16 --out data/results/speed-smollm2-compiled")
+#: its bfloat16 half again, the compiled methods warmed up on every prompt: in the run above one graph compiled
+#: while CSD (compiled) was timed in bfloat16 (float32: none)
+COMPILED_SPEED_BF16 = COMPILED_SPEED.replace("--warmup-prompts 3", "--warmup-prompts 20").replace(
+    "--dtypes float32,bfloat16 --out data/results/speed-smollm2-compiled",
+    "--dtypes bfloat16 --out data/results/speed-smollm2-compiled-bfloat16")
 #: Spec-Bench in float32 (packed linear layers, the default since 2026-12-06): SD(small) left out too, to fit
 SPEC_BENCH_FLOAT32 = ("python benchmarks/speed.py --family smollm2 --dataset spec-bench --per-category 20 "
                       "--max-new-tokens 128 --threads 2 --peers default --tree off --copies-only "
@@ -613,7 +656,16 @@ TABLES = [
     Table("speed-smollm2-prepack", ("docs/forward-cost.md",), "data/results/speed-smollm2-prepack/speed.json",
           (PREPACK_SPEED,), render_speed, 45),
     Table("prepack-summary", ("docs/forward-cost.md",), "data/results/speed-smollm2-prepack/speed.json", (),
-          render_prepack_summary),
+          lambda path: render_ratios(path, PREPACK_RATIOS)),
+    Table("speed-smollm2-compiled", ("docs/forward-cost.md",), "data/results/speed-smollm2-compiled/speed.json",
+          (COMPILED_SPEED,), lambda path: render_speed(path, dtypes=("float32",)), 50),
+    Table("speed-smollm2-compiled-bfloat16", ("docs/forward-cost.md",),
+          "data/results/speed-smollm2-compiled-bfloat16/speed.json", (COMPILED_SPEED_BF16,), render_speed, 25),
+    Table("compiled-summary", ("docs/forward-cost.md",), "data/results/speed-smollm2-compiled-bfloat16/speed.json", (),
+          lambda path: render_ratios(["data/results/speed-smollm2-compiled/speed.json", path], COMPILED_RATIOS)),
+    Table("time-split-smollm2", ("docs/forward-cost.md",), "data/results/time-split-smollm2/time_split.json",
+          ("python benchmarks/time_split.py --family smollm2 --dtypes float32,bfloat16 --prompts 8 --threads 2 "
+           "--out data/results/time-split-smollm2",), render_time_split, 20),
     Table("gpu-cost", ("docs/half-precision.md",), "data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json", (),
           lambda _: render_gpu_cost(["data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json",
                                      "data/results/gpu-h200-2026-11-29/latency-gsm8k-tiny.json"])),

@@ -22,19 +22,21 @@ ROOT = Path(__file__).resolve().parents[1]   # the repository (the notebooks' re
 class Notebook:
     """A notebook's settings: the family's name (None: `zoo.DEFAULT_FAMILY`), the GSM8K folder (None:
     ``$CSD_DATA_DIR``, else the hub, as `csdlib.datasets` finds it), the device of the models ("auto":
-    CUDA when present) and their dtype (a half-precision target computes its logits in float32)."""
+    CUDA when present), their dtype (a half-precision target computes its logits in float32) and whether
+    their forwards are compiled (`zoo.load(compile=True)`: static KV caches, each shape compiled on first use)."""
     family_name: str | None = None
     data_dir: str | None = None
     device: str = "auto"
     root: Path = ROOT
     dtype: str = "float32"
+    compile: bool = False
 
     @cached_property
     def family(self):
-        """`zoo.load(family_name, dtype=dtype, device=device)`."""
+        """`zoo.load(family_name, dtype=dtype, device=device, compile=compile)`."""
         from . import zoo
 
-        return zoo.load(self.family_name, dtype=self.dtype, device=self.device)
+        return zoo.load(self.family_name, dtype=self.dtype, device=self.device, compile=self.compile)
 
     def questions(self, n: int | None = None, split: str = "dev") -> list[dict]:
         """The first `n` GSM8K items of `split` (dicts with ``question`` and ``answer``)."""
@@ -52,7 +54,7 @@ class Notebook:
 
 
 def setup(family: str | None = None, *, data_dir=None, device: str = "auto", dtype: str | None = None,
-          threads: int | None = None, seed: int = 0) -> Notebook:
+          threads: int | None = None, seed: int = 0, compile: bool = False) -> Notebook:
     """Set torch's threads (None: all cores) and seed every generator (`transformers.set_seed`: Python,
     NumPy, torch), print the thread count, and return the notebook's `Notebook`."""
     from transformers import set_seed
@@ -60,4 +62,4 @@ def setup(family: str | None = None, *, data_dir=None, device: str = "auto", dty
     torch.set_num_threads(threads or os.cpu_count())
     set_seed(seed)
     print(f"torch threads: {torch.get_num_threads()}")
-    return Notebook(family, data_dir, device, ROOT, dtype or "float32")
+    return Notebook(family, data_dir, device, ROOT, dtype or "float32", compile)

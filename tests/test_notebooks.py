@@ -203,6 +203,11 @@ def test_setup_sets_threads_and_seeds_and_loads_the_family_on_first_use(monkeypa
     fam = nb.family
     assert nb.family is fam and loads == ["gsm8k-tiny"] and fam.name == "gsm8k-tiny"
     assert fam.target.model.device.type == "cpu"
+    assert (fam.target.cache, fam.target.compile) == ("dynamic", False)
+    compiled = setup("gsm8k-tiny", threads=1, compile=True).family       # the notebooks' COMPILE = True
+    neural = [m for m in [compiled.target, *compiled.drafters] if hasattr(m, "set_cache")]
+    assert len(neural) == 3 and all((m.cache, m.compile) == ("static", True) for m in neural)
+    torch.set_num_threads(threads)
     if gsm8k_dir() is not None:
         questions = load_gsm8k("dev")[:2]
         assert nb.questions(2) == questions

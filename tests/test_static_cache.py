@@ -159,3 +159,24 @@ def test_compiled_members_equal_generate_and_compile_each_shape_once():
         model = t5(1, vocab=VOCAB) if bad["cache"] == "static" else raw
         with pytest.raises(CSDValueError, match="compile: needs cache='static' and a decoder-only model"):
             HFModel(model, **bad)
+
+
+def test_time_split_compares_default_and_compiled_members_on_the_same_prompts(tmp_path):
+    """benchmarks/time_split.py: each member's share of the wall time, default against compiled; in
+    float32 the compiled cascade's output is the default's, and the warm-up leaves nothing to compile."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import time_split
+
+    assert time_split.main(["--family", "gsm8k-tiny", "--dtypes", "float32", "--prompts", "2", "--max-new-tokens", "8",
+                            "--threads", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "time_split.json").read_text())["rows"]
+    assert [r["members"] for r in rows] == ["default", "compiled"]
+    for r in rows:
+        assert r["same output as default"] == "2/2" and r["graphs compiled while timed"] == 0
+        assert r["target calls"] > 0 and 0 < r["target %"] < 100 and r["rest %"] > 0
+        assert r["x if drafters were free"] >= 1
+    assert rows[1]["compiled / default"] > 0
