@@ -663,6 +663,10 @@ TABLES = [
           "data/results/speed-smollm2-compiled-bfloat16/speed.json", (COMPILED_SPEED_BF16,), render_speed, 25),
     Table("compiled-summary", ("docs/forward-cost.md",), "data/results/speed-smollm2-compiled-bfloat16/speed.json", (),
           lambda path: render_ratios(["data/results/speed-smollm2-compiled/speed.json", path], COMPILED_RATIOS)),
+    Table("speed-gsm8k-tiny-compiled", ("docs/forward-cost.md",), "data/results/speed-gsm8k-tiny-compiled/speed.json",
+          ("python benchmarks/speed.py --family gsm8k-tiny --prompts 20 --max-new-tokens 128 --threads 2 --peers default "
+           "--tree off --kv-cache both --compile --warmup-prompts 20 --dtypes float32 "
+           "--out data/results/speed-gsm8k-tiny-compiled",), render_speed, 10),
     Table("time-split-smollm2", ("docs/forward-cost.md",), "data/results/time-split-smollm2/time_split.json",
           ("python benchmarks/time_split.py --family smollm2 --dtypes float32,bfloat16 --prompts 8 --threads 2 "
            "--out data/results/time-split-smollm2",), render_time_split, 20),
