@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: the GSM8K scripts' common flags, and writing a table of rows as
-markdown and JSON."""
+"""What the benchmark scripts share: the GSM8K scripts' common flags, writing a table of rows as
+markdown and JSON, and dynamo's count of compiled graphs."""
 
 from __future__ import annotations
 
@@ -34,3 +34,10 @@ def write_table(out, stem: str, head: str, rows: list[dict], cols: list[str], me
     (out / f"{stem}.json").write_text(json.dumps({**meta, "rows": rows, "measured_at": datetime.now(timezone.utc).isoformat(
         timespec="seconds")}, indent=1) + "\n")
     return text
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile (dynamo) compiled so far in this process."""
+    import torch._dynamo
+
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])

@@ -74,6 +74,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import compiled_graphs  # noqa: E402
 from csdlib import Stats, flags, generate, onednn, zoo  # noqa: E402
 from csdlib.precision import audit, counts, describe, hardware, has_float32_logits  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
@@ -239,13 +240,6 @@ def kv_cache(models, kind, compile=False):
     finally:
         for m, old in zip(neural, was):
             m.set_cache(*old)
-
-
-def compiled_graphs() -> int:
-    """Graphs torch.compile (dynamo) compiled so far in this process."""
-    import torch._dynamo
-
-    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
 def confidences(text: str) -> list[float]:

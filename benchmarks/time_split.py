@@ -30,18 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import csdlib  # noqa: E402
-from common import write_table  # noqa: E402
+from common import compiled_graphs, write_table  # noqa: E402
 from csdlib import zoo  # noqa: E402
 from csdlib.datasets import prompt_texts  # noqa: E402
 from csdlib.precision import hardware  # noqa: E402
 from csdlib.protocol import is_free  # noqa: E402
-
-
-def graphs() -> int:
-    """Graphs dynamo compiled so far in this process."""
-    import torch._dynamo
-
-    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
 def one_run(fam, neural, prompt, compiled: bool, max_new_tokens: int) -> dict:
@@ -78,7 +71,7 @@ def main(argv=None) -> int:
         prompts = [fam.encode(t) for t in prompt_texts("gsm8k", "dev", n=a.prompts, chat=fam.chat)]
         for prompt in prompts:                       # warm-up: every shape the timed runs need compiles here
             one_run(fam, neural, prompt, True, a.max_new_tokens)
-        before = graphs()
+        before = compiled_graphs()
         runs = {"default": [], "compiled": []}
         for i, prompt in enumerate(prompts):
             for mode in (("default", "compiled") if i % 2 == 0 else ("compiled", "default")):
@@ -88,7 +81,7 @@ def main(argv=None) -> int:
             wall = sum(r["wall"] for r in rs)
             row = {"dtype": dtype, "members": mode, "prompts": len(rs), "wall s": wall,
                    "tokens/s": sum(len(r["tokens"]) for r in rs) / wall,
-                   "same output as default": f"{same}/{len(rs)}", "graphs compiled while timed": graphs() - before}
+                   "same output as default": f"{same}/{len(rs)}", "graphs compiled while timed": compiled_graphs() - before}
             drafters = 0.0
             for m in neural:
                 s = sum(r[f"{m.name} s"] for r in rs)
