@@ -570,6 +570,10 @@ SPEC_BENCH_GENERAL_FLOAT32 = ("python benchmarks/speed.py --family smollm2-gener
                               "--max-new-tokens 128 --threads 2 --peers default --tree off --mag-copy 10 "
                               "--skip 'AR,SD(mid),SD(small),SD(MaG copies,HF assisted' --max-seconds 4500 --dtypes float32 "
                               "--out data/results/spec-bench-smollm2-general-float32")
+SPEC_BENCH_GENERAL_FLOAT32_PEERS = ("python benchmarks/speed.py --family smollm2-general --dataset spec-bench --per-category 20 "
+                                    "--max-new-tokens 128 --threads 2 --peers default --tree off "
+                                    "--skip 'AR,SD(mid),SD(small),HF assisted(mid)' --max-seconds 6600 "
+                                    "--dtypes float32 --out data/results/spec-bench-smollm2-general-float32-peers")
 TABLES = [
     Table("speed-gsm8k-tiny", ("docs/benchmarks.md",), "data/results/speed-gsm8k-tiny/speed.json",
           (f"{SPEED} --family gsm8k-tiny --out data/results/speed-gsm8k-tiny",), render_speed, 15),
@@ -632,8 +636,11 @@ TABLES = [
           "data/results/spec-bench-smollm2-bfloat16-packed/speed.json", (SPEC_BENCH,), render_spec_bench, 95),
     Table("spec-bench-smollm2-float32", ("docs/spec-bench.md",), "data/results/spec-bench-smollm2-float32/speed.json",
           (SPEC_BENCH_FLOAT32,), render_spec_bench, 90),
-    Table("spec-bench-smollm2-general-float32", ("docs/spec-bench.md", "README.md"),
+    Table("spec-bench-smollm2-general-float32", ("docs/spec-bench.md",),
           "data/results/spec-bench-smollm2-general-float32/speed.json", (SPEC_BENCH_GENERAL_FLOAT32,), render_spec_bench, 80),
+    Table("spec-bench-smollm2-general-float32-peers", ("docs/spec-bench.md", "README.md"),
+          "data/results/spec-bench-smollm2-general-float32-peers/speed.json", (SPEC_BENCH_GENERAL_FLOAT32_PEERS,),
+          render_spec_bench, 85),
     Table("long-prompts-smollm2-bfloat16", ("docs/spec-bench.md",),
           "data/results/long-prompts-smollm2-bfloat16/long_prompts.json",
           ("python benchmarks/long_prompts.py --family smollm2 --dtype bfloat16 --lengths 1000,2000,4000 --threads 2 "
@@ -681,7 +688,9 @@ FIGURES = [("figures/spec-bench-smollm2.png", "data/results/spec-bench-smollm2-b
            ("figures/spec-bench-smollm2-float32.png", "data/results/spec-bench-smollm2-float32/speed.json",
             draw_spec_bench),
            ("figures/spec-bench-smollm2-general-float32.png",
-            "data/results/spec-bench-smollm2-general-float32/speed.json", draw_spec_bench)]
+            "data/results/spec-bench-smollm2-general-float32/speed.json", draw_spec_bench),
+           ("figures/spec-bench-smollm2-general-float32-peers.png",
+            "data/results/spec-bench-smollm2-general-float32-peers/speed.json", draw_spec_bench)]
 
 
 def marked(name: str) -> re.Pattern:
