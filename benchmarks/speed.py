@@ -64,6 +64,7 @@ import platform
 import shlex
 import sys
 import time
+from collections import defaultdict
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -275,10 +276,11 @@ def other_families(args, fam, dtype, device) -> dict:
     return out
 
 
-def build_methods(fam, args, chosen, eos, setting, eager=None, others=None):
+def build_methods(fam, args, chosen, eos, setting, eager=None, others=None, skip=None):
     """name -> (kind, run(prompt) -> (new tokens, Stats or None)), every method on the same target;
     `setting`: CSD's (`csd_setting`); `eager`: the family again with plain linear layers (`--prepack
-    both`), for `HF greedy (eager)` and `CSD (eager)`; `others`: `other_families`, a `CSD (NAME)` each."""
+    both`), for `HF greedy (eager)` and `CSD (eager)`; `others`: `other_families`, a `CSD (NAME)` each;
+    `skip`: the methods left out (default `--skip`)."""
     target, drafters = fam.target, list(fam.drafters)
     mag = next((d for d in drafters if is_free(d)), None)
 
@@ -344,13 +346,32 @@ def build_methods(fam, args, chosen, eos, setting, eager=None, others=None):
         if args.compile:                   # and compiled at fixed shapes (each compiles on first use)
             methods["CSD (compiled)"] = ("static", csd(drafters, setting["k_matrix"], setting["lenience"],
                                                        cache="static", compile=True))
-    skip = [s.strip() for s in args.skip.split(",") if s.strip()]
+    skip = skip_prefixes(args.skip if skip is None else skip, methods)
+    return {name: m for name, m in methods.items() if not any(name.startswith(s) for s in skip)}
+
+
+def skip_prefixes(skip: str, names) -> list:
+    """`--skip`'s prefixes, each checked to start one of `names` (a '?' in a name, SD's k or the tree not
+    yet chosen, matches whatever follows)."""
+    skip = [s.strip() for s in skip.split(",") if s.strip()]
     if any("HF greedy".startswith(s) for s in skip):
         raise SystemExit("--skip: HF greedy is the baseline every output is audited against; it cannot be skipped")
-    unused = [s for s in skip if not any(name.startswith(s) for name in methods)]
+
+    def starts(s, name):
+        return name.startswith(s) or ("?" in name and s.startswith(name[:name.index("?")]))
+    unused = [s for s in skip if not any(starts(s, name) for name in names)]
     if unused:
-        raise SystemExit(f"--skip: {unused} match no method (methods: {list(methods)})")
-    return {name: m for name, m in methods.items() if not any(name.startswith(s) for s in skip)}
+        raise SystemExit(f"--skip: {unused} match no method (methods: {list(names)})")
+    return skip
+
+
+def method_names(fam, args, eos, others) -> list:
+    """Every method's name before SD's k and CSD's tree are chosen (each '?'): `--skip` is checked against
+    them before the latency model and the tuning run, not minutes later."""
+    undecided = {"k_matrix": None, "lenience": 1.0, "tree": None}
+    names = list(build_methods(fam, args, defaultdict(lambda: "?"), eos, undecided,
+                               fam if args.prepack == "both" else None, others, skip=""))
+    return names + (["tree CSD ?"] if args.tree != "off" or args.tune_csd else [])
 
 
 def csd_setting(args, fam, cached, prompts, latency, log) -> dict:
@@ -514,6 +535,7 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
     target, drafters = fam.target, list(fam.drafters)
     others = other_families(args, fam, dtype, device)
     models, eos = [target, *drafters, *(d for ds, _, _ in others.values() for d in ds)], sorted(target.eos_token_ids)
+    skip_prefixes(args.skip, method_names(fam, args, eos, others))
     dev = load_gsm8k("dev", args.data_dir)
     items, encode = questions(args), encoder(fam, args.dataset)
     tune = [fam.prompt_ids(x["question"]) for x in dev[TUNE_OFFSET:TUNE_OFFSET + args.tune_prompts]]

@@ -91,6 +91,23 @@ def test_skip_leaves_methods_out_but_never_the_baseline(tmp_path, capsys):
             speed.main(args + ["--skip", skip])
 
 
+def test_skip_is_checked_before_the_latency_model_and_sds_k(tmp_path, monkeypatch):
+    import speed
+
+    class Calibrating(Exception):
+        pass
+
+    def calibrate_latency(*a, **k):
+        raise Calibrating
+
+    monkeypatch.setattr(speed, "calibrate_latency", calibrate_latency)
+    args = FAST + ["--prompts", "1", "--out", str(tmp_path / "s"), "--latency-file", str(tmp_path / "latency.json")]
+    with pytest.raises(SystemExit, match=r"\['SD\(MaG copies'\] match no method"):
+        speed.main(args + ["--skip", "AR,SD(MaG copies"])            # only with --mag-copy
+    with pytest.raises(Calibrating):                                 # k not chosen yet: checked once it is
+        speed.main(args + ["--skip", "SD(MaG) k=9,tree CSD w9"])
+
+
 def test_confidence_adds_a_dynamic_draft_length_row_per_threshold(tmp_path, monkeypatch):
     import speed
 
