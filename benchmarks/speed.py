@@ -144,6 +144,14 @@ def parse_args(argv=None):
                    help="tree CSD's tree: W:E[:B] (width W at every draft position of the target's review, E MaG "
                         "tokens per branch, the B likeliest extra candidates), auto (the family's tuned tree, else "
                         "3:3) or off")
+    _add_method_args(p)
+    p.add_argument("--out", required=True, help="folder for speed.md, speed.csv, speed.json")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def _add_method_args(p):
+    """The flags that choose which methods run and how the cascade is set up (tuning, MaG, packing, cache)."""
     p.add_argument("--tune-csd", type=float, default=0, metavar="SECONDS",
                    help="tune the cascade on this machine first: csd tune's search (k-matrix, lenience and the "
                         "target's tree up to --tree-max) on the tuning prompts, priced by this run's latency "
@@ -177,9 +185,6 @@ def parse_args(argv=None):
                    help="with --kv-cache both: also 'CSD (compiled)', the members' forwards compiled at fixed shapes "
                         "(the warm-up compiles what its prompts need; the run records the graphs compiled, and how "
                         "many while timed)")
-    p.add_argument("--out", required=True, help="folder for speed.md, speed.csv, speed.json")
-    p.add_argument("--quiet", action="store_true")
-    return p.parse_args(argv)
 
 
 @contextmanager
