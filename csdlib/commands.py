@@ -9,15 +9,12 @@ import json
 from pathlib import Path
 
 from .errors import CSDValueError
+# with_audit_column is not used here: tests and callers take the report's helpers from commands, as before
+from .run_report import TERMINAL_COLUMNS, report_run, table, with_audit_column  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 #: where a user's `csd run` writes (git-ignored); the committed reference results are in data/results/
 RESULTS_DIR = ROOT / "results"
-#: the columns of the terminal table (`--wide`: all; the .md and .csv files always have all)
-#: what `csd run` on a trained family suggests next (README: "The real target")
-SMOLLM2_RUN = "csd run --family smollm2 --dtype bfloat16 --n-samples 20"
-TERMINAL_COLUMNS = ["samples", "SWI parameters", "wall speedup", "tokens/target call",
-                    "acceptance per level", "audit i/t/W"]
 
 
 def family_from_args(args, device):
@@ -39,29 +36,6 @@ def family_from_args(args, device):
                           compile=compile)
 
 
-def table(summary, tablefmt: str = "simple", columns=None) -> str:
-    """A summary DataFrame as an aligned text table, numbers rounded to 2 decimals: `simple` for the
-    terminal (headers broken over two lines and acceptance written ``0.16/0.65`` to keep it narrow;
-    `columns`: which to show), `github` for a markdown file."""
-    import numpy as np
-    from tabulate import tabulate
-
-    def cell(v):
-        if isinstance(v, (bool, np.bool_)):
-            return "yes" if v else "no"
-        if v is None or (isinstance(v, float) and v != v):
-            return None
-        return v.replace(" / ", "/") if tablefmt == "simple" and isinstance(v, str) else v
-
-    if columns is not None:
-        summary = summary[[c for c in columns if c in summary.columns]]
-    headers = ["method", *summary.columns]
-    if tablefmt == "simple":
-        headers = [h.replace(" ", "\n", 1) for h in headers]
-    rows = [[method, *map(cell, row)] for method, row in zip(summary.index, summary.itertuples(index=False))]
-    return tabulate(rows, headers=headers, tablefmt=tablefmt, floatfmt=".2f", missingval="-")
-
-
 def cmd_run(args) -> int:
     import torch
     from accelerate import PartialState
@@ -76,21 +50,7 @@ def cmd_run(args) -> int:
     torch.set_num_threads(threads)
     device = state.device if args.device is None else torch.device(args.device)
     spec_bench = args.dataset == "spec-bench"
-    if spec_bench:
-        items = spec_bench_items(args)                                      # fails first, fast
-        if args.family is None and args.target is None:
-            args.family = SPEC_BENCH_FAMILY
-            print(f"--dataset spec-bench: the {SPEC_BENCH_FAMILY} family (a chat model with a long context; "
-                  "--family or --target chooses another)")
-    else:
-        dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples)   # fails first, fast
-    fam = family_from_args(args, device)
-    if spec_bench:
-        prompts = [(f"{q['question_id']}.1", fam.encode_turns(q["turns"][:1], [])) for q in items]
-        check_fits(fam, prompts, args.max_new_tokens)
-    else:
-        texts = dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples, chat=fam.chat)
-        prompts = [(i, fam.encode(t)) for i, t in enumerate(texts)]
+    fam, items, prompts = _family_and_prompts(args, device)
     methods = standard_methods(fam.drafters, k_matrix=fam.k_matrix, lenience=fam.lenience, sd_k=args.sd_k,
                                tree=_tree_of_flag(args.tree, fam))
     methods = [m for m in methods if not args.methods or m.name in args.methods]
@@ -144,7 +104,30 @@ def cmd_run(args) -> int:
 
         merge_shards(out)
     warning = _after_measuring(out, tags, threads * state.num_processes)
-    return _report_run(args, out, name, hashes, prompts, device, state.num_processes, warning, groups)
+    return report_run(args, out, name, hashes, prompts, device, state.num_processes, warning, groups)
+
+
+def _family_and_prompts(args, device):
+    """`csd run`'s family and its (sample id, prompt ids); with `--dataset spec-bench` also the questions
+    (else None), and `SPEC_BENCH_FAMILY` when no family or target is named. The dataset is read before
+    any model loads, so that a missing one fails first, fast."""
+    items = None
+    if args.dataset == "spec-bench":
+        items = spec_bench_items(args)                                      # fails first, fast
+        if args.family is None and args.target is None:
+            args.family = SPEC_BENCH_FAMILY
+            print(f"--dataset spec-bench: the {SPEC_BENCH_FAMILY} family (a chat model with a long context; "
+                  "--family or --target chooses another)")
+    else:
+        dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples)   # fails first, fast
+    fam = family_from_args(args, device)
+    if items is not None:
+        prompts = [(f"{q['question_id']}.1", fam.encode_turns(q["turns"][:1], [])) for q in items]
+        check_fits(fam, prompts, args.max_new_tokens)
+    else:
+        texts = dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples, chat=fam.chat)
+        prompts = [(i, fam.encode(t)) for i, t in enumerate(texts)]
+    return fam, items, prompts
 
 
 #: the family `csd run --dataset spec-bench` measures unless told otherwise (its prompts need a long context)
@@ -219,99 +202,6 @@ def _after_measuring(out, tags: dict, own_threads: int) -> str | None:
     warning = tags["load_warning"] or provenance.busy_warning(load, "during")
     measured = provenance.stamp(out, tags["run_id"], {"load_after": load, "load_warning": warning})
     return warning if measured else None
-
-
-def _report_run(args, out: Path, name: str, hashes, prompts, device, processes: int, warning, groups=None) -> int:
-    """The summary of this run's records: printed (`TERMINAL_COLUMNS`, or all with --wide), written in
-    full to `<name>.md` / `.csv`, drawn to `<name>.png`; exit status 1 if an output is WRONG (differs from
-    AR's other than at a tie of the target's own logits: `csdlib.precision`). `groups` (sample id ->
-    Spec-Bench group) adds Spec-Bench's layout: printed, `<name>-groups.md` / `.csv`, `<name>-groups.png`."""
-    import platform
-
-    import torch
-
-    from .experiment import divergences, summarize
-    from .precision import describe
-    from .records import load_results
-
-    df = load_results(out)
-    df = df[df["config_hash"].isin(hashes) & df["sample_id"].isin([str(i) for i, _ in prompts])]
-    summary = summarize(df)
-    machine = f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, {device}"
-    print(f"\n{len(prompts)} {args.dataset} {args.split} prompts, max_new_tokens={args.max_new_tokens}, "
-          f"{processes} process(es); {machine}\n")
-    print(table(with_audit_column(summary), columns=None if args.wide else TERMINAL_COLUMNS))
-    checked = summary[["identical", "tie", "WRONG"]].dropna()
-    ok = not checked["WRONG"].any()
-    if len(checked):
-        print(f"\naudit of every output against AR's (identical / tie of the target's logits / WRONG): "
-              + describe(checked.sum().astype(int).to_dict()) + ("" if ok else ": WRONG outputs are bugs"))
-        for _, r in divergences(df).iterrows():
-            print(f"  {r['method']}, sample {r['sample_id']}: {r['exact']} at new token {r['exact_position']}"
-                  + (f", margin {r['exact_margin']:.4g}" if r["exact_margin"] == r["exact_margin"] else ""))
-    else:
-        print("\noutputs not compared with AR's (no AR method among --methods, or sampling)")
-    if groups is not None:
-        _report_groups(df, groups, out, name, args, len(prompts))
-    if warning:
-        print(warning)
-    summary.round(3).to_csv(out.with_suffix(".csv"))
-    out.with_suffix(".md").write_text(table(summary, "github") + "\n" + (f"\n{warning}\n" if warning else ""))
-    if not args.no_figure:
-        _figure(summary, Path(args.figures_dir or args.results_dir) / f"{name}.png", f"{name} ({len(prompts)} prompts)")
-    print(f"records: {out} (the full table: {out.with_suffix('.md').name}, {out.with_suffix('.csv').name})")
-    if args.target is None and getattr(args, "family", None) in (None, "gsm8k-tiny", "gsm8k-base"):
-        print(f"\nthe real target, SmolLM2-135M-Instruct (fetched from PyPI on first use, drafters distilled for it): "
-              f"{SMOLLM2_RUN}")
-    return 0 if ok else 1
-
-
-def _report_groups(df, groups: dict, out: Path, name: str, args, n: int) -> None:
-    """Spec-Bench's layout of a run's records: speedup over AR per group, overall, mean accepted tokens."""
-    import pandas as pd
-
-    from .experiment import by_group, configurations
-
-    turns = pd.concat([g.assign(method=label) for label, g in configurations(df)])
-    turns = turns.assign(group=turns["sample_id"].map(groups))
-    grouped = by_group(turns[["method", "sample_id", "group", "wall_s", "new_tokens", "target_calls"]], "AR")
-    print("\nSpec-Bench's layout: speedup over AR on the same prompts per group (tokens per second, summed over "
-          "its turns), overall, and mean tokens per target forward:\n")
-    print(table(grouped))
-    grouped.round(3).to_csv(out.with_name(f"{name}-groups.csv"))
-    out.with_name(f"{name}-groups.md").write_text(table(grouped, "github") + "\n")
-    if not args.no_figure:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from .plots import speedup_by_group
-
-        path = Path(args.figures_dir or args.results_dir) / f"{name}-groups.png"
-        plt.close(speedup_by_group(grouped, path, title=f"{name} ({n} prompts): speedup over AR per Spec-Bench group"))
-        print(f"figure: {path}")
-
-
-def with_audit_column(summary):
-    """The summary with the audit's three counts in one narrow column, "identical/tie/WRONG"."""
-    if "WRONG" not in summary:
-        return summary
-    counts = summary[["identical", "tie", "WRONG"]]
-    text = [None if row.isna().any() else "/".join(str(int(v)) for v in row) for _, row in counts.iterrows()]
-    return summary.assign(**{"audit i/t/W": text})
-
-
-def _figure(summary, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .plots import speedup_bars
-
-    plt.close(speedup_bars(summary, path, title=title))
-    print(f"figure: {path}")
 
 
 def dataset_texts(dataset: str, split: str, data_dir, n: int, chat: bool = False) -> list[str]:
