@@ -163,7 +163,7 @@ def _collate(seqs, ids, pad_id: int):
 def _kl_to_teacher(teacher, logits, x, mask):
     """Mean over the predicted tokens (those with a next token, as the cross-entropy has them) of
     KL(teacher || model) of the next-token distributions. A teacher with a `kl(logits, x, mask)` method
-    (sparse soft labels: `csdlib.distill.SoftLabels`) computes it itself."""
+    (sparse soft labels: `csdlib.drafter_data.SoftLabels`) computes it itself."""
     if hasattr(teacher, "kl"):
         return teacher.kl(logits, x, mask)
     with torch.no_grad():
