@@ -299,18 +299,10 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
         r = evaluate(k, lenience, extra, on_prompt=lambda i, part: report(i, value_of(part)))
         return value_of(r)
 
-    def params_of(k0, l0):
-        p = {f"k{i}_{j}": min(int(k0[i][j]), mag_max if j == n - 1 else k_max) for i in range(n) for j in range(i, n)}
-        if lenience_range is not None:
-            p["lenience"] = min(max(float(l0), lenience_range[0]), lenience_range[1])
-        if seed_mode_mag:
-            p["mag_k"] = min(old_k, mag_max)
-        if "tree_width" in extra_int:                  # starts are chains
-            p.update(tree_width=1, tree_depth=1, tree_extend=0, tree_budget=1)
-        return p
-
     starts = ([start] if start is not None else []) + [(sd, 1.0) for sd in _sd_matrices(n, sd_starts)]
-    start_params = [params_of(*s) for s in starts][:n_trials]     # never queue more than the budget runs
+    space = {"n": n, "k_max": k_max, "mag_max": mag_max, "lenience_range": lenience_range,
+             "seed_mode_mag": seed_mode_mag, "old_k": old_k, "trees": "tree_width" in extra_int}
+    start_params = [_start_params(*s, **space) for s in starts][:n_trials]   # never queue more than the budget runs
     try:
         study = search(n, score, n_trials=n_trials, k_max=k_max, mag_column_max=mag_max if mag else None,
                        lenience_range=lenience_range, extra_int=extra_int, seed=seed, start=start_params,
@@ -324,6 +316,20 @@ def optimize(target, drafters, prompts, objective: str = "latency", *, n_trials:
             mag.k = old_k
     return Tuned(k, lenience, mag_k, value_of(evaluation), objective, evaluation, study,
                  time.perf_counter() - tic, tree_of(best.params))
+
+
+def _start_params(k0, l0, *, n: int, k_max: int, mag_max: int, lenience_range, seed_mode_mag: bool, old_k,
+                  trees: bool) -> dict:
+    """A start (k-matrix `k0`, lenience `l0`) as `optimize`'s search parameters, each clipped to the space
+    searched: MaG's own k (`old_k`) where it is searched (seed mode), and a chain where trees are."""
+    p = {f"k{i}_{j}": min(int(k0[i][j]), mag_max if j == n - 1 else k_max) for i in range(n) for j in range(i, n)}
+    if lenience_range is not None:
+        p["lenience"] = min(max(float(l0), lenience_range[0]), lenience_range[1])
+    if seed_mode_mag:
+        p["mag_k"] = min(old_k, mag_max)
+    if trees:                  # starts are chains
+        p.update(tree_width=1, tree_depth=1, tree_extend=0, tree_budget=1)
+    return p
 
 
 def _search_space(drafters, prompts, k_max: int, mag_k_max: int | None, tree_max: tuple | None):
