@@ -16,7 +16,7 @@ _EXPORTS = {
     "CSDValueError": "errors", "MissingFileError": "errors",
     "Method": "experiment", "load_results": "records", "run": "experiment",
     "standard_methods": "experiment", "summarize": "experiment",
-    "BigramTable": "mag", "MaG": "mag",
+    "BigramTable": "mag", "MaG": "mag", "SuffixCorpus": "suffix", "SuffixDrafter": "suffix",
     "HFModel": "models",
     "Stats": "stats", "LevelStats": "stats",
 }

@@ -18,6 +18,7 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogit
 import csdlib
 import csdlib.cascade
 from csdlib import BigramTable, HFModel, MaG
+from csdlib.suffix import SuffixCorpus, SuffixDrafter
 
 from tiny import hf_greedy, llama, perturbed, t5
 
@@ -53,10 +54,10 @@ def t5_family():
     return target, mid, small, table
 
 
-def cascade_counts(family, n, seed=0, mag=True, **sampling):
+def cascade_counts(family, n, seed=0, mag=True, bottom=None, **sampling):
     target, mid, small, table = family
     models = [HFModel(target, name="target"), HFModel(mid, name="mid"), HFModel(small, name="small")]
-    models += [MaG(table, k=3)] if mag else []
+    models += [bottom or MaG(table, k=3)] if mag else []
     gen = torch.Generator().manual_seed(seed)
     tokens, levels = [], np.zeros((len(models) - 1, 2))
     for _ in range(n):
@@ -167,6 +168,17 @@ def test_cascade_sampling_matches_target_distribution(decoder_family, seed, samp
           f"acceptance per level {acceptance.round(2)}")
     assert p_exact > 0.01 and p_hf > 0.01
     assert all(0 < a < 0.95 for a in acceptance)   # every level drafted, accepted some, rejected some
+
+
+def test_suffix_drafter_at_the_bottom_keeps_sampling_exact(decoder_family):
+    """The suffix drafter's tokens are point masses like MaG's: the cascade's samples stay the target's."""
+    sampling = dict(temperature=0.7, top_k=6, top_p=0.9)
+    suffix = SuffixDrafter(SuffixCorpus([[3, 5, 7, 1, 2, 3, 4, 5, 6], [5, 7, 1, 2, 9]], vocab_size=V), k=3, min_prob=0.0)
+    tokens, acceptance = cascade_counts(decoder_family, 4_000, seed=33, bottom=suffix, **sampling)
+    p_exact = gof_pvalue(joint(tokens, 0, 1), exact_joint(decoder_family[0], **sampling))
+    print(f"suffix at the bottom {sampling}: goodness of fit p={p_exact:.3f}, acceptance per level {acceptance.round(2)}")
+    assert p_exact > 0.01
+    assert all(0 < a < 0.95 for a in acceptance)
 
 
 def test_broken_acceptance_is_detected(decoder_family, monkeypatch):

@@ -9,7 +9,8 @@ Not part of the main suite (marker `stress`, deselected by default); CI runs it 
 
 Each case draws: the kind (decoder-only Llama or encoder-decoder T5, one test each), a target of random
 width / depth, 0-3 neural drafters (the target's twin, noisy copies, unrelated small models) with and
-without MaG (random k and bigram table), a random k-matrix, lenience, prompt (random or with repeats),
+without a free drafter at the bottom (MaG with a random k and bigram table, or the suffix drafter over a
+random corpus), a random k-matrix, lenience, prompt (random or with repeats),
 max_new_tokens and EOS (none, one token of the target's own output, or several). Float64 models: the
 cascade and `generate` then agree to ~1e-15, so any difference is a bug, not a near-tie.
 """
@@ -23,6 +24,7 @@ import torch
 import csdlib
 from csdlib import BigramTable, HFModel, MaG, Tree
 from csdlib.precision import audit, counts, float32_logits
+from csdlib.suffix import SuffixCorpus, SuffixDrafter
 
 from tiny import hf_greedy, llama, perturbed, t5
 
@@ -55,7 +57,11 @@ def random_case(rng: random.Random, target, pool):
     mag = []
     if rng.random() < 0.6:
         corpus = [[rng.randrange(VOCAB) for _ in range(rng.randint(2, 40))] for _ in range(rng.randint(1, 4))]
-        mag = [MaG(BigramTable.from_sequences(corpus, VOCAB), k=rng.randint(1, 10))]
+        if rng.random() < 0.5:
+            mag = [MaG(BigramTable.from_sequences(corpus, VOCAB), k=rng.randint(1, 10))]
+        else:                              # the free drafter with a memory: suffix matches in corpus + request
+            mag = [SuffixDrafter(SuffixCorpus(corpus, VOCAB, max_order=rng.randint(1, 8)), k=rng.randint(1, 10),
+                                 min_prob=rng.choice([0.0, 0.1, 0.5]), alpha=rng.choice([0.0, 1.0]))]
     drafters = neural + mag
     n = len(drafters)
     k_matrix = [[rng.randint(1 if j == i else 0, 4) if j >= i else 0 for j in range(n)] for i in range(n)]
