@@ -108,13 +108,15 @@ def _threads(p) -> None:
 def _run_parser(sub, families) -> None:
     r = _add(sub, "run", "AR vs SD vs CSD on a dataset (default: an embedded family)", cmd_run)
     r.add_argument("--family", choices=families, default=None,
-                   help=f"embedded family (default: {families[0]}, csdlib.zoo.DEFAULT_FAMILY)")
+                   help=f"embedded family (default: {families[0]}, csdlib.zoo.DEFAULT_FAMILY; with --dataset "
+                        f"spec-bench: {flags.SPEC_BENCH_FAMILY}, the family made for general text)")
     r.add_argument("--n-samples", type=flags.at_least(1), default=100,
                    help="prompts: the first n of the split (spec-bench: n questions per category, evenly spaced)")
     r.add_argument("--max-new-tokens", type=flags.at_least(1), default=128, help="new tokens per prompt")
     r.add_argument("--dataset", choices=["gsm8k", "mmlu", "sampled_mmlu", "spec-bench"], default="gsm8k",
                    help="prompts (spec-bench: Spec-Bench's questions, MT-bench's second turn after AR's answer to the "
-                        "first, a table per category; the smollm2 family unless --family or --target says otherwise)")
+                        f"first, a table per category; the {flags.SPEC_BENCH_FAMILY} family, made for general text, "
+                        "unless --family or --target says otherwise)")
     r.add_argument("--categories", type=flags.spec_bench_categories, default="all",
                    help="with --dataset spec-bench: comma-separated, of mt-bench, translation, summarization, qa, "
                         "math_reasoning, rag (or all)")

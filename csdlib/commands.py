@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from .errors import CSDValueError
+from .flags import SPEC_BENCH_FAMILY, run_family
 # with_audit_column is not used here: tests and callers take the report's helpers from commands, as before
 from .run_report import TERMINAL_COLUMNS, report_run, table, with_audit_column  # noqa: F401
 
@@ -109,15 +110,15 @@ def cmd_run(args) -> int:
 
 def _family_and_prompts(args, device):
     """`csd run`'s family and its (sample id, prompt ids); with `--dataset spec-bench` also the questions
-    (else None), and `SPEC_BENCH_FAMILY` when no family or target is named. The dataset is read before
-    any model loads, so that a missing one fails first, fast."""
+    (else None), and the family made for that data (`flags.SPEC_BENCH_FAMILY`) when no family or target is
+    named. The dataset is read before any model loads, so that a missing one fails first, fast."""
     items = None
     if args.dataset == "spec-bench":
         items = spec_bench_items(args)                                      # fails first, fast
         if args.family is None and args.target is None:
-            args.family = SPEC_BENCH_FAMILY
-            print(f"--dataset spec-bench: the {SPEC_BENCH_FAMILY} family (a chat model with a long context; "
-                  "--family or --target chooses another)")
+            args.family = run_family(args)
+            print(f"--dataset spec-bench: the {args.family} family, made for general text (--family or --target "
+                  "chooses another)")
     else:
         dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples)   # fails first, fast
     fam = family_from_args(args, device)
@@ -128,10 +129,6 @@ def _family_and_prompts(args, device):
         texts = dataset_texts(args.dataset, args.split, args.data_dir, args.n_samples, chat=fam.chat)
         prompts = [(i, fam.encode(t)) for i, t in enumerate(texts)]
     return fam, items, prompts
-
-
-#: the family `csd run --dataset spec-bench` measures unless told otherwise (its prompts need a long context)
-SPEC_BENCH_FAMILY = "smollm2"
 
 
 def spec_bench_items(args) -> list[dict]:

@@ -14,6 +14,9 @@ DTYPES = ["float32", "float16", "bfloat16", "float64"]
 # a hub name such as "gpt2" or "org/name"; anything else that is not a folder is a missing local folder
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu|npu|hpu)(:\d+)?)$")
+#: the family `csd run --dataset spec-bench` measures when neither --family nor --target is given: the one
+#: made for general text (smollm2's target, drafters distilled on its answers to requests it wrote itself)
+SPEC_BENCH_FAMILY = "smollm2-general"
 
 
 def at_least(low, kind=int):
@@ -147,9 +150,18 @@ def family_drafters(args) -> list[str]:
     if getattr(args, "target", None) is not None:
         return [Path(p).name for p in args.drafter] + (["MaG"] if args.bigram else [])
     try:
-        return zoo.drafter_names(zoo.family_info(getattr(args, "family", None), getattr(args, "family_path", None))[2])
+        return zoo.drafter_names(zoo.family_info(run_family(args), getattr(args, "family_path", None))[2])
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e).replace("name: ", "", 1)) from None
+
+
+def run_family(args) -> str | None:
+    """The embedded family a command loads by name: --family, else with `csd run --dataset spec-bench` and
+    no --target `SPEC_BENCH_FAMILY`, else None (`csdlib.zoo.DEFAULT_FAMILY`, or --family-path's folder)."""
+    family = getattr(args, "family", None)
+    if family is None and getattr(args, "dataset", None) == "spec-bench" and getattr(args, "target", None) is None:
+        return SPEC_BENCH_FAMILY
+    return family
 
 
 def check(args, parser: argparse.ArgumentParser) -> None:

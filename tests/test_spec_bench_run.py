@@ -96,8 +96,42 @@ def test_both_turns_measured_and_the_table_per_group(world, tmp_path, capsys):
 def test_prompts_too_long_for_the_models_are_refused_before_measuring(world, tmp_path, capsys):
     assert main(spec_args(world, tmp_path, categories="summarization", n=1)) == 2
     assert re.match(r"csd run: error: 1 of 1 prompts \(e\.g\. \d+\.1\) need more than the 512 positions .*"
-                    r"--family smollm2\)$", capsys.readouterr().err.strip())
+                    r"--family smollm2-general\)$", capsys.readouterr().err.strip())
     assert not (tmp_path / "sb.jsonl").exists()
+
+
+def test_the_family_made_for_spec_bench_runs_unless_another_is_named(world, tmp_path, monkeypatch, capsys):
+    """No --family: smollm2-general, the family made for general text, checked against and loaded, and the
+    run's first line says so; --family names another, --target brings its own models."""
+    from csdlib import cli, flags
+
+    _, _, data, _ = world
+    loaded = []
+
+    class Loaded(Exception):
+        pass
+
+    def load(name=None, **kw):
+        loaded.append(name)
+        raise Loaded                              # nothing is measured: which family loads is the point
+    monkeypatch.setattr(zoo, "load", load)
+    argv = ["run", "--dataset", "spec-bench", "--categories", "qa", "--n-samples", "1", "--data-dir", str(data),
+            "--results-dir", str(tmp_path), "--quiet", "--no-figure"]
+    with pytest.raises(Loaded):
+        main(argv)
+    assert loaded == ["smollm2-general"]
+    assert capsys.readouterr().out.splitlines()[0] == ("--dataset spec-bench: the smollm2-general family, made for "
+                                                       "general text (--family or --target chooses another)")
+    with pytest.raises(Loaded):
+        main(argv + ["--family", "smollm2"])
+    assert loaded == ["smollm2-general", "smollm2"] and "--dataset spec-bench: the" not in capsys.readouterr().out
+    parse = cli.build_parser().parse_args
+    assert flags.run_family(parse(argv)) == flags.SPEC_BENCH_FAMILY == "smollm2-general"    # what the flags check
+    assert flags.run_family(parse(argv[:1] + ["--n-samples", "1"])) is None                 # GSM8K: zoo's default
+    assert flags.run_family(parse(argv + ["--target", "x"])) is None
+    run = next(a for a in cli.build_parser()._actions if a.dest == "command").choices["run"]
+    assert "with --dataset spec-bench: smollm2-general, the family made for general text" in " ".join(
+        run.format_help().split())
 
 
 def test_bad_flags(world, tmp_path, capsys):
