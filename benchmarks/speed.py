@@ -76,7 +76,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import compiled_graphs  # noqa: E402
-from csdlib import Stats, flags, generate, onednn, zoo  # noqa: E402
+from csdlib import Stats, arctic, flags, generate, onednn, zoo  # noqa: E402
 from csdlib.precision import audit, counts, describe, hardware, has_float32_logits  # noqa: E402
 from csdlib.cache import build_target_cache  # noqa: E402
 from csdlib.checks import check_confidence  # noqa: E402
@@ -172,6 +172,9 @@ def _add_method_args(p):
                    help="comma-separated thresholds: a 'CSD (confidence=C)' row for each, the default cascade with "
                         "dynamic draft length (a level stops drafting when a neural drafter's newest token had "
                         "probability below C under it)")
+    p.add_argument("--arctic", choices=["auto", "on", "off"], default="auto",
+                   help="'SD(SuffixDecoding, arctic-inference)': SuffixDecoding's own proposer over the family's suffix "
+                        "corpus, at the suffix drafter's k (auto: when arctic-inference is installed)")
     p.add_argument("--skip", default="",
                    help="comma-separated methods not run, by the start of their name (e.g. 'AR,tree CSD'); "
                         "HF greedy, the baseline, cannot be skipped")
@@ -281,13 +284,27 @@ def other_families(args, fam, dtype, device) -> dict:
     return out
 
 
-def build_methods(fam, args, chosen, eos, setting, eager=None, others=None, skip=None):
+def arctic_peer(fam, args):
+    """SuffixDecoding's own proposer (`csdlib.arctic`) over the family's suffix corpus, or None (no corpus,
+    `--arctic off`, or arctic-inference not installed with `--arctic auto`)."""
+    free = getattr(fam, "free", None) or {}
+    if "suffix" not in free or args.arctic == "off":
+        return None
+    if not arctic.available():
+        if args.arctic == "on":
+            raise SystemExit("--arctic on: arctic-inference is not installed (csdlib/arctic.py says how)")
+        return None
+    return arctic.ArcticSuffix(free["suffix"].corpus.answers(), fam.target.vocab_size)
+
+
+def build_methods(fam, args, chosen, eos, setting, eager=None, others=None, skip=None, peer=None):
     """name -> (kind, run(prompt) -> (new tokens, Stats or None)), every method on the same target;
     `setting`: CSD's (`csd_setting`); `eager`: the family again with plain linear layers (`--prepack
     both`), for `HF greedy (eager)` and `CSD (eager)`; `others`: `other_families`, a `CSD (NAME)` each;
-    `skip`: the methods left out (default `--skip`)."""
+    `skip`: the methods left out (default `--skip`); `peer`: `arctic_peer`'s (a string: its name only)."""
     target, drafters = fam.target, list(fam.drafters)
-    mag = next((d for d in drafters if is_free(d)), None)
+    free = getattr(fam, "free", None) or {}
+    mag = free.get("mag") or next((d for d in drafters if is_free(d)), None)
 
     def csd(ds, k, lenience=1.0, tree=None, target=target, confidence=None, cache=None, compile=False):
         def run(prompt):
@@ -309,10 +326,18 @@ def build_methods(fam, args, chosen, eos, setting, eager=None, others=None, skip
         return run
 
     methods = {"HF greedy": ("hf", hf()), "AR": ("csdlib", csd([], None))}
-    for d in drafters:
+    bottoms = [d for d in free.values() if d is not drafters[-1]]     # the family's other free drafters
+    for d in [*drafters, *bottoms]:
         label = "MaG" if d is mag else d.name
         methods[f"SD({label}) k={chosen[d.name]}"] = ("csdlib SD", csd([d], [[chosen[d.name]]]))
     methods["CSD"] = ("csdlib CSD", csd(drafters, setting["k_matrix"], setting["lenience"]))
+    for d in bottoms:                                 # the default cascade with another free bottom level
+        label = "MaG" if d is mag else d.name
+        methods[f"CSD ({label} at the bottom)"] = ("csdlib CSD", csd([*drafters[:-1], d], setting["k_matrix"],
+                                                                       setting["lenience"]))
+    if peer is not None:                              # SuffixDecoding's own proposer, at the suffix drafter's k
+        methods[f"SD(SuffixDecoding, arctic-inference) k={chosen['suffix']}"] = (
+            "peer", csd([peer], [[chosen["suffix"]]]) if not isinstance(peer, str) else None)
     for name, (ds, k, lenience) in (others or {}).items():   # another family's drafters for this target
         methods[f"CSD ({name})"] = ("csdlib CSD", csd(ds, k, lenience))
     if args.copies_only and mag is not None:          # dynamic draft length for MaG: no bigram guesses
@@ -374,8 +399,10 @@ def method_names(fam, args, eos, others) -> list:
     """Every method's name before SD's k and CSD's tree are chosen (each '?'): `--skip` is checked against
     them before the latency model and the tuning run, not minutes later."""
     undecided = {"k_matrix": None, "lenience": 1.0, "tree": None}
+    peer = "name only" if "suffix" in (getattr(fam, "free", None) or {}) and args.arctic != "off" and (
+        args.arctic == "on" or arctic.available()) else None
     names = list(build_methods(fam, args, defaultdict(lambda: "?"), eos, undecided,
-                               fam if args.prepack == "both" else None, others, skip=""))
+                               fam if args.prepack == "both" else None, others, skip="", peer=peer))
     return names + (["tree CSD ?"] if args.tree != "off" or args.tune_csd else [])
 
 
@@ -527,7 +554,7 @@ def table(rows, methods, target, models, latency) -> pd.DataFrame:
             row["x limit"] = r["wall_s"] / row["limit s"]
         out.append(row)
     df = pd.DataFrame(out).set_index("method")
-    sd, peers = df[df["kind"] == "csdlib SD"], df[df["kind"] == "hf peer"]
+    sd, peers = df[df["kind"] == "csdlib SD"], df[df["kind"].isin(["hf peer", "peer"])]   # peer: SuffixDecoding
     df["x best SD"] = sd["wall s"].min() / df["wall s"] if len(sd) else None
     df["x best HF peer"] = peers["wall s"].min() / df["wall s"] if len(peers) else None
     return df
@@ -539,7 +566,10 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
     fam = load_family(args, dtype, device)
     target, drafters = fam.target, list(fam.drafters)
     others = other_families(args, fam, dtype, device)
-    models, eos = [target, *drafters, *(d for ds, _, _ in others.values() for d in ds)], sorted(target.eos_token_ids)
+    bottoms = [d for d in (fam.free or {}).values() if d is not drafters[-1]]
+    peer = arctic_peer(fam, args)
+    models = [target, *drafters, *bottoms, *([peer] if peer else []), *(d for ds, _, _ in others.values() for d in ds)]
+    eos = sorted(target.eos_token_ids)
     skip_prefixes(args.skip, method_names(fam, args, eos, others))
     dev = load_gsm8k("dev", args.data_dir)
     items, encode = questions(args), encoder(fam, args.dataset)
@@ -555,13 +585,15 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
     cache_path = Path("tmp") / f"speed-target-cache-{fam.name}-{dtype}-{device.type}-t{args.max_new_tokens}.jsonl"
     cached = build_target_cache(target, tune, args.max_new_tokens, cache_path)
     ks, chosen = [int(k) for k in args.ks.split(",")], {}
-    for d in drafters:
+    for d in [*drafters, *(d for d in (fam.free or {}).values() if d is not drafters[-1])]:
         chosen[d.name], scores = best_k(cached, d, tune, ks, latency, args.max_new_tokens)
         log(f"SD({d.name}): best k = {chosen[d.name]} (predicted speedup by k: "
             + ", ".join(f"{k}: {v:.2f}" for k, v in scores.items()) + ")")
+    if peer is not None:
+        peer.k = chosen["suffix"]
     setting = csd_setting(args, fam, cached, tune, latency, log)
     eager = load_family(args, dtype, device, prepack=False) if args.prepack == "both" else None
-    methods = build_methods(fam, args, chosen, eos, setting, eager, others)
+    methods = build_methods(fam, args, chosen, eos, setting, eager, others, peer=peer)
     tree = setting["tree"]
 
     def result(rows) -> dict:

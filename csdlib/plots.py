@@ -257,3 +257,22 @@ def cascade_gain(points: pd.DataFrame, path=None, title: str = "Where a cascade 
     ax.set_xlim(min(0.02, points["drafter cost"].min() / 1.5), max(1.0, points["drafter cost"].max() * 1.5))
     return _finish(fig, ax, path, xlabel="largest neural drafter's one-token latency / target's",
                    ylabel="CSD tokens/s / best SD tokens/s", title=title)
+
+
+def suffix_replay(rows: list[dict], k: int, path=None, title: str = "Free drafters replayed"):
+    """Tokens per target call (y) against the suffix drafter's corpus size (x: the target's past answers,
+    symlog scale), one line per way of scoring, at draft length `k`; MaG and the request alone as
+    horizontal lines (`rows`: `benchmarks/suffix_replay.py`'s: drafter, answers, k, tokens_per_call)."""
+    plt = _plt()
+    df = pd.DataFrame([r for r in rows if r["k"] == k])
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    mag = df[df["drafter"] == "MaG"]["tokens_per_call"]
+    if len(mag):
+        ax.axhline(float(mag.iloc[0]), color="grey", ls="--", lw=1, label="MaG")
+    curves = df[(df["drafter"] != "MaG") & ~df["drafter"].str.contains("prompt lookup")]
+    for name, g in curves.groupby("drafter", sort=False):
+        g = g.sort_values("answers")
+        ax.plot(g["answers"].astype(int), g["tokens_per_call"], marker="o", label=name.removeprefix("suffix: "))
+    ax.set_xscale("symlog", linthresh=50)
+    return _finish(fig, ax, path, xlabel="answers in the corpus (the target's own, GSM8K train)",
+                   ylabel="tokens per target call", title=title, legend="suffix drafter")

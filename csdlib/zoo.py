@@ -31,6 +31,9 @@ DEFAULT_FAMILY = "gsm8k-tiny"
 #: the models of a family folder (gsm8k-base has only its target and shares the others)
 MODEL_NAMES = ("target", "mid", "small")
 BIGRAM_FILE = "bigram.json"
+#: the free drafters a family's cascade may end in: MaG (the seed's) and the suffix drafter over the target's
+#: past answers (``corpus.npz``, `csdlib.suffix`); family.json's default says which one `.drafters` ends in
+BOTTOMS = ("mag", "suffix")
 #: `load(prepack=None)` packs the linear layers of the neural models with at least this many parameters
 #: for oneDNN on the CPU (`csdlib.onednn`). Measured (`benchmarks/forward_cost.py`, AMD EPYC with
 #: AVX512-BF16, 2 threads, data/results/forward-cost-smollm2): SmolLM2-135M's step 1.32x faster in float32,
@@ -110,6 +113,14 @@ class Family:
     bigram_path: Path | None = None
     tree: object = None           # the default's tree drafts (`csdlib.Tree`), None: chains
     chat: bool = False            # prompts through the tokenizer's chat template (an instruct target)
+    free: dict = None             # its free drafters by name ("mag", "suffix"); `.drafters` ends in `bottom`'s
+    bottom: str = "mag"
+
+    def with_bottom(self, name: str) -> list:
+        """`.drafters` with another free drafter at the bottom (``"mag"`` or ``"suffix"``)."""
+        if name not in (self.free or {}):
+            raise CSDValueError(f"bottom: family {self.name!r} has no free drafter {name!r}; it has {sorted(self.free or {})}")
+        return [*self.drafters[:-1], self.free[name]]
 
     def __repr__(self) -> str:
         names = ", ".join(d.name for d in self.drafters)
@@ -181,7 +192,8 @@ def drafter_names(info: dict) -> list[str]:
 
 def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="float32",
          float32_logits: bool | None = None, device=None, target=None, progress: bool = True,
-         prepack: bool | None = None, cache: str = "dynamic", compile: bool = False) -> Family:
+         prepack: bool | None = None, cache: str = "dynamic", compile: bool = False,
+         bottom: str | None = None) -> Family:
     """An embedded family (default: ``DEFAULT_FAMILY``), offline: ``.tokenizer``, ``.target`` and ``.drafters`` (`csdlib` models,
     largest first, MaG last) and the default ``.k_matrix`` / ``.lenience`` chosen by measurement (stored
     in ``family.json``); models in `dtype` (a torch dtype or its name) on `device`.
@@ -200,7 +212,8 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="fl
     (`csdlib.onednn`; None: those of the models with at least `PREPACK_MIN_PARAMS` parameters, the
     default chosen by measurement; True: every neural model's; False: none); ``cache``: the neural
     models' KV cache, ``"dynamic"`` or ``"static"``; ``compile``: their forwards compiled at fixed shapes
-    (on static caches; `csdlib.HFModel`).
+    (on static caches; `csdlib.HFModel`); ``bottom``: the free drafter `.drafters` ends in, ``"mag"`` or
+    ``"suffix"`` (None: the family's default; both are in ``.free``).
     """
     from .mag import BigramTable, MaG
     from .models import HFModel
@@ -211,8 +224,8 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="fl
 
     name, path, info = family_info(name, path)
     if "drafters" in info:  # smollm2: a fetched target, drafters with vocabularies of their own
-        return _finished(_load_fetched(name, path, info, mag_k, dtype, float32_logits, device, target, progress),
-                         prepack, cache, compile)
+        return _finished(_load_fetched(name, path, info, mag_k, dtype, float32_logits, device, target, progress,
+                                       bottom), prepack, cache, compile)
     if target is not None:
         raise CSDValueError(f"target: family {name!r} brings its own target; target= is for a fetched one (smollm2)")
     if "shares" in info:  # gsm8k-base: its own target on top of another family's models
@@ -226,14 +239,39 @@ def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="fl
     default = info.get("defaults", {}).get(str(_torch_dtype(dtype)).removeprefix("torch."), info["default"])
     mag = MaG(BigramTable.load(shared / BIGRAM_FILE, vocab_size=hf["target"].config.vocab_size),
               k=mag_k or default["mag_k"])
+    free = free_drafters(mag, path, default, tok, hf["target"].config.vocab_size)
     if float32_logits is None:
         float32_logits = default_float32_logits(_torch_dtype(dtype))
     if float32_logits:
         with_float32_logits(hf["target"])
     target = HFModel(hf.pop("target"), name="target")
-    drafters = [*(HFModel(m, name=n) for n, m in hf.items()), mag]
+    bottom = _bottom(bottom, default, free)
+    drafters = [*(HFModel(m, name=n) for n, m in hf.items()), free[bottom]]
     return _finished(Family(name, path, tok, target, drafters, default["k_matrix"], default["lenience"],
-                            shared / BIGRAM_FILE, tree_from_json(default.get("tree"))), prepack, cache, compile)
+                            shared / BIGRAM_FILE, tree_from_json(default.get("tree")), free=free, bottom=bottom),
+                     prepack, cache, compile)
+
+
+def free_drafters(mag, path: Path, default: dict, tokenizer, vocab_size: int) -> dict:
+    """{"mag": MaG, "suffix": the suffix drafter over the family's ``corpus.npz``, when it has one}; the
+    suffix drafter's settings from the default's ``"suffix"`` entry (else `csdlib.suffix.DEFAULTS`)."""
+    from .suffix import CORPUS_FILE, DEFAULTS, SuffixCorpus, SuffixDrafter, tokenizer_hash
+
+    free = {"mag": mag}
+    if (path / CORPUS_FILE).is_file():
+        corpus = SuffixCorpus.load(path / CORPUS_FILE, vocab_size=vocab_size, tokenizer=tokenizer_hash(tokenizer))
+        free["suffix"] = SuffixDrafter(corpus, **{**DEFAULTS, **default.get("suffix", {})})
+    return free
+
+
+def _bottom(bottom: str | None, default: dict, free: dict) -> str:
+    """The free drafter `.drafters` ends in: `bottom`, else the default's, else MaG."""
+    name = bottom if bottom is not None else default.get("bottom", "mag")
+    if name not in BOTTOMS:
+        raise CSDValueError(f"bottom: expected one of {list(BOTTOMS)}, got {name!r}")
+    if name not in free:
+        raise MissingFileError(f"bottom: this family has no suffix corpus (corpus.npz); build it with `csd corpus`")
+    return name
 
 
 def _finished(family: Family, prepack: bool | None, cache: str = "dynamic", compile: bool = False) -> Family:
@@ -251,7 +289,7 @@ def _finished(family: Family, prepack: bool | None, cache: str = "dynamic", comp
     return family
 
 
-def _load_fetched(name, path, info, mag_k, dtype, float32_logits, device, target, progress) -> Family:
+def _load_fetched(name, path, info, mag_k, dtype, float32_logits, device, target, progress, bottom=None) -> Family:
     """A family whose target is fetched (``family.json``: ``"target": "smollm2"``) and whose drafters
     (``"drafters"``: folder names, largest first) are in the family folder."""
     from transformers import AutoTokenizer
@@ -271,8 +309,11 @@ def _load_fetched(name, path, info, mag_k, dtype, float32_logits, device, target
     drafters = [load_member(path / d, d, dtype=dtype, device=device) for d in info["drafters"]]
     default = info.get("defaults", {}).get(str(_torch_dtype(dtype)).removeprefix("torch."), info["default"])
     mag = MaG(BigramTable.load(path / BIGRAM_FILE, vocab_size=tm.vocab_size), k=mag_k or default["mag_k"])
-    return Family(name, path, tok, tm, [*drafters, mag], default["k_matrix"], default["lenience"], path / BIGRAM_FILE,
-                  tree_from_json(default.get("tree")), chat=info.get("prompt") == "chat")
+    free = free_drafters(mag, path, default, tok, tm.vocab_size)
+    bottom = _bottom(bottom, default, free)
+    return Family(name, path, tok, tm, [*drafters, free[bottom]], default["k_matrix"], default["lenience"],
+                  path / BIGRAM_FILE, tree_from_json(default.get("tree")), chat=info.get("prompt") == "chat",
+                  free=free, bottom=bottom)
 
 
 def tree_from_json(value):

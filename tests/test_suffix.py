@@ -189,3 +189,21 @@ def test_a_draft_that_stopped_short_stays_stopped_when_the_cascade_asks_again():
     assert out.new_tokens == answer
     assert out.stats.levels[0].drafted_per_position[0] > 0
     assert len(out.stats.levels[0].drafted_per_position) < 6          # never asked on to fill the entry of 6
+
+
+def test_the_family_zoo_offers_the_suffix_drafter():
+    from csdlib import zoo
+
+    fam = zoo.load("gsm8k-tiny", progress=False)
+    suffix = fam.free["suffix"]
+    assert isinstance(suffix, SuffixDrafter) and len(suffix.corpus) > 0
+    assert fam.free["mag"].name == "mag"
+    assert any(d is fam.free[fam.bottom] for d in fam.drafters)        # the default bottom is in .drafters
+    other = zoo.load("gsm8k-tiny", progress=False, bottom="mag" if fam.bottom == "suffix" else "suffix")
+    assert other.drafters[-1].name != fam.drafters[-1].name
+    prompt = fam.prompt_ids("Tom has 3 apples and buys 4 more. How many apples does he have?")
+    ref = csdlib.generate(fam.target, [], prompt, max_new_tokens=24).new_tokens
+    for drafters, k in [([suffix], [[4]]), (fam.drafters, fam.k_matrix), (other.drafters, other.k_matrix)]:
+        assert csdlib.generate(fam.target, drafters, prompt, k_matrix=k, max_new_tokens=24).new_tokens == ref
+    with pytest.raises(CSDValueError, match="bottom"):
+        zoo.load("gsm8k-tiny", progress=False, bottom="ngram")
