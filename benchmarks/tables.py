@@ -164,30 +164,41 @@ def render_speed_summary(path) -> str:
     return _speed_caption(d, run) + "\n\n" + _markdown(out)
 
 
-def render_readme(paths) -> str:
-    """README's table: both families side by side, x HF greedy (best HF peer)."""
-    cols, caps = {}, []
+#: the README's one table: each family on the data it was made for (smollm2-general: Spec-Bench), each dtype
+HEADLINE = ("data/results/speed-gsm8k-tiny/speed.json", "data/results/speed-gsm8k-base/speed.json",
+            "data/results/speed-smollm2-bfloat16/speed.json", "data/results/speed-smollm2-float32/speed.json",
+            "data/results/spec-bench-smollm2-general-float32-peers/speed.json")
+#: its columns: `_pick`'s summary rows (their labels before ": ") as the README names them
+HEADLINE_COLUMNS = {"CSD (the family's default)": "CS Drafting", "best SD": "best single drafter",
+                    "best HF assisted": "HF assisted generation", "HF prompt lookup(10)": "HF prompt lookup"}
+
+
+def render_headline(paths) -> str:
+    """README's table: CSD against plain decoding (transformers' greedy `generate` of the same model in the same
+    dtype), the best single drafter and transformers' peers, a row per family, dtype and data; under it each
+    row's run: day, machine, prompts, audit, the methods it left out, and its command."""
+    rows, notes = [], []
     for path in paths:
         d = _json(path)
         run = d["runs"][0]
         df = _speed_rows(run)
-        family = d["family"]
+        what = f"{d['family']}, {run['dtype']}, {'Spec-Bench' if d.get('dataset') == 'spec-bench' else 'GSM8K'}"
+        row = {"family, dtype, prompts": what, "machine": _machine(d).split(", torch")[0]}
         for label, n in _pick(df).items():
             key = re.sub(r": .*", "", label)
-            detail = label.split(": ")[1] if ": " in label else ""
-            if key.startswith("tree CSD ("):             # one row whatever each dtype's tree: its shape beside
-                key, detail = "tree CSD", key[len("tree CSD ("):-1]
-            cols.setdefault(key, {})[family] = (f"{_x(df.loc[n, 'x HF greedy'])}x ({_x(df.loc[n, 'x best HF peer'])})"
-                                                + (f" {detail}" if detail else ""))
-        caps.append(f"{family}: {run['prompts']} prompts, {_audit(df)}, `{d['command']}`")
-    families = [(_json(p))["family"] for p in paths]
-    out = pd.DataFrame([{"method": k, **{f: v.get(f, "-") for f in families}} for k, v in cols.items()])
-    d0 = _json(paths[0])
-    head = (f"Speedup over transformers' greedy `generate` of the same model (in brackets: over the best of "
-            f"assisted generation and prompt lookup), {_day(d0)}, {_machine(d0)}, "
-            f"{d0['runs'][0]['dtype']}, {d0['threads']} threads, {d0['max_new_tokens']} new tokens, methods "
-            f"interleaved prompt by prompt in one process.")
-    return head + "\n\n" + _markdown(out) + "\n\n" + "\n".join(f"- {c}" for c in caps)
+            if key in HEADLINE_COLUMNS:
+                detail = re.sub(r"^HF assisted\((.*)\) default$", r"with \1", n) if ": " in label else ""
+                row[HEADLINE_COLUMNS[key]] = f"{_x(df.loc[n, 'x HF greedy'])}x" + (f" {detail}" if detail else "")
+        rows.append(row)
+        words = shlex.split(d["command"])
+        left = f"; not run: {words[words.index('--skip') + 1]}" if "--skip" in words else ""
+        notes.append(f"{what}: {_day(d)}, {_machine(d)}, {d['threads']} threads, {run['prompts']} prompts, "
+                     f"{d['max_new_tokens']} new tokens, {_audit(df)}{left}; `{d['command']}`")
+    out = pd.DataFrame(rows).reindex(columns=["family, dtype, prompts", *HEADLINE_COLUMNS.values(), "machine"]).fillna("-")
+    head = ("Speedup over plain decoding (transformers' greedy `generate` of the same model in the same dtype), "
+            "every method interleaved prompt by prompt in one process, every output audited against plain "
+            "decoding's (identical / tie / WRONG):")
+    return head + "\n\n" + _markdown(out) + "\n\n" + "\n".join(f"- {c}" for c in notes)
 
 
 def render_dtypes(paths) -> str:
@@ -584,9 +595,8 @@ TABLES = [
     Table("trees-budget-wall-clock", ("docs/trees.md",), "data/results/speed-gsm8k-base-tree-budget/speed.json",
           ("python benchmarks/speed.py --prompts 30 --max-new-tokens 128 --threads 2 --recalibrate --peers default "
            "--family gsm8k-base --tree 4:0:2 --out data/results/speed-gsm8k-base-tree-budget",), render_speed_summary, 20),
-    Table("readme-speed", ("README.md",), "data/results/speed-gsm8k-tiny/speed.json",
-          (), lambda _: render_readme(["data/results/speed-gsm8k-tiny/speed.json",
-                                       "data/results/speed-gsm8k-base/speed.json"])),
+    Table("readme-speed", ("README.md",), "data/results/speed-gsm8k-tiny/speed.json", (),
+          lambda _: render_headline(HEADLINE)),
     Table("csd-run", ("docs/experiments.md",), "data/results/csd-run-gsm8k-tiny/gsm8k-dev-n100-t128.csv",
           (CSD_RUN,), render_csd_run, 8),
     Table("tree-tokens", ("docs/trees.md",), "data/results/tree-gsm8k-base/tree.csv",
@@ -624,7 +634,7 @@ TABLES = [
                                                           "data/results/speed-smollm2-float32",), render_speed, 55),
     Table("smollm2-drafters", ("data/models/smollm2/README.md",), "data/models/smollm2/mid/training.json",
           ("csd train --family smollm2",), render_drafters, 60),
-    Table("readme-smollm2", ("README.md",), "data/results/speed-smollm2-bfloat16/speed.json", (),
+    Table("smollm2-dtypes", ("docs/real-target.md",), "data/results/speed-smollm2-bfloat16/speed.json", (),
           lambda _: render_dtypes(["data/results/speed-smollm2-bfloat16/speed.json",
                                    "data/results/speed-smollm2-float32/speed.json"])),
     Table("smollm2-cost", ("data/models/smollm2/README.md",), "data/results/dtype-cost-smollm2/latency.json",
@@ -632,13 +642,13 @@ TABLES = [
                 f"data/results/dtype-cost-smollm2/latency.json --note 'csd calibrate --family smollm2 "
                 f"--dtype float32|bfloat16 --threads 2 --force --out data/results/dtype-cost-smollm2/latency.json'"
                 for dt in ("float32", "bfloat16")), render_dtype_cost, 3),
-    Table("spec-bench-smollm2-bfloat16", ("docs/spec-bench.md", "README.md"),
+    Table("spec-bench-smollm2-bfloat16", ("docs/spec-bench.md",),
           "data/results/spec-bench-smollm2-bfloat16-packed/speed.json", (SPEC_BENCH,), render_spec_bench, 95),
     Table("spec-bench-smollm2-float32", ("docs/spec-bench.md",), "data/results/spec-bench-smollm2-float32/speed.json",
           (SPEC_BENCH_FLOAT32,), render_spec_bench, 90),
     Table("spec-bench-smollm2-general-float32", ("docs/spec-bench.md",),
           "data/results/spec-bench-smollm2-general-float32/speed.json", (SPEC_BENCH_GENERAL_FLOAT32,), render_spec_bench, 80),
-    Table("spec-bench-smollm2-general-float32-peers", ("docs/spec-bench.md", "README.md"),
+    Table("spec-bench-smollm2-general-float32-peers", ("docs/spec-bench.md",),
           "data/results/spec-bench-smollm2-general-float32-peers/speed.json", (SPEC_BENCH_GENERAL_FLOAT32_PEERS,),
           render_spec_bench, 85),
     Table("long-prompts-smollm2-bfloat16", ("docs/spec-bench.md",),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: what `csd run` on a trained family suggests next (README: "The real target")
+#: what `csd run` on a trained family suggests next (docs/real-target.md)
 SMOLLM2_RUN = "csd run --family smollm2 --dtype bfloat16 --n-samples 20"
 #: the columns of the terminal table (`--wide`: all; the .md and .csv files always have all)
 TERMINAL_COLUMNS = ["samples", "SWI parameters", "wall speedup", "tokens/target call",
