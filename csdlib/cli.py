@@ -11,6 +11,7 @@ the embedded families' recipe.
     csd tune --objective parameters --target DIR --drafter DIR --bigram FILE --out tuned.json
     csd train --family gsm8k-tiny             # the recipe that made the embedded families (resumable)
     csd bigram                                # MaG's bigram table from GSM8K's training text
+    csd corpus --family smollm2               # the suffix drafter's corpus: the target's own answers
     csd report --family gsm8k-base            # sizes, losses, latency, dev accuracy, drafter agreement
 
 `csd run` runs AR, SD with each drafter alone (mid, small, MaG) and CSD with all of them on the same
@@ -30,7 +31,7 @@ import sys
 # `csd --help` and a bad flag answer at once (tests/test_cli*.py check that they import none of them).
 
 from . import flags
-from .commands import (RESULTS_DIR, ROOT, cmd_bigram, cmd_calibrate, cmd_report, cmd_run, cmd_seed_config,
+from .commands import (RESULTS_DIR, ROOT, cmd_bigram, cmd_calibrate, cmd_corpus, cmd_report, cmd_run, cmd_seed_config,
                        cmd_train, cmd_tune)
 from .errors import CSDValueError
 from .zoo import PREPACK_MIN_PARAMS
@@ -72,6 +73,13 @@ def _model_flags(p, k_matrix_example: str) -> None:
                    help="drafter model folder or hub name, largest first (repeat; only with --target)")
     p.add_argument("--bigram", type=flags.file, default=None,
                    help="bigram table file: adds MaG as the last drafter (only with --target)")
+    p.add_argument("--corpus", type=flags.file, default=None,
+                   help="a suffix corpus (corpus.npz, `csdlib.suffix`): adds the suffix drafter as the last drafter "
+                        "(only with --target; not with --bigram)")
+    p.add_argument("--bottom", choices=["mag", "suffix"], default=None,
+                   help="the free drafter a family's cascade ends in: MaG or the suffix drafter over the target's "
+                        "past answers (default: the family's; the other one gets its SD row and a 'CSD (... at "
+                        "the bottom)' row in csd run)")
     p.add_argument("--mag-k", type=flags.at_least(1), default=None,
                    help="MaG's largest draft per call (only with --target; default 10)")
     p.add_argument("--tokenizer", type=flags.model_source, default=None,
@@ -224,6 +232,15 @@ def _other_parsers(sub, families) -> None:
                     help="family folder with tokenizer/ (the table is written there as bigram.json)")
     bg.add_argument("--data-dir", type=flags.directory, default=None, help=_DATA_DIR_HELP)
     bg.add_argument("--threads", type=flags.at_least(1), default=1, help="torch threads")
+
+    cp = _add(sub, "corpus", "build the suffix drafter's corpus: the family's target's answers to GSM8K train "
+              "questions, as token ids (data/models/<family>/corpus.npz)", cmd_corpus)
+    cp.add_argument("--family", choices=families, default=families[0], help="embedded family")
+    cp.add_argument("--answers", type=flags.at_least(1), default=None,
+                    help="the target's answers to the first N training questions (default: csdlib.corpus.CORPUS_ANSWERS)")
+    cp.add_argument("--out", default=None, help="corpus file (default: <family folder>/corpus.npz)")
+    cp.add_argument("--data-dir", type=flags.directory, default=None, help=_DATA_DIR_HELP)
+    cp.add_argument("--threads", type=flags.at_least(1), default=2, help="torch threads")
 
     rp = _add(sub, "report", "measure a family: sizes, losses, latency, dev accuracy, drafter agreement", cmd_report)
     rp.add_argument("--family", choices=families, default=None, help=f"embedded family (default: {families[0]})")

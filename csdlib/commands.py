@@ -27,11 +27,11 @@ def family_from_args(args, device):
     cache, compile = getattr(args, "kv_cache", "dynamic"), getattr(args, "compile", False)
     if args.target is None:
         fam = zoo.load(args.family, dtype=args.dtype or "float32", device=device, prepack=prepack, cache=cache,
-                       compile=compile)
+                       compile=compile, bottom=getattr(args, "bottom", None))
         fam.k_matrix = args.k_matrix or fam.k_matrix
         fam.lenience = args.lenience if args.lenience is not None else fam.lenience
         return fam
-    return zoo.from_paths(args.target, args.drafter, bigram=args.bigram, mag_k=args.mag_k or 10,
+    return zoo.from_paths(args.target, args.drafter, bigram=args.bigram, corpus=args.corpus, mag_k=args.mag_k or 10,
                           tokenizer=args.tokenizer, k_matrix=args.k_matrix, lenience=args.lenience or 1.0,
                           dtype=args.dtype, device=device, device_map=args.device_map, prepack=prepack, cache=cache,
                           compile=compile)
@@ -53,7 +53,7 @@ def cmd_run(args) -> int:
     spec_bench = args.dataset == "spec-bench"
     fam, items, prompts = _family_and_prompts(args, device)
     methods = standard_methods(fam.drafters, k_matrix=fam.k_matrix, lenience=fam.lenience, sd_k=args.sd_k,
-                               tree=_tree_of_flag(args.tree, fam))
+                               tree=_tree_of_flag(args.tree, fam), free=getattr(fam, "free", None))
     methods = [m for m in methods if not args.methods or m.name in args.methods]
     if spec_bench and not any(m.is_ar for m in methods) and any(len(q["turns"]) > 1 for q in items):
         raise CSDValueError("--dataset spec-bench: MT-bench's second turn is prompted with AR's answer to the "
@@ -274,7 +274,7 @@ def cmd_tune(args) -> int:
     if args.target is None:
         from . import zoo
 
-        fam = zoo.load(args.family, path=args.family_path, dtype=args.dtype or "float32")
+        fam = zoo.load(args.family, path=args.family_path, dtype=args.dtype or "float32", bottom=args.bottom)
         start = (fam.k_matrix, fam.lenience)
     else:
         fam = family_from_args(args, torch.device(args.device or "cpu"))
@@ -346,11 +346,13 @@ def _save_tuned(args, tuned, threads: int, latency, family_dir, n_prompts: int) 
                  f"--max-new-tokens {args.max_new_tokens} --n-trials {args.n_trials} --k-max {args.k_max} "
                  f"--timeout {args.timeout:g} --seed {args.seed} --threads {threads} "
                  f"--tree-max {','.join(map(str, args.tree_max))}"
-                 + (f" --dtype {args.dtype}" if args.dtype else "")
+                 + (f" --dtype {args.dtype}" if args.dtype else "") + (f" --bottom {args.bottom}" if args.bottom else "")
                  + (f" --latency-file {args.latency_file}" if args.latency_file else "") + f" ({source}"
                  f"{first}..{first + n_prompts - 1}, greedy; machine {machine_id()}; Optuna TPE, "
                  f"{tuned.seconds:.0f} s)")
     default = {**tuned.as_default(), "threads": threads, "chosen_by": chosen_by}
+    if args.bottom:                            # the free drafter the tuned cascade ends in
+        default["bottom"] = args.bottom
     if latency is not None:
         default["latency"] = latency
         lat_path = Path(args.latency_file or default_latency_path()).resolve()
@@ -418,6 +420,18 @@ def cmd_bigram(args) -> int:
 
     torch.set_num_threads(args.threads)
     print(build_bigram_table(args.out, args.data_dir))
+    return 0
+
+
+def cmd_corpus(args) -> int:
+    import torch
+
+    from .corpus import build_corpus
+    from .suffix import SuffixCorpus
+
+    torch.set_num_threads(args.threads)
+    path = build_corpus(args.family, args.answers, out=args.out, data_dir=args.data_dir)
+    print(f"{path}: {SuffixCorpus.load(path)!r}")
     return 0
 
 

@@ -67,20 +67,30 @@ class Method:
         return not self.drafters
 
 
-def standard_methods(drafters, *, k_matrix, lenience: float = 1.0, sd_k: int = 4, tree=None) -> list[Method]:
-    """AR, SD with each drafter alone (k = sd_k for a neural drafter, MaG's own k for MaG), and CSD with
-    all drafters (`k_matrix`, `lenience`); with a `tree` (`csdlib.Tree`) also "tree CSD", the same
-    cascade with tree drafts."""
+def standard_methods(drafters, *, k_matrix, lenience: float = 1.0, sd_k: int = 4, tree=None,
+                     free=None) -> list[Method]:
+    """AR, SD with each drafter alone (k = sd_k for a neural drafter, a free drafter's own k for it), and
+    CSD with all drafters (`k_matrix`, `lenience`); with a `tree` (`csdlib.Tree`) also "tree CSD", the
+    same cascade with tree drafts; `free` (a family's free drafters by name, `Family.free`): for each one
+    the cascade does not end in, SD with it and "CSD (<it> at the bottom)", the same cascade ending in it."""
     methods = [Method("AR")]
-    for d in drafters:
+    others = [d for d in (free or {}).values() if all(d is not x for x in drafters)]
+    for d in [*drafters, *others]:
         if is_free(d):
-            methods.append(Method("SD(MaG)", [d], [[d.k]]))
+            methods.append(Method(f"SD({free_label(d)})", [d], [[d.k]]))
         else:
             methods.append(Method(f"SD({d.name})", [d], [[sd_k]]))
     methods.append(Method("CSD", list(drafters), k_matrix, lenience))
+    for d in others:
+        methods.append(Method(f"CSD ({free_label(d)} at the bottom)", [*drafters[:-1], d], k_matrix, lenience))
     if tree is not None:
         methods.append(Method("tree CSD", list(drafters), k_matrix, lenience, {"tree": tree}))
     return methods
+
+
+def free_label(d) -> str:
+    """How methods name a free drafter: "MaG" for MaG (whatever its name), else its name ("suffix")."""
+    return "MaG" if type(d).__name__ == "MaG" else d.name
 
 
 # ---------------------------------------------------------------- running

@@ -148,9 +148,10 @@ def family_drafters(args) -> list[str]:
     from . import zoo
 
     if getattr(args, "target", None) is not None:
-        return [Path(p).name for p in args.drafter] + (["MaG"] if args.bigram else [])
+        return [Path(p).name for p in args.drafter] + (["MaG"] if args.bigram else ["suffix"] if args.corpus else [])
     try:
-        return zoo.drafter_names(zoo.family_info(run_family(args), getattr(args, "family_path", None))[2])
+        return zoo.drafter_names(zoo.family_info(run_family(args), getattr(args, "family_path", None))[2],
+                                 getattr(args, "bottom", None))
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e).replace("name: ", "", 1)) from None
 
@@ -174,7 +175,11 @@ def check(args, parser: argparse.ArgumentParser) -> None:
 
 def _models(args) -> None:
     """--target, --drafter, --bigram, --k-matrix and --methods of `run` and `tune`, against each other."""
-    own = ("--drafter", "--bigram", "--tokenizer", "--device-map", "--mag-k")
+    own = ("--drafter", "--bigram", "--corpus", "--tokenizer", "--device-map", "--mag-k")
+    if args.target is not None and getattr(args, "bottom", None) is not None:
+        raise argparse.ArgumentTypeError("--bottom: only with a family (with --target, --bigram or --corpus says it)")
+    if args.target is not None and args.bigram and args.corpus:
+        raise argparse.ArgumentTypeError("--corpus: one free drafter ends a cascade; give --bigram or --corpus, not both")
     if args.target is None:
         given = [f for f in own if getattr(args, f[2:].replace("-", "_")) not in (None, [])]
         if given:
@@ -188,11 +193,22 @@ def _models(args) -> None:
         raise argparse.ArgumentTypeError(f"--k-matrix: expected {len(drafters)}x{len(drafters)} for the drafters "
                                          f"{drafters}, got {len(args.k_matrix)}x{len(args.k_matrix)}")
     names = ["AR", *(f"SD({d})" for d in drafters), "CSD"]
+    if args.target is None and _has_corpus(args):      # the family's other free drafter: its SD and CSD rows
+        other = "suffix" if drafters[-1] == "MaG" else "MaG"
+        names += [f"SD({other})", f"CSD ({other} at the bottom)"]
     if getattr(args, "tree", None) not in (None, "off"):          # csd run --tree W:E[:B]
         names.append("tree CSD")
     unknown = sorted(set(getattr(args, "methods", None) or []) - set(names))
     if unknown:
         raise argparse.ArgumentTypeError(f"--methods: unknown {unknown}; expected some of {names}")
+
+
+def _has_corpus(args) -> bool:
+    """The family has the suffix drafter's corpus (so both free drafters)."""
+    from . import zoo
+    from .suffix import CORPUS_FILE
+
+    return (zoo.family_info(run_family(args), getattr(args, "family_path", None))[1] / CORPUS_FILE).is_file()
 
 
 def _run(args) -> None:

@@ -183,11 +183,13 @@ def family_info(name: str | None = None, path=None) -> tuple[str, Path, dict]:
     return info.get("name", name), path, info
 
 
-def drafter_names(info: dict) -> list[str]:
-    """The names of a family's drafters, largest first, MaG last (from its family.json)."""
+def drafter_names(info: dict, bottom: str | None = None) -> list[str]:
+    """The names of a family's drafters, largest first, its free drafter last ("MaG", or "suffix" where
+    `bottom` or its family.json's default says so) (from its family.json)."""
+    last = "suffix" if (bottom or info.get("default", {}).get("bottom")) == "suffix" else "MaG"
     if "drafters" in info:
-        return [*info["drafters"], "MaG"]
-    return ["tiny", "mid", "small", "MaG"] if "shares" in info else [*MODEL_NAMES[1:], "MaG"]
+        return [*info["drafters"], last]
+    return ["tiny", "mid", "small", last] if "shares" in info else [*MODEL_NAMES[1:], last]
 
 
 def load(name: str | None = None, path=None, mag_k: int | None = None, dtype="float32",
@@ -337,11 +339,12 @@ def resolve_device(device=None):
     return torch.device(device)
 
 
-def from_paths(target, drafters, *, bigram=None, mag_k: int = 10, tokenizer=None, k_matrix, lenience=1.0,
+def from_paths(target, drafters, *, bigram=None, corpus=None, mag_k: int = 10, tokenizer=None, k_matrix, lenience=1.0,
                dtype=None, device=None, device_map=None, name: str = "custom", prepack: bool | None = None,
                cache: str = "dynamic", compile: bool = False) -> Family:
     """A `Family` from model directories (or hub ids): decoder-only or encoder-decoder, detected from
-    the config; MaG from `bigram` as the last drafter; the tokenizer from `tokenizer` or the target;
+    the config; MaG from `bigram` (or the suffix drafter from a `corpus` file) as the last drafter; the
+    tokenizer from `tokenizer` or the target;
     `prepack`, `cache` and `compile` as in `load`."""
     from transformers import AutoTokenizer
 
@@ -351,8 +354,15 @@ def from_paths(target, drafters, *, bigram=None, mag_k: int = 10, tokenizer=None
     dtype = _torch_dtype(dtype)
     tm = HFModel(load_model(target, dtype=dtype, device=device, device_map=device_map), name=Path(target).name)
     ds = [load_member(p, Path(p).name, dtype=dtype, device=device) for p in drafters]
+    if bigram and corpus:
+        raise CSDValueError("corpus: one free drafter ends a cascade; give bigram= or corpus=, not both")
     if bigram:
         ds.append(MaG(BigramTable.load(bigram, vocab_size=tm.vocab_size), k=mag_k))
     tok = AutoTokenizer.from_pretrained(tokenizer or target)
+    if corpus:
+        from .suffix import DEFAULTS, SuffixCorpus, SuffixDrafter, tokenizer_hash
+
+        ds.append(SuffixDrafter(SuffixCorpus.load(corpus, vocab_size=tm.vocab_size, tokenizer=tokenizer_hash(tok)),
+                                **DEFAULTS))
     return _finished(Family(name, None, tok, tm, ds, k_matrix, lenience, Path(bigram) if bigram is not None else None,
                             chat=bool(getattr(tok, "chat_template", None))), prepack, cache, compile)
