@@ -4,7 +4,7 @@ that `benchmarks/speed.py` runs beside csdlib's suffix drafter, on the same corp
 arctic-inference is source only on PyPI and its build asks for torch, so plain ``pip install`` would
 build it against a second torch. Against the pinned one (about 30 s on 2 cores; the README's set-up):
 
-    pip install nanobind==2.9.2 ninja cmake grpcio-tools
+    pip install -e ".[suffixdecoding]"        # nanobind, ninja, cmake, grpcio-tools
     pip install --no-build-isolation --no-deps arctic-inference==0.3.0
 
 Its `SuffixDecodingCache` keeps one suffix tree per request (the prompt) and one over past responses; the

@@ -207,3 +207,19 @@ def test_the_family_zoo_offers_the_suffix_drafter():
         assert csdlib.generate(fam.target, drafters, prompt, k_matrix=k, max_new_tokens=24).new_tokens == ref
     with pytest.raises(CSDValueError, match="bottom"):
         zoo.load("gsm8k-tiny", progress=False, bottom="ngram")
+
+
+@pytest.mark.skipif(not __import__("csdlib.arctic").arctic.available(),
+                    reason="arctic-inference is not installed (csdlib/arctic.py; CI builds it)")
+def test_suffixdecodings_own_proposer_as_sd_equals_generate(decoder):
+    from csdlib.arctic import ArcticSuffix
+
+    target, corpus = decoder
+    peer = ArcticSuffix(corpus.answers(), 96, k=4, min_token_prob=0.0)
+    rng, accepted = random.Random(2), 0
+    for _ in range(6):
+        prompt = [rng.randrange(96) for _ in range(rng.randint(1, 6))]
+        out = csdlib.generate(HFModel(target, name="target"), [peer], prompt, k_matrix=[[4]], max_new_tokens=30)
+        assert out.sequences[0].tolist() == hf_greedy(target, prompt, 30)[0].tolist()
+        accepted += out.stats.levels[0].accepted
+    assert accepted > 20                                   # its global tree holds the target's answers
