@@ -29,6 +29,8 @@ RULES = {
     "longest match, whole k": dict(rule="longest", min_prob=0.0, alpha=0.0),
     "longest match, stop below 0.1": dict(rule="longest", min_prob=0.1, alpha=1.0),
     "best score, whole k": dict(rule="score", min_prob=0.0, alpha=0.0),
+    "best score of 3 match lengths, whole k": dict(rule="score", min_prob=0.0, alpha=0.0, tries=3),
+    "best score, whole k, alpha 1": dict(rule="score", min_prob=0.0, alpha=1.0),
     "best score, stop below 0.1": dict(rule="score", min_prob=0.1, alpha=1.0),
     "best score, stop below 0.3": dict(rule="score", min_prob=0.3, alpha=1.0),
     "best score, stop below 0.5": dict(rule="score", min_prob=0.5, alpha=1.0),

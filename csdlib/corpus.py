@@ -20,10 +20,10 @@ from .errors import CSDValueError
 
 #: the families whose target writes its answers in its chat template (their answers come from `distill`)
 CHAT_FAMILIES = ("smollm2", "smollm2-general")
-#: answers per family corpus (the target's first N GSM8K train questions): smollm2's 4,096 are the answers its
-#: drafters were distilled on (cached by `csd train`); the gsm8k families' targets write theirs in float32 here
-#: (1,024 and 256 for gsm8k-base, a slower writer: the replay's curve flattens after a few hundred, docs/suffix.md)
-CORPUS_ANSWERS = {"smollm2": 4096, "smollm2-general": 4096, "gsm8k-tiny": 1024, "gsm8k-base": 256}
+#: answers per family corpus (the target's answers to the first N GSM8K train questions): replayed on smollm2,
+#: tokens per target call reach 2.29 with 400 answers and 2.31 with 1,024 (docs/suffix.md), so 1,024 (256 for
+#: gsm8k-base, a slow writer); smollm2-general has smollm2's (the same target) until its own requests' answers join
+CORPUS_ANSWERS = {"smollm2": 1024, "smollm2-general": 1024, "gsm8k-tiny": 1024, "gsm8k-base": 256}
 
 
 def _family_target(name: str, dtype: str = "float32"):

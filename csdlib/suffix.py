@@ -39,7 +39,7 @@ FORMAT = "csdlib.suffix-corpus"
 CORPUS_FILE = "corpus.npz"
 #: a family's suffix drafter unless its family.json's default says otherwise (chosen by the replay in
 #: docs/suffix.md: tokens per target call on the target's greedy answers)
-DEFAULTS = {"k": 8, "min_prob": 0.1, "alpha": 1.0}
+DEFAULTS = {"k": 8, "min_prob": 0.0, "alpha": 0.0}
 RULES = ("score", "longest")
 _MASK = (1 << 64) - 1
 _BASE = 0x9E3779B97F4A7C15          # the hash's multiplier (odd, 64-bit)
@@ -134,15 +134,19 @@ class SuffixCorpus:
     def lookup(self, context, max_occurrences: int = 4096) -> tuple[int, np.ndarray]:
         """(match length, end positions) of the longest suffix of `context` in the corpus that has a
         continuation (length 0 and no positions when even its last token never occurs)."""
+        found = self.lookups(context, 1, max_occurrences)
+        return found[0] if found else (0, self.ends[:0])
+
+    def lookups(self, context, tries: int = 1, max_occurrences: int = 4096) -> list[tuple[int, np.ndarray]]:
+        """`lookup` for the longest suffix and for up to tries - 1 shorter ones, longest first."""
         if len(context) == 0 or len(self.keys) == 0:
-            return 0, self.ends[:0]
+            return []
         q = self.context_keys(context)
         lo, hi = np.searchsorted(self.keys, q, "left"), np.searchsorted(self.keys, q, "right")
         ok = hi > lo                 # a longer suffix occurs only where its shorter ones do: a run from 1
         m = len(ok) if ok.all() else int(ok.argmin())
-        if m == 0:
-            return 0, self.ends[:0]
-        return m, self.ends[lo[m - 1]:min(hi[m - 1], lo[m - 1] + max_occurrences)]
+        return [(n, self.ends[lo[n - 1]:min(hi[n - 1], lo[n - 1] + max_occurrences)])
+                for n in range(m, max(0, m - tries), -1)]
 
     # -------------------------------------------------------------------- files
 
@@ -257,6 +261,8 @@ class SuffixDrafter:
         rule: how a source is chosen: ``"score"`` (the walk with the higher weighted score, as
             SuffixDecoding chooses between its prompt tree and its global tree) or ``"longest"`` (the
             source with the longer match; the request on ties).
+        tries: the corpus's walks compared per call: from its longest match and from up to tries - 1
+            shorter ones (a shorter context has more occurrences to count; SuffixDecoding tries them all).
     """
 
     free = True          # the cascade's protocol: no forward pass, point-mass proposals, cannot review
@@ -264,7 +270,7 @@ class SuffixDrafter:
 
     def __init__(self, corpus=None, k: int = 8, min_prob: float = 0.1, alpha: float = 1.0,
                  request_weight: float = 1.0, learn: bool = False, name: str = "suffix", cost: float = 0.0,
-                 vocab_size: int | None = None, max_request_match: int = 32, rule: str = "score"):
+                 vocab_size: int | None = None, max_request_match: int = 32, rule: str = "score", tries: int = 1):
         if corpus is not None and not isinstance(corpus, SuffixCorpus):
             corpus = SuffixCorpus.load(corpus, vocab_size=vocab_size)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -280,7 +286,7 @@ class SuffixDrafter:
             raise CSDValueError(f"learn: expected True or False, got {learn!r}")
         self.corpus, self.k, self.min_prob, self.alpha = corpus, int(k), float(min_prob), float(alpha)
         self.request_weight, self.learn, self.name, self.cost = float(request_weight), learn, name, float(cost)
-        self.max_request_match, self.rule = int(max_request_match), rule
+        self.max_request_match, self.rule, self.tries = int(max_request_match), rule, int(tries)
         self._vocab = vocab_size if vocab_size is not None else (corpus.vocab_size if corpus is not None else None)
         self.learned: SuffixCorpus | None = None           # answers of this run (learn=True)
         self._answers: list[list[int]] = []
@@ -302,7 +308,8 @@ class SuffixDrafter:
         """The same drafter (same corpus, not copied) with some arguments changed."""
         args = dict(corpus=self.corpus, k=self.k, min_prob=self.min_prob, alpha=self.alpha,
                     request_weight=self.request_weight, learn=self.learn, name=self.name, cost=self.cost,
-                    vocab_size=self._vocab, max_request_match=self.max_request_match, rule=self.rule)
+                    vocab_size=self._vocab, max_request_match=self.max_request_match, rule=self.rule,
+                    tries=self.tries)
         return SuffixDrafter(**{**args, **changes})
 
     # ---------------------------------------------------------------- the protocol
@@ -312,7 +319,8 @@ class SuffixDrafter:
         h = hashlib.sha256(b"" if self.corpus is None else self.corpus.tokens.tobytes())
         h.update(json.dumps([self.k, self.min_prob, self.alpha, self.request_weight, self.learn,
                              self.max_request_match, None if self.corpus is None else self.corpus.max_order]
-                            + ([] if self.rule == "score" else [self.rule])).encode())
+                            + ([] if self.rule == "score" else [self.rule])
+                            + ([] if self.tries == 1 else [f"tries {self.tries}"])).encode())
         return h.hexdigest()[:16]
 
     def start(self, prompt_ids: list[int]) -> None:
@@ -345,9 +353,7 @@ class SuffixDrafter:
         out = [(hay, m, ends, self.request_weight)] if m else []
         for corpus in (self.corpus, self.learned):
             if corpus is not None:
-                m, ends = corpus.lookup(seq)
-                if m:
-                    out.append((corpus.tokens, m, ends, 1.0))
+                out += [(corpus.tokens, m, ends, 1.0) for m, ends in corpus.lookups(seq, self.tries)]
         return out
 
     def draft(self, seq: list[int], n: int) -> tuple[list[int], list[float]]:
