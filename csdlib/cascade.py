@@ -192,6 +192,9 @@ class Cascade:
             if hits:                                   # stop after the first EOS
                 seq = seq[:hits[0] + 1]
                 break
+        for m in self.models[1:]:                      # a drafter that learns from finished answers
+            if callable(getattr(m, "remember", None)):  # (the suffix drafter with learn=True)
+                m.remember(seq[begin:])
         return Output(torch.tensor([seq]), seq[begin:], self._stats(len(seq), begin), self.trees)
 
     def _stats(self, end: int, begin: int) -> Stats:

@@ -223,3 +223,15 @@ def test_suffixdecodings_own_proposer_as_sd_equals_generate(decoder):
         assert out.sequences[0].tolist() == hf_greedy(target, prompt, 30)[0].tolist()
         accepted += out.stats.levels[0].accepted
     assert accepted > 20                                   # its global tree holds the target's answers
+
+
+def test_generate_hands_each_finished_answer_to_a_learning_drafter(decoder):
+    target, _ = decoder
+    prompt = [5, 9, 2]
+    answer = hf_greedy(target, prompt, 20)[0].tolist()[3:]
+    learner = SuffixDrafter(None, k=6, min_prob=0.0, learn=True, vocab_size=96)
+    first = csdlib.generate(HFModel(target, name="target"), [learner], prompt, k_matrix=[[6]], max_new_tokens=20)
+    second = csdlib.generate(HFModel(target, name="target"), [learner], prompt, k_matrix=[[6]], max_new_tokens=20)
+    assert first.new_tokens == second.new_tokens == answer
+    assert len(learner.learned) == 2                                   # both answers remembered
+    assert second.stats.calls["target"] < first.stats.calls["target"]  # the second draws on the first
