@@ -175,6 +175,9 @@ def _add_method_args(p):
     p.add_argument("--arctic", choices=["auto", "on", "off"], default="auto",
                    help="'SD(SuffixDecoding, arctic-inference)': SuffixDecoding's own proposer over the family's suffix "
                         "corpus, at the suffix drafter's k (auto: when arctic-inference is installed)")
+    p.add_argument("--suffix-learn", action="store_true",
+                   help="adds 'SD(suffix, learning the run's answers)': the suffix drafter whose memory also grows with "
+                        "each answer this run finished before (the warm-up's included), as a server's would")
     p.add_argument("--skip", default="",
                    help="comma-separated methods not run, by the start of their name (e.g. 'AR,tree CSD'); "
                         "HF greedy, the baseline, cannot be skipped")
@@ -335,6 +338,10 @@ def build_methods(fam, args, chosen, eos, setting, eager=None, others=None, skip
         label = "MaG" if d is mag else d.name
         methods[f"CSD ({label} at the bottom)"] = ("csdlib CSD", csd([*drafters[:-1], d], setting["k_matrix"],
                                                                        setting["lenience"]))
+    if args.suffix_learn and "suffix" in free:        # its memory grows with the run's answers (warm-up's too)
+        learner = free["suffix"].with_options(learn=True)      # its calls cost what the suffix drafter's do
+        methods[f"SD(suffix, learning the run's answers) k={chosen['suffix']}"] = (
+            "csdlib SD", csd([learner], [[chosen["suffix"]]]))
     if peer is not None:                              # SuffixDecoding's own proposer, at the suffix drafter's k
         methods[f"SD(SuffixDecoding, arctic-inference) k={chosen['suffix']}"] = (
             "peer", csd([peer], [[chosen["suffix"]]]) if not isinstance(peer, str) else None)
