@@ -300,6 +300,24 @@ def arctic_peer(fam, args):
     return arctic.ArcticSuffix(free["suffix"].corpus.answers(), fam.target.vocab_size)
 
 
+def free_methods(csd, args, free, drafters, bottoms, mag, chosen, setting, peer) -> dict:
+    """The rows of the family's other free drafters: the default cascade ending in each; with
+    --suffix-learn the suffix drafter learning the run's answers; SuffixDecoding's own proposer (`peer`)."""
+    methods = {}
+    for d in bottoms:                                 # the default cascade with another free bottom level
+        label = "MaG" if d is mag else d.name
+        methods[f"CSD ({label} at the bottom)"] = ("csdlib CSD", csd([*drafters[:-1], d], setting["k_matrix"],
+                                                                       setting["lenience"]))
+    if args.suffix_learn and "suffix" in free:        # its memory grows with the run's answers (warm-up's too)
+        learner = free["suffix"].with_options(learn=True)      # its calls cost what the suffix drafter's do
+        methods[f"SD(suffix, learning the run's answers) k={chosen['suffix']}"] = (
+            "csdlib SD", csd([learner], [[chosen["suffix"]]]))
+    if peer is not None:                              # SuffixDecoding's own proposer, at the suffix drafter's k
+        methods[f"SD(SuffixDecoding, arctic-inference) k={chosen['suffix']}"] = (
+            "peer", csd([peer], [[chosen["suffix"]]]) if not isinstance(peer, str) else None)
+    return methods
+
+
 def build_methods(fam, args, chosen, eos, setting, eager=None, others=None, skip=None, peer=None):
     """name -> (kind, run(prompt) -> (new tokens, Stats or None)), every method on the same target;
     `setting`: CSD's (`csd_setting`); `eager`: the family again with plain linear layers (`--prepack
@@ -334,17 +352,7 @@ def build_methods(fam, args, chosen, eos, setting, eager=None, others=None, skip
         label = "MaG" if d is mag else d.name
         methods[f"SD({label}) k={chosen[d.name]}"] = ("csdlib SD", csd([d], [[chosen[d.name]]]))
     methods["CSD"] = ("csdlib CSD", csd(drafters, setting["k_matrix"], setting["lenience"]))
-    for d in bottoms:                                 # the default cascade with another free bottom level
-        label = "MaG" if d is mag else d.name
-        methods[f"CSD ({label} at the bottom)"] = ("csdlib CSD", csd([*drafters[:-1], d], setting["k_matrix"],
-                                                                       setting["lenience"]))
-    if args.suffix_learn and "suffix" in free:        # its memory grows with the run's answers (warm-up's too)
-        learner = free["suffix"].with_options(learn=True)      # its calls cost what the suffix drafter's do
-        methods[f"SD(suffix, learning the run's answers) k={chosen['suffix']}"] = (
-            "csdlib SD", csd([learner], [[chosen["suffix"]]]))
-    if peer is not None:                              # SuffixDecoding's own proposer, at the suffix drafter's k
-        methods[f"SD(SuffixDecoding, arctic-inference) k={chosen['suffix']}"] = (
-            "peer", csd([peer], [[chosen["suffix"]]]) if not isinstance(peer, str) else None)
+    methods.update(free_methods(csd, args, free, drafters, bottoms, mag, chosen, setting, peer))
     for name, (ds, k, lenience) in (others or {}).items():   # another family's drafters for this target
         methods[f"CSD ({name})"] = ("csdlib CSD", csd(ds, k, lenience))
     if args.copies_only and mag is not None:          # dynamic draft length for MaG: no bigram guesses

@@ -76,6 +76,8 @@ def mag_alone(k_matrix, depth: int):
 def one_successor(drafters):
     """The drafters with MaG's bigram table cut to its best successor (what tables before version 2 hold)."""
     mag = drafters[-1]
+    if not isinstance(mag, MaG):                       # another free drafter (the suffix drafter): unchanged
+        return list(drafters)
     table = BigramTable(mag.table.next, default=mag.table.default)
     return [*drafters[:-1], MaG(table, k=mag.k, name=mag.name, cost=mag.cost, seed_mode=mag.seed_mode)]
 

@@ -38,7 +38,7 @@ def load_models(family: str | None = None, path=None):
     """``(tokenizer, {name: HF model}, MaG, family folder)``, target first, for a family name or folder."""
     fam = zoo.load(family, path=path)
     models = {"target": fam.target.model, **{d.name: d.model for d in fam.drafters if hasattr(d, "model")}}
-    mag = fam.drafters[-1]
+    mag = (fam.free or {}).get("mag", fam.drafters[-1])     # MaG, whichever free drafter the cascade ends in
     mag.k = 1
     return fam.tokenizer, models, mag, fam.path
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -175,7 +177,7 @@ class SuffixCorpus:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(z["header"].tobytes().decode())
                 toks, lengths = z["tokens"].astype(np.int64), z["lengths"].astype(np.int64)
-        except Exception as e:                             # a zip, npy or JSON error: not our file
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:   # not our file
             raise CSDValueError(f"suffix corpus {where} is not a readable corpus file ({type(e).__name__}: {e})") from None
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise CSDValueError(f"suffix corpus {where}: not a {FORMAT} file")

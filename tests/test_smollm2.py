@@ -130,7 +130,7 @@ def test_prompts_go_through_the_chat_template(real_target):
     text = fam.tokenizer.decode(ids)
     assert text.startswith("<|im_start|>system\n") and text.endswith(f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n")
     assert ids == fam.encode(q)
-    assert fam.chat and [d.name for d in fam.drafters] == ["mid", "small", "mag"]
+    assert fam.chat and [d.name for d in fam.drafters] == ["mid", "small", "suffix"]
     assert all(d.vocab is not None and d.vocab_size == 49152 for d in fam.drafters[:2])
 
 
@@ -203,7 +203,7 @@ def test_the_original_target_can_replace_the_fetched_one(real_target, tmp_path):
     other = tmp_path / "target"
     other.symlink_to(real_target, target_is_directory=True)
     fam = zoo.load("smollm2", target=other)
-    assert fam.target.model.config.vocab_size == 49152 and [d.name for d in fam.drafters] == ["mid", "small", "mag"]
+    assert fam.target.model.config.vocab_size == 49152 and [d.name for d in fam.drafters] == ["mid", "small", "suffix"]
     with pytest.raises(CSDValueError, match="^target: family 'gsm8k-tiny' brings its own target"):
         zoo.load("gsm8k-tiny", target=other)
 
