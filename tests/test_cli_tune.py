@@ -85,3 +85,16 @@ def test_tune_on_the_targets_own_requests_needs_a_chat_family(world, tmp_path, m
     chosen = json.loads(out.read_text())
     assert asked == [2] and "--prompts-from requests" in chosen["chosen_by"]
     assert "the target's own requests (seed 1) 0..1" in chosen["chosen_by"] and "--offset" not in chosen["chosen_by"]
+
+
+def test_csd_tune_with_the_suffix_drafter_at_the_bottom_records_it(tmp_path, capsys):
+    """gsm8k-tiny with --bottom suffix: the cascade searched ends in the suffix drafter, and the chosen
+    default says so (zoo.load and csd run then end the cascade in it)."""
+    out = tmp_path / "tuned.json"
+    args = ["tune", "--family", "gsm8k-tiny", "--bottom", "suffix", "--objective", "parameters",
+            "--prompts", "1", "--max-new-tokens", "8", "--n-trials", "3", "--k-max", "2", "--threads", "1",
+            "--cache", str(tmp_path / "c.jsonl"), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    chosen = json.loads(out.read_text())
+    assert chosen["bottom"] == "suffix" and "--bottom suffix" in chosen["chosen_by"]
+    assert len(chosen["k_matrix"]) == 3

@@ -235,3 +235,22 @@ def test_generate_hands_each_finished_answer_to_a_learning_drafter(decoder):
     assert first.new_tokens == second.new_tokens == answer
     assert len(learner.learned) == 2                                   # both answers remembered
     assert second.stats.calls["target"] < first.stats.calls["target"]  # the second draws on the first
+
+
+def test_csd_corpus_builds_a_corpus_that_your_own_models_can_end_in(tmp_path):
+    from csdlib import zoo
+    from csdlib.cli import main
+    from csdlib.suffix import tokenizer_hash
+
+    path = tmp_path / "corpus.npz"
+    assert main(["corpus", "--family", "gsm8k-tiny", "--answers", "8", "--out", str(path), "--threads", "1"]) == 0
+    root = zoo.FAMILY_DIRS["gsm8k-tiny"]
+    fam = zoo.from_paths(root / "target", [root / "mid"], corpus=path, tokenizer=root / "tokenizer",
+                         k_matrix=[[1, 3], [0, 2]])
+    suffix = fam.drafters[-1]
+    assert isinstance(suffix, SuffixDrafter) and len(suffix.corpus) == 8
+    assert suffix.corpus.header["tokenizer"] == tokenizer_hash(fam.tokenizer)
+    assert "questions 0..7" in suffix.corpus.header["source"]
+    prompt = fam.prompt_ids("A box holds 6 eggs. How many eggs are in 4 boxes?")
+    ref = csdlib.generate(fam.target, [], prompt, max_new_tokens=24).new_tokens
+    assert csdlib.generate(fam.target, fam.drafters, prompt, k_matrix=fam.k_matrix, max_new_tokens=24).new_tokens == ref
