@@ -37,6 +37,13 @@ def family_from_args(args, device):
                           compile=compile)
 
 
+def members(fam) -> list:
+    """The family's target, its drafters and its other free drafters (`Family.free`): every model a run
+    or a calibration of the family may call."""
+    free = [d for d in (getattr(fam, "free", None) or {}).values() if all(d is not x for x in fam.drafters)]
+    return [fam.target, *fam.drafters, *free]
+
+
 def cmd_run(args) -> int:
     import torch
     from accelerate import PartialState
@@ -58,7 +65,7 @@ def cmd_run(args) -> int:
     if spec_bench and not any(m.is_ar for m in methods) and any(len(q["turns"]) > 1 for q in items):
         raise CSDValueError("--dataset spec-bench: MT-bench's second turn is prompted with AR's answer to the "
                             "first; keep AR in --methods (or choose --categories without mt-bench)")
-    latency = stored_latency([fam.target, *fam.drafters], threads=threads)   # `csd calibrate` stores it
+    latency = stored_latency(members(fam), threads=threads)   # `csd calibrate` stores it
     if spec_bench:
         args.split = spec_bench_split(args)      # what the records' key and the file name say was measured
     name = args.name or f"{args.dataset}-{args.split}-n{args.n_samples}-t{args.max_new_tokens}"
@@ -77,7 +84,7 @@ def cmd_run(args) -> int:
     measured = None
     for turn in ("main", "others"):    # measured once (by the main process), then read by the others
         if prompts and state.is_main_process == (turn == "main"):
-            measured = measured_costs_for([fam.target, *fam.drafters], prompts[0][1], out)
+            measured = measured_costs_for(members(fam), prompts[0][1], out)
         state.wait_for_everyone()
     sharded = state.num_processes > 1
 
@@ -249,7 +256,7 @@ def cmd_calibrate(args) -> int:
 
     threads = args.threads or default_threads()
     fam = zoo.load(args.family, path=args.family_path, dtype=args.dtype or "float32")
-    lat = calibrate_latency([fam.target, *fam.drafters], path=args.out, threads=threads, force=args.force,
+    lat = calibrate_latency(members(fam), path=args.out, threads=threads, force=args.force,
                             note=args.note, repeats=args.repeats, context=args.context)
     print(f"latency file: {args.out or default_latency_path()} ({threads} thread(s), {args.dtype or 'float32'})")
     for name, v in lat.items():

@@ -7,7 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 #: what `csd run` on a trained family suggests next (docs/real-target.md)
-SMOLLM2_RUN = "csd run --family smollm2 --dtype bfloat16 --n-samples 20"
+SMOLLM2_RUN = "csd run --family smollm2 --dtype {dtype} --n-samples 20"
+
+
+def smollm2_run() -> str:
+    """The real target's command for this CPU: bfloat16 where it has bf16 units (AMX-BF16, AVX512-BF16; 8 tokens
+    verify for about the price of one there), else float32 (bfloat16 without them is slower, never suggested)."""
+    from .precision import cpu_isa
+
+    return SMOLLM2_RUN.format(dtype="bfloat16" if cpu_isa() in ("AMX-BF16", "AVX512-BF16") else "float32")
 #: the columns of the terminal table (`--wide`: all; the .md and .csv files always have all)
 TERMINAL_COLUMNS = ["samples", "SWI parameters", "wall speedup", "tokens/target call",
                     "acceptance per level", "audit i/t/W"]
@@ -76,7 +84,7 @@ def report_run(args, out: Path, name: str, hashes, prompts, device, processes: i
     print(f"records: {out} (the full table: {out.with_suffix('.md').name}, {out.with_suffix('.csv').name})")
     if args.target is None and getattr(args, "family", None) in (None, "gsm8k-tiny", "gsm8k-base"):
         print(f"\nthe real target, SmolLM2-135M-Instruct (fetched from PyPI on first use, drafters distilled for it): "
-              f"{SMOLLM2_RUN}")
+              f"{smollm2_run()}")
     return 0 if ok else 1
 
 

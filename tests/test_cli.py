@@ -205,3 +205,13 @@ def test_loading_shows_no_progress_bar(capfd):
     zoo.load()
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()
+
+
+def test_the_real_targets_command_suits_the_cpu(monkeypatch):
+    """csd run ends with the real target's command: bfloat16 only on a CPU with bf16 units."""
+    from csdlib import precision, run_report
+
+    for isa, dtype in [("AMX-BF16", "bfloat16"), ("AVX512-BF16", "bfloat16"), ("neither", "float32"),
+                       ("unknown", "float32")]:
+        monkeypatch.setattr(precision, "cpu_isa", lambda isa=isa: isa)
+        assert run_report.smollm2_run() == f"csd run --family smollm2 --dtype {dtype} --n-samples 20"

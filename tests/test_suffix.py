@@ -254,3 +254,4 @@ def test_csd_corpus_builds_a_corpus_that_your_own_models_can_end_in(tmp_path):
     prompt = fam.prompt_ids("A box holds 6 eggs. How many eggs are in 4 boxes?")
     ref = csdlib.generate(fam.target, [], prompt, max_new_tokens=24).new_tokens
     assert csdlib.generate(fam.target, fam.drafters, prompt, k_matrix=fam.k_matrix, max_new_tokens=24).new_tokens == ref
+
