@@ -347,7 +347,7 @@ def build_methods(fam, args, chosen, eos, setting, eager=None, others=None, skip
         return run
 
     methods = {"HF greedy": ("hf", hf()), "AR": ("csdlib", csd([], None))}
-    bottoms = [d for d in free.values() if d is not drafters[-1]]     # the family's other free drafters
+    bottoms = fam.other_free() if hasattr(fam, "other_free") else []   # the family's other free drafters
     for d in [*drafters, *bottoms]:
         label = "MaG" if d is mag else d.name
         methods[f"SD({label}) k={chosen[d.name]}"] = ("csdlib SD", csd([d], [[chosen[d.name]]]))
@@ -581,7 +581,7 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
     fam = load_family(args, dtype, device)
     target, drafters = fam.target, list(fam.drafters)
     others = other_families(args, fam, dtype, device)
-    bottoms = [d for d in (fam.free or {}).values() if d is not drafters[-1]]
+    bottoms = fam.other_free()
     peer = arctic_peer(fam, args)
     models = [target, *drafters, *bottoms, *([peer] if peer else []), *(d for ds, _, _ in others.values() for d in ds)]
     eos = sorted(target.eos_token_ids)
@@ -600,7 +600,7 @@ def measure(args, dtype, device, log, checkpoint=lambda run: None) -> dict:
     cache_path = Path("tmp") / f"speed-target-cache-{fam.name}-{dtype}-{device.type}-t{args.max_new_tokens}.jsonl"
     cached = build_target_cache(target, tune, args.max_new_tokens, cache_path)
     ks, chosen = [int(k) for k in args.ks.split(",")], {}
-    for d in [*drafters, *(d for d in (fam.free or {}).values() if d is not drafters[-1])]:
+    for d in [*drafters, *bottoms]:
         chosen[d.name], scores = best_k(cached, d, tune, ks, latency, args.max_new_tokens)
         log(f"SD({d.name}): best k = {chosen[d.name]} (predicted speedup by k: "
             + ", ".join(f"{k}: {v:.2f}" for k, v in scores.items()) + ")")

@@ -40,8 +40,7 @@ def family_from_args(args, device):
 def members(fam) -> list:
     """The family's target, its drafters and its other free drafters (`Family.free`): every model a run
     or a calibration of the family may call."""
-    free = [d for d in (getattr(fam, "free", None) or {}).values() if all(d is not x for x in fam.drafters)]
-    return [fam.target, *fam.drafters, *free]
+    return [fam.target, *fam.drafters, *(fam.other_free() if hasattr(fam, "other_free") else [])]
 
 
 def cmd_run(args) -> int:

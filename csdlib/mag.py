@@ -189,20 +189,25 @@ def _check_top(top, nxt: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _longest_suffix_match(haystack: np.ndarray, seq: np.ndarray, n: int) -> list[int]:
-    """Up to n tokens that followed the earliest occurrence, in haystack, of the longest suffix of seq.
-
-    An occurrence counts only if at least one haystack token follows it."""
+def suffix_ends(haystack: np.ndarray, seq: np.ndarray, max_len: int | None = None) -> tuple[int, np.ndarray]:
+    """(length, end positions, earliest first) of the longest suffix of seq (at most max_len tokens) that
+    occurs in haystack with a continuation (at least one haystack token follows it); (0, none) if none."""
     if len(seq) == 0 or len(haystack) < 2:
-        return []
+        return 0, haystack[:0]
     ends = np.flatnonzero(haystack[:-1] == seq[-1])      # end positions with a continuation
-    length = 1
-    while len(ends) and length < len(seq):
+    length, most = 1, len(seq) if max_len is None else min(len(seq), max_len)
+    while len(ends) and length < most:
         starts = ends - length                             # candidate position of seq[-length-1]
         longer = ends[(starts >= 0) & (haystack[np.maximum(starts, 0)] == seq[-length - 1])]
         if len(longer) == 0:
             break
         ends, length = longer, length + 1
+    return (length, ends) if len(ends) else (0, ends)
+
+
+def _longest_suffix_match(haystack: np.ndarray, seq: np.ndarray, n: int) -> list[int]:
+    """Up to n tokens that followed the earliest occurrence, in haystack, of the longest suffix of seq."""
+    _, ends = suffix_ends(haystack, seq)
     if len(ends) == 0:
         return []
     e = int(ends[0])

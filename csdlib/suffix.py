@@ -36,11 +36,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CSDValueError, MissingFileError
+from .mag import suffix_ends
 
 FORMAT = "csdlib.suffix-corpus"
 CORPUS_FILE = "corpus.npz"
-#: a family's suffix drafter unless its family.json's default says otherwise (chosen by the replay in
-#: docs/suffix.md: tokens per target call on the target's greedy answers)
+#: a family's suffix drafter unless its family.json's default says otherwise (`SuffixDrafter`'s own defaults,
+#: chosen by the replay in docs/suffix.md: tokens per target call on the target's greedy answers)
 DEFAULTS = {"k": 8, "min_prob": 0.0, "alpha": 0.0}
 RULES = ("score", "longest")
 _MASK = (1 << 64) - 1
@@ -199,22 +200,6 @@ class SuffixCorpus:
         return corpus
 
 
-def _request_ends(hay: np.ndarray, seq: np.ndarray, max_len: int) -> tuple[int, np.ndarray]:
-    """(match length, end positions) of the longest suffix of seq (at most max_len tokens) that occurs
-    in hay with a continuation (hay[end + 1] exists)."""
-    if len(seq) == 0 or len(hay) < 2:
-        return 0, hay[:0]
-    ends = np.flatnonzero(hay[:-1] == seq[-1])
-    length = 1
-    while len(ends) and length < min(len(seq), max_len):
-        starts = ends - length
-        longer = ends[(starts >= 0) & (hay[np.maximum(starts, 0)] == seq[-length - 1])]
-        if len(longer) == 0:
-            break
-        ends, length = longer, length + 1
-    return (length, ends) if len(ends) else (0, ends)
-
-
 def _walk(tokens: np.ndarray, ends: np.ndarray, n: int, alpha: float, min_prob: float):
     """Up to n tokens after the occurrences ending at `ends`: at each step the most frequent next token
     (lowest id on ties), narrowed to the occurrences that went on that way. Returns (tokens, the
@@ -270,7 +255,7 @@ class SuffixDrafter:
     free = True          # the cascade's protocol: no forward pass, point-mass proposals, cannot review
     seed_mode = False    # proposes what the k-matrix asks for (tuning treats it as MaG outside seed mode)
 
-    def __init__(self, corpus=None, k: int = 8, min_prob: float = 0.1, alpha: float = 1.0,
+    def __init__(self, corpus=None, k: int = 8, min_prob: float = 0.0, alpha: float = 0.0,
                  request_weight: float = 1.0, learn: bool = False, name: str = "suffix", cost: float = 0.0,
                  vocab_size: int | None = None, max_request_match: int = 32, rule: str = "score", tries: int = 1):
         if corpus is not None and not isinstance(corpus, SuffixCorpus):
@@ -349,9 +334,9 @@ class SuffixDrafter:
 
     def _sources(self, seq: list[int]):
         """(tokens, match length, end positions, weight) of each source with a match."""
-        arr = np.asarray(seq, dtype=np.int64)
         hay = self._request(seq)
-        m, ends = _request_ends(hay, arr, self.max_request_match)
+        arr = hay if len(hay) == len(seq) else np.asarray(seq, dtype=np.int64)
+        m, ends = suffix_ends(hay, arr, self.max_request_match)
         out = [(hay, m, ends, self.request_weight)] if m else []
         for corpus in (self.corpus, self.learned):
             if corpus is not None:

@@ -116,6 +116,10 @@ class Family:
     free: dict = None             # its free drafters by name ("mag", "suffix"); `.drafters` ends in `bottom`'s
     bottom: str = "mag"
 
+    def other_free(self) -> list:
+        """The family's free drafters that `.drafters` does not end in (the other bottom levels)."""
+        return [d for d in (self.free or {}).values() if all(d is not x for x in self.drafters)]
+
     def with_bottom(self, name: str) -> list:
         """`.drafters` with another free drafter at the bottom (``"mag"`` or ``"suffix"``)."""
         if name not in (self.free or {}):
