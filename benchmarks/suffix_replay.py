@@ -69,7 +69,8 @@ def main(argv=None) -> int:
     for k in ks:
         rows.append({"drafter": "MaG", "answers": "-", "k": k, **replay(MaG(table, k=k), items, k, latency=latency)})
         for size in sizes:
-            corpus = SuffixCorpus(answers[:size], vocab_size=table.vocab_size) if size else None
+            pieces = [p for answer in answers[:size] for p in answer]
+            corpus = SuffixCorpus(pieces, vocab_size=table.vocab_size) if size else None
             for label, kw in RULES.items():
                 if size == 0 and kw["rule"] == "longest" and kw["min_prob"] == 0.0:
                     label = "request only (prompt lookup's idea)"

@@ -1,10 +1,11 @@
 """The suffix drafter's corpus for a family, and the replay that measures free drafters.
 
-    answers = target_answers("smollm2", 4096)          # the target's greedy answers to GSM8K train questions
-    build_corpus("smollm2", 4096)                      # data/models/smollm2/corpus.npz (``csd corpus``)
+    answers = target_answers("smollm2", 1024)          # the target's greedy answers to GSM8K train questions
+    build_corpus("smollm2", 1024)                      # data/models/smollm2/corpus.npz (``csd corpus``)
     rows = replay(drafter, items, k=8)                 # tokens per target call, as if each draft were verified
 
-The corpus holds the target's own answers as token ids (never a question, never dev or test data): for
+The corpus holds the target's own answers as token ids, without the runs they copy from their questions
+(no dataset text, never dev or test data): for
 smollm2 the answers `csd train` distils from (``distill.answers_for``: bfloat16, batched, 256 new tokens,
 cached under ``~/.cache/csdlib``); for the gsm8k families their target's greedy answers in float32
 (cached the same way). The replay reads the target's greedy answers to GSM8K *dev* questions (float32,
@@ -47,12 +48,37 @@ def _family_target(name: str, dtype: str = "float32"):
     return fam.tokenizer, fam.target.model, fam.prompt_ids, cache_root() / name
 
 
-def target_answers(name: str, n: int, data_dir=None, progress: bool = True) -> list[list[int]]:
-    """The target's greedy answers (token ids, EOS kept where it ended) to GSM8K train questions 0..n-1."""
+#: a run of this many tokens or more that an answer copies from its own prompt (the question restated) is cut
+#: out of the corpus: the corpus holds no dataset text, and the request source copies from the prompt anyway
+COPIED_RUN = 6
+
+
+def without_copies(answer: list[int], prompt: list[int], run: int = COPIED_RUN, *others) -> list[list[int]]:
+    """The pieces of `answer` left when every stretch covered by a `run`-token window that also occurs in
+    `prompt` (or in one of `others`: the dataset's reference answer) is cut out (pieces shorter than 2
+    tokens dropped)."""
+    windows = {tuple(t[i:i + run]) for t in (prompt, *others) for i in range(len(t) - run + 1)}
+    copied = [False] * len(answer)
+    for i in range(len(answer) - run + 1):
+        if tuple(answer[i:i + run]) in windows:
+            copied[i:i + run] = [True] * run
+    pieces, piece = [], []
+    for token, cut in zip(answer, copied):
+        if cut:
+            pieces, piece = pieces + [piece], []
+        else:
+            piece.append(token)
+    return [p for p in pieces + [piece] if len(p) >= 2]
+
+
+def target_answers(name: str, n: int, data_dir=None, progress: bool = True) -> list[list[list[int]]]:
+    """The target's greedy answers (token ids, EOS kept where it ended) to GSM8K train questions 0..n-1,
+    each as its pieces without what it copies from its question (`without_copies`)."""
     from .datasets import load_gsm8k
     from .distill import RECIPE, SHARD, answers_for, generate_answers, settings_key
 
-    questions = [x["question"] for x in load_gsm8k("train", data_dir)]
+    train = load_gsm8k("train", data_dir)
+    questions = [x["question"] for x in train]
     if n > len(questions):
         raise CSDValueError(f"n: GSM8K's training split has {len(questions)} questions, asked for {n}")
     if name in CHAT_FAMILIES:               # the answers distillation uses, in its rounds of 2,048 (its cache)
@@ -61,12 +87,26 @@ def target_answers(name: str, n: int, data_dir=None, progress: bool = True) -> l
         tdir, rows, whole = target_dir(progress=progress), [], -(-n // SHARD) * SHARD   # whole shards
         for lo in range(0, whole, 2048):
             rows += answers_for(questions[lo:min(lo + 2048, whole)], tdir, RECIPE, progress=progress, first=lo)[1]
-        return [list(r["answer"]) for r in rows[:n]]
+        return _scrubbed(rows[:n], train, tdir_tokenizer(tdir))
     tok, model, encode, cache = _family_target(name)
     key = settings_key(family=name, dtype="float32", max_new_tokens=RECIPE["max_new_tokens"])
     rows = generate_answers(model, tok, [encode(q) for q in questions[:-(-n // SHARD) * SHARD]], cache / f"answers-{key}",
                             max_new_tokens=RECIPE["max_new_tokens"], batch=SHARD, top_k=1, progress=progress)
-    return [list(r["answer"]) for r in rows[:n]]
+    return _scrubbed(rows[:n], train, tok)
+
+
+def tdir_tokenizer(source):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
+
+
+def _scrubbed(rows, train, tok) -> list[list[list[int]]]:
+    """Each answer's pieces without the runs it copies from its question or from the dataset's reference
+    answer to it (a target trained on GSM8K, such as gsm8k-tiny's, writes the reference back)."""
+    return [without_copies(list(r["answer"]), list(r["prompt"]), COPIED_RUN,
+                           tok(" " + x["answer"])["input_ids"], tok(x["answer"])["input_ids"])
+            for r, x in zip(rows, train)]
 
 
 def build_corpus(name: str, n: int | None = None, out=None, data_dir=None, progress: bool = True) -> Path:
@@ -78,11 +118,12 @@ def build_corpus(name: str, n: int | None = None, out=None, data_dir=None, progr
 
     _, path, info = zoo.family_info(name)
     tok, vocab_size = _tokenizer(name)
-    answers = target_answers(name, n, data_dir, progress)
-    corpus = SuffixCorpus(answers, vocab_size=vocab_size, tokenizer=tokenizer_hash(tok),
-                          source=f"the target's greedy answers to GSM8K train questions 0..{n - 1}")
+    pieces = [p for answer in target_answers(name, n, data_dir, progress) for p in answer]
+    corpus = SuffixCorpus(pieces, vocab_size=vocab_size, tokenizer=tokenizer_hash(tok),
+                          source=f"the target's greedy answers to GSM8K train questions 0..{n - 1}, without the "
+                                 f"runs of {COPIED_RUN}+ tokens they copy from their questions or reference answers")
     out = Path(out) if out is not None else Path(path) / CORPUS_FILE
-    corpus.save(out)
+    corpus.save(out, meta={"answers": n, "pieces": len(pieces)})
     return out
 
 

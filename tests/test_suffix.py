@@ -248,10 +248,20 @@ def test_csd_corpus_builds_a_corpus_that_your_own_models_can_end_in(tmp_path):
     fam = zoo.from_paths(root / "target", [root / "mid"], corpus=path, tokenizer=root / "tokenizer",
                          k_matrix=[[1, 3], [0, 2]])
     suffix = fam.drafters[-1]
-    assert isinstance(suffix, SuffixDrafter) and len(suffix.corpus) == 8
+    assert isinstance(suffix, SuffixDrafter) and suffix.corpus.header["answers"] == 8
     assert suffix.corpus.header["tokenizer"] == tokenizer_hash(fam.tokenizer)
     assert "questions 0..7" in suffix.corpus.header["source"]
     prompt = fam.prompt_ids("A box holds 6 eggs. How many eggs are in 4 boxes?")
     ref = csdlib.generate(fam.target, [], prompt, max_new_tokens=24).new_tokens
     assert csdlib.generate(fam.target, fam.drafters, prompt, k_matrix=fam.k_matrix, max_new_tokens=24).new_tokens == ref
 
+
+
+def test_the_corpus_keeps_no_run_an_answer_copies_from_its_question():
+    from csdlib.corpus import without_copies
+
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    answer = [20, 21, 22, 3, 4, 5, 6, 7, 8, 30, 31, 5, 6, 7, 40]
+    assert without_copies(answer, prompt, run=6) == [[20, 21, 22], [30, 31, 5, 6, 7, 40]]   # short copies stay
+    assert without_copies([3, 4, 5, 6, 7, 8], prompt, run=6) == []
+    assert without_copies(answer, [], run=6) == [answer]
