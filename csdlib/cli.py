@@ -224,6 +224,11 @@ def _other_parsers(sub, families) -> None:
     tr.add_argument("--stage", choices=["all", "more"], default="all",
                     help="smollm2: all (both rounds of csdlib.distill.RECIPE) or more (only its second round, "
                          "from the drafters in the family folder)")
+    tr.add_argument("--from-target-layers", type=flags.at_least(1), default=None, metavar="N",
+                    help="smollm2: grow a drafter from the target's first N layers, embeddings, final norm and "
+                         "output layer (its most written tokens), distilled on its answers (csdlib.grow; "
+                         "resumable; smollm2's big: 8)")
+    tr.add_argument("--name", default=None, help="with --from-target-layers: the drafter's folder name (default: big)")
     tr.add_argument("--base", type=flags.directory, default=None,
                     help="smollm2-general: the family folder whose drafters it starts from (default: data/models/smollm2)")
 

@@ -398,7 +398,13 @@ def cmd_train(args) -> int:
     from . import recipe, zoo
 
     torch.set_num_threads(args.threads)
-    if args.family == "smollm2":               # drafters distilled for a fetched target
+    if args.from_target_layers is not None:     # a drafter grown from the target's layers
+        from .grow import GROW_RECIPES, grow_drafter
+
+        report = grow_drafter(args.out or zoo.FAMILY_DIRS[args.family], args.from_target_layers, args.name,
+                              args.data_dir, GROW_RECIPES[args.budget], seed=args.seed)
+        print(json.dumps(report, indent=2))
+    elif args.family == "smollm2":               # drafters distilled for a fetched target
         from .distill import RECIPES, distill_family, distill_more
 
         run = distill_more if args.stage == "more" else distill_family

@@ -247,6 +247,13 @@ def _train(args) -> None:
                                          "mid, small")
     if getattr(args, "base", None) and args.family != "smollm2-general":
         raise argparse.ArgumentTypeError("--base: only with --family smollm2-general")
+    if args.from_target_layers is not None and args.family != "smollm2":
+        raise argparse.ArgumentTypeError("--from-target-layers: grows a drafter for --family smollm2 (a fetched "
+                                         "target); for your own target, csdlib.grow.from_target_layers")
+    if args.name is not None and args.from_target_layers is None:
+        raise argparse.ArgumentTypeError("--name: only with --from-target-layers")
+    if args.from_target_layers is not None and (args.only or args.stage != "all"):
+        raise argparse.ArgumentTypeError("--from-target-layers: grows one drafter; not with --only or --stage")
 
 
 def _report(args) -> None:

@@ -332,3 +332,34 @@ def test_a_position_whose_top_k_lie_outside_the_vocabulary_has_no_soft_label():
     assert torch.isfinite(got) and torch.allclose(got, want, atol=1e-6)
     got.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_the_toy_grown_drafter_runs_end_to_end(real_target, tmp_path):
+    """`csd train --family smollm2 --budget toy --from-target-layers 1`: the target's float32 answers, a
+    drafter started from its first layer, distilled, installed with its vocabulary; run again, it is reused;
+    in a cascade it gives the target's greedy output."""
+    from safetensors.torch import load_file
+
+    from csdlib import cli
+
+    out = tmp_path / "fam"
+    args = ["train", "--family", "smollm2", "--budget", "toy", "--out", str(out), "--from-target-layers", "1"]
+    assert cli.main(args) == 0
+    summary = json.loads((out / "big" / "training.json").read_text())
+    assert summary["complete"] and summary["grown_from"] == {"target_layers": 1, "of": 30}
+    assert summary["config"]["num_hidden_layers"] == 1 and summary["config"]["hidden_size"] == 576
+    assert 0 <= summary["agreement_val_before"] <= 1 and 0 <= summary["agreement_val"] <= 1
+    vocab = json.loads((out / "big" / "vocab.json").read_text())
+    assert vocab["target_vocab_size"] == 49152 and len(vocab["ids"]) == 256 and 2 in vocab["ids"]
+    weights = (out / "big" / "model.safetensors").read_bytes()
+    assert cli.main(args) == 0
+    assert (out / "big" / "model.safetensors").read_bytes() == weights       # a finished run is reused
+    assert set(load_file(out / "big" / "model.safetensors")) >= {"model.layers.0.mlp.up_proj.weight", "model.norm.weight"}
+    fam = zoo.load("smollm2")
+    big = zoo.load_member(out / "big", "big")
+    prompt = fam.prompt_ids("Tom has 3 apples and buys 4 more. How many apples does he have?")
+    ref = fam.target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=16)
+    got = csdlib.generate(fam.target, [big, *fam.drafters], prompt, k_matrix=[[2, 1, 0, 1], [0, 1, 0, 1],
+                                                                              [0, 0, 1, 1], [0, 0, 0, 1]],
+                          lenience=2.0, max_new_tokens=16)
+    assert got.sequences.tolist() == ref.tolist()

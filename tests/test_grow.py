@@ -1,0 +1,75 @@
+"""A drafter grown from its target's layers (csdlib.grow): the copy is exact (every layer and every token:
+the target's own logits; fewer layers: the target's early exit through its final norm), the vocabulary's
+rows are the target's, bad sizes are refused, and the grown drafter runs in a cascade that equals generate()."""
+
+import pytest
+import torch
+
+import csdlib
+from csdlib.errors import CSDValueError
+from csdlib.grow import early_exit_agreement, from_target_layers, grown_config
+from tiny import VOCAB, hf_greedy, llama
+
+
+def _target():
+    return llama(3, hidden=32, layers=3).float().eval()
+
+
+def test_every_layer_and_token_gives_the_target_logits():
+    target = _target()
+    grown = from_target_layers(target, 3, list(range(VOCAB)))
+    ids = torch.tensor([[5, 17, 40, 2, 88, 9]])
+    with torch.no_grad():
+        want = target(input_ids=ids).logits
+        got = grown(input_ids=ids).logits[..., :VOCAB]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_fewer_layers_is_the_early_exit_on_the_kept_rows():
+    target = _target()
+    vocab = [7, 3, 50, 91, 12, 0, 44]
+    grown = from_target_layers(target, 1, vocab)
+    ids = torch.tensor([[3, 50, 7, 12]])                  # tokens inside the vocabulary
+    local = torch.tensor([[vocab.index(t) for t in ids[0].tolist()]])
+    with torch.no_grad():
+        h = target(input_ids=ids, output_hidden_states=True).hidden_states[1]
+        want = target.lm_head(target.model.norm(h))[..., vocab]
+        got = grown(input_ids=local).logits[..., :len(vocab)]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    # the extra row stands for every other token: the mean of the embedding rows left out
+    left = [t for t in range(VOCAB) if t not in vocab]
+    torch.testing.assert_close(grown.get_input_embeddings().weight[-1],
+                               target.get_input_embeddings().weight[left].mean(0), rtol=0, atol=1e-6)
+
+
+def test_early_exit_agreement_is_one_at_the_last_layer():
+    target = _target()
+    ids = [4, 9, 33]
+    out = hf_greedy(target, ids, 6)[0].tolist()
+    rows = [{"prompt": ids, "answer": out[len(ids):]}]
+    got = early_exit_agreement(target, rows, [1, 3])
+    assert got[3] == 1.0 and 0.0 <= got[1] <= 1.0
+
+
+@pytest.mark.parametrize("n", [0, 4, -1])
+def test_bad_layer_counts_are_refused(n):
+    with pytest.raises(CSDValueError, match=r"--from-target-layers: expected 1\.\.3"):
+        grown_config(_target().config, n, [1, 2], {})
+
+
+def test_a_target_of_another_architecture_is_refused():
+    from tiny import t5
+    with pytest.raises(CSDValueError, match="Llama-architecture"):
+        grown_config(t5(0).config, 1, [1, 2], {})
+
+
+def test_a_grown_drafter_in_a_cascade_equals_generate():
+    target = _target()
+    vocab = list(range(0, VOCAB, 2))
+    big = csdlib.HFModel(from_target_layers(target, 2, vocab), name="big", vocab=vocab, full_vocab_size=VOCAB)
+    prompt = [5, 6, 7, 8]
+    want = hf_greedy(target, prompt, 24)[0].tolist()
+    table = csdlib.BigramTable.from_sequences([want], VOCAB)
+    got = csdlib.generate(csdlib.HFModel(target, name="target"), [big, csdlib.MaG(table, k=2)], prompt,
+                          k_matrix=[[3, 2], [0, 2]], max_new_tokens=24)
+    assert got.sequences.tolist() == [want]
