@@ -108,6 +108,40 @@ def early_exit_agreement(target, rows: list[dict], layers: list[int]) -> dict:
     return {n: round(hit[n] / max(1, total), 4) for n in layers}
 
 
+def grow(target, rows: list[dict], n_layers: int, work, recipe: dict = GROW_RECIPE, special: dict | None = None,
+         seed: int = 0, progress: bool = True, name: str = "big"):
+    """Grow one drafter from `target` (any Llama-architecture causal LM): its first `n_layers` layers and
+    its output layer on the ``recipe["vocab"]`` tokens its answers `rows` use most (``prompt`` / ``answer``
+    ids; with ``top_ids`` / ``top_logp``, the target's top-k log-probabilities, distilled as soft labels),
+    trained in `work/<name>` (checkpointed: called again, it resumes or reuses a finished run) on all but
+    ``recipe["val_fraction"]`` of the rows. Returns (model, its vocabulary, summary: training.json's fields
+    with the held-out agreement before and after)."""
+    from .distill import _train_config, _train_or_reuse
+    from .drafter_data import SoftLabels, agreement, coverage, frequent_tokens, held_out, local_ids, sequences
+
+    work, special = Path(work), {k: v for k, v in (special or {}).items() if v is not None}
+    full = target.config.vocab_size
+    val_rows, train_rows = held_out(rows, recipe["val_fraction"], seed)
+    vocab = frequent_tokens(train_rows, recipe["vocab"], keep=list(special.values()), vocab_size=full)
+    table = local_ids(vocab, full)
+    train_seqs, val_seqs = sequences(train_rows, table), sequences(val_rows, table)
+    soft = recipe["distill"] > 0 and all("top_ids" in r for r in rows)
+    teacher = SoftLabels(train_rows, train_seqs, table, recipe["seq_len"]) if soft else None
+    start = from_target_layers(target, n_layers, vocab, special)
+    init = work / f"{name}.init"
+    if not (init / "model.safetensors").is_file():
+        start.save_pretrained(init)
+    before = round(agreement(start, val_rows, table, vocab), 4)
+    cfg = _train_config(recipe, {**recipe, "distill": recipe["distill"] if soft else 0.0}, seed)
+    model, summary = _train_or_reuse(work / name, grown_config(target.config, n_layers, vocab, special),
+                                     train_seqs, val_seqs, cfg, teacher, init, progress)
+    summary = {**summary, "grown_from": {"target_layers": n_layers, "of": target.config.num_hidden_layers},
+               "answers": len(rows), "answer_tokens": sum(len(r["answer"]) for r in rows),
+               "vocab_coverage_val": round(coverage(val_rows, vocab), 5),
+               "agreement_val_before": before, "agreement_val": round(agreement(model, val_rows, table, vocab), 4)}
+    return model.eval(), vocab, summary
+
+
 def grow_drafter(out_dir, n_layers: int | None = None, name: str | None = None, data_dir=None,
                  recipe: dict = GROW_RECIPE, cache=None, progress: bool = True, seed: int = 0) -> dict:
     """smollm2's drafter grown from the fetched target's first `n_layers` layers (default: the recipe's),
@@ -119,8 +153,7 @@ def grow_drafter(out_dir, n_layers: int | None = None, name: str | None = None, 
 
     from .answers import settings_key
     from .datasets import load_gsm8k
-    from .distill import _install, _special_ids, _train_config, _train_or_reuse, answers_for
-    from .drafter_data import SoftLabels, agreement, coverage, frequent_tokens, held_out, local_ids, sequences
+    from .distill import _install, _special_ids, answers_for
     from .smollm2 import cache_root, target_dir
 
     out_dir = Path(out_dir)
@@ -128,35 +161,16 @@ def grow_drafter(out_dir, n_layers: int | None = None, name: str | None = None, 
     tdir = target_dir(cache, progress=progress)
     questions = [x["question"] for x in load_gsm8k("train", data_dir)][:recipe["questions"]]
     tok, rows = answers_for(questions, tdir, recipe, cache, progress)
-    special = _special_ids(tok)
-    val_rows, train_rows = held_out(rows, recipe["val_fraction"], seed)
-    vocab = frequent_tokens(train_rows, recipe["vocab"], keep=[t for t in special.values() if t is not None],
-                            vocab_size=len(tok))
-    table = local_ids(vocab, len(tok))
-    train_seqs, val_seqs = sequences(train_rows, table), sequences(val_rows, table)
-    teacher = SoftLabels(train_rows, train_seqs, table, recipe["seq_len"]) if recipe["distill"] > 0 else None
     settings = {k: v for k, v in recipe.items() if k not in ("name", "layers")}
     work = Path(cache or cache_root()) / "smollm2" / f"grow-{settings_key(**settings, layers=n_layers, seed=seed)}"
     target = AutoModelForCausalLM.from_pretrained(tdir, dtype=torch.float32).eval()
-    start = from_target_layers(target, n_layers, vocab, special)
-    init = work / f"{name}.init"
-    if not (init / "model.safetensors").is_file():
-        start.save_pretrained(init)
-    before = round(agreement(start, val_rows, table, vocab), 4)
-    config = grown_config(target.config, n_layers, vocab, {k: v for k, v in special.items() if v is not None})
-    of = target.config.num_hidden_layers
-    del target
-    model, summary = _train_or_reuse(work / name, config, train_seqs, val_seqs, _train_config(recipe, recipe, seed),
-                                     teacher, init, progress)
-    after = round(agreement(model, val_rows, table, vocab), 4)
+    model, vocab, summary = grow(target, rows, n_layers, work, recipe, _special_ids(tok), seed, progress, name)
     _install(work / name, out_dir / name, vocab, len(tok))
-    summary = {**summary, "recipe": settings, "grown_from": {"target_layers": n_layers, "of": of},
-               "questions": len(rows), "answer_tokens": sum(len(r["answer"]) for r in rows),
-               "vocab_coverage_val": round(coverage(val_rows, vocab), 5),
-               "agreement_val_before": before, "agreement_val": after}
+    summary = {**summary, "recipe": settings}
     (out_dir / name / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     report = {k: summary[k] for k in ("parameters", "val_loss", "train_time_s", "agreement_val_before",
                                       "agreement_val", "vocab_coverage_val")}
     if progress:
-        print(f"{name} (target layers 1..{n_layers}): held-out agreement {before} -> {after}", flush=True)
+        print(f"{name} (target layers 1..{n_layers}): held-out agreement {summary['agreement_val_before']} -> "
+              f"{summary['agreement_val']}", flush=True)
     return report

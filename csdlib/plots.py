@@ -276,3 +276,25 @@ def suffix_replay(rows: list[dict], k: int, path=None, title: str = "Free drafte
     ax.set_xscale("symlog", linthresh=50)
     return _finish(fig, ax, path, xlabel="answers in the corpus (the target's own, GSM8K train)",
                    ylabel="tokens per target call", title=title, legend="suffix drafter")
+
+
+def ladder(rows: list[dict], path=None, title: str = "The ladder: each rung's agreement against its cost"):
+    """Each rung's top-1 agreement with the target (y) against its one-token latency relative to the
+    target's (x, log scale): the family's drafters as points (`rows`: ``rung``, ``kind``, ``agreement``,
+    ``cost``), the target's untrained early exits (kind ``"early exit"``) as a grey line."""
+    plt = _plt()
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    exits = df[df["kind"] == "early exit"].sort_values("cost")
+    if len(exits):
+        ax.plot(exits["cost"], exits["agreement"], color="grey", marker=".", lw=1,
+                label="target's early exit, untrained")
+    for kind, g in df[df["kind"] != "early exit"].groupby("kind", sort=False):
+        ax.scatter(g["cost"], g["agreement"], s=60, zorder=3, label=kind)
+        for _, r in g.iterrows():
+            ax.annotate(r["rung"], (r["cost"], r["agreement"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.axhline(0.75, color="C3", lw=1, ls=":", label="0.75 (issue 40's goal for the new rung)")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    return _finish(fig, ax, path, xlabel="one-token latency / target's (float32, measured)",
+                   ylabel="top-1 agreement with the target", title=title, legend="rung")
