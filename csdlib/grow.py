@@ -15,6 +15,7 @@ checkpointed in the cache and resumes where it stopped.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -27,11 +28,11 @@ from .errors import CSDValueError
 GROW_RECIPE = {
     "questions": 1024, "max_new_tokens": 160, "top_k": 16, "dtype": "float32",
     "vocab": 8192, "seq_len": 384, "batch": 16, "val_fraction": 0.02, "distill": 0.5,
-    "layers": 8, "name": "big", "epochs": 2, "lr": 5e-4,
+    "layers": 8, "name": "big", "epochs": 2, "lr": 1e-3, "lora_rank": 64,
 }
 #: the whole recipe in a minute (tests): 8 questions, 16 new tokens, one layer, a few steps
 TOY_GROW_RECIPE = {**GROW_RECIPE, "questions": 8, "max_new_tokens": 16, "vocab": 256, "val_fraction": 0.25,
-                   "batch": 4, "layers": 1, "epochs": None, "steps": 4}
+                   "batch": 4, "layers": 1, "epochs": None, "steps": 4, "lora_rank": 4}
 GROW_RECIPES = {"full": GROW_RECIPE, "toy": TOY_GROW_RECIPE}
 
 
@@ -116,10 +117,30 @@ def grow(target, rows: list[dict], n_layers: int, work, recipe: dict = GROW_RECI
     trained in `work/<name>` (checkpointed: called again, it resumes or reuses a finished run) on all but
     ``recipe["val_fraction"]`` of the rows. Returns (model, its vocabulary, summary: training.json's fields
     with the held-out agreement before and after)."""
+    with _hf_bars(progress):
+        return _grow(target, rows, n_layers, Path(work), recipe, {k: v for k, v in (special or {}).items()
+                                                                    if v is not None}, seed, progress, name)
+
+
+@contextmanager
+def _hf_bars(show: bool):
+    """transformers' own progress bars (loading and saving weights) on or off for a while."""
+    from transformers.utils import logging
+
+    was = logging.is_progress_bar_enabled()
+    (logging.enable_progress_bar if show else logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (logging.enable_progress_bar if was else logging.disable_progress_bar)()
+
+
+def _grow(target, rows, n_layers, work, recipe, special, seed, progress, name):
+    from dataclasses import replace
+
     from .distill import _train_config, _train_or_reuse
     from .drafter_data import SoftLabels, agreement, coverage, frequent_tokens, held_out, local_ids, sequences
 
-    work, special = Path(work), {k: v for k, v in (special or {}).items() if v is not None}
     full = target.config.vocab_size
     val_rows, train_rows = held_out(rows, recipe["val_fraction"], seed)
     vocab = frequent_tokens(train_rows, recipe["vocab"], keep=list(special.values()), vocab_size=full)
@@ -132,7 +153,8 @@ def grow(target, rows: list[dict], n_layers: int, work, recipe: dict = GROW_RECI
     if not (init / "model.safetensors").is_file():
         start.save_pretrained(init)
     before = round(agreement(start, val_rows, table, vocab), 4)
-    cfg = _train_config(recipe, {**recipe, "distill": recipe["distill"] if soft else 0.0}, seed)
+    cfg = replace(_train_config(recipe, {**recipe, "distill": recipe["distill"] if soft else 0.0}, seed),
+                  lora_rank=recipe.get("lora_rank", 0))
     model, summary = _train_or_reuse(work / name, grown_config(target.config, n_layers, vocab, special),
                                      train_seqs, val_seqs, cfg, teacher, init, progress)
     summary = {**summary, "grown_from": {"target_layers": n_layers, "of": target.config.num_hidden_layers},
@@ -142,18 +164,68 @@ def grow(target, rows: list[dict], n_layers: int, work, recipe: dict = GROW_RECI
     return model.eval(), vocab, summary
 
 
+#: a grown drafter's folder in a family: what it adds to its target's layers, not a copy of them
+GROWN_FILE, DELTA_FILE = "grown.json", "delta.safetensors"
+
+
+def save_grown(folder, model, target, n_layers: int, vocab: list[int], special: dict, rank: int) -> None:
+    """A grown drafter as its family keeps it: ``grown.json`` (the layers kept, the rank, the special
+    ids), ``delta.safetensors`` (`lora.low_rank_delta` against the target's copied layers, bf16 factors,
+    norms in float32) and ``vocab.json``; the rest comes from the fetched target (`load_grown`)."""
+    from safetensors.torch import save_file
+
+    from .lora import low_rank_delta
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = from_target_layers(target, n_layers, vocab, special)
+    delta = low_rank_delta(model, start, rank)
+    save_file({k: (v.to(torch.bfloat16) if k.endswith((".lora_A", ".lora_B")) else v).contiguous() for k, v in delta.items()},
+              folder / DELTA_FILE)
+    (folder / GROWN_FILE).write_text(json.dumps({"target_layers": n_layers, "lora_rank": rank, "special": special},
+                                                indent=2) + "\n")
+    (folder / "vocab.json").write_text(json.dumps({"target_vocab_size": target.config.vocab_size, "ids": vocab}))
+
+
+def load_grown(folder, name: str, target, dtype=None, device=None):
+    """A grown drafter (`save_grown`'s folder) rebuilt on `target` (its fetched HF model): the target's
+    first layers, embeddings and norm with the stored difference added, as an `HFModel` with its vocabulary."""
+    from safetensors.torch import load_file
+
+    from .errors import MissingFileError
+    from .lora import apply_delta
+    from .models import HFModel
+
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / GROWN_FILE).read_text())
+        vocab = json.loads((folder / "vocab.json").read_text())
+        delta = load_file(folder / DELTA_FILE)
+    except (OSError, ValueError) as e:
+        raise MissingFileError(f"{folder}: a grown drafter needs {GROWN_FILE}, vocab.json and {DELTA_FILE} ({e})") from e
+    if vocab["target_vocab_size"] != target.config.vocab_size:
+        raise CSDValueError(f"{folder}: grown for a target with {vocab['target_vocab_size']} tokens, this one has "
+                            f"{target.config.vocab_size}")
+    model = apply_delta(from_target_layers(target, info["target_layers"], vocab["ids"], info["special"]), delta)
+    model = model.to(dtype=dtype or target.dtype, device=device or target.device).eval()
+    return HFModel(model, name=name, vocab=vocab["ids"], full_vocab_size=vocab["target_vocab_size"])
+
+
 def grow_drafter(out_dir, n_layers: int | None = None, name: str | None = None, data_dir=None,
                  recipe: dict = GROW_RECIPE, cache=None, progress: bool = True, seed: int = 0) -> dict:
     """smollm2's drafter grown from the fetched target's first `n_layers` layers (default: the recipe's),
     distilled on the target's float32 greedy answers to the first ``recipe["questions"]`` GSM8K train
-    questions (cached; 2 % held out) and installed as `out_dir/<name>` (weights in bf16, ``vocab.json``,
-    ``training.json`` with its held-out agreement). Resumable: the training folder in the cache keeps a
-    checkpoint. Returns what it measured."""
+    questions (cached; 2 % held out; adapters of ``recipe["lora_rank"]``) and installed as `out_dir/<name>`
+    (`save_grown`: its difference from the target, ``training.json`` with its held-out agreement, the loss
+    log). Resumable: the training folder in the cache keeps a checkpoint. Returns what it measured."""
+    import shutil
+
     from transformers import AutoModelForCausalLM
 
     from .answers import settings_key
     from .datasets import load_gsm8k
-    from .distill import _install, _special_ids, answers_for
+    from .distill import _special_ids, answers_for
+    from .drafter_data import agreement, held_out, local_ids
     from .smollm2 import cache_root, target_dir
 
     out_dir = Path(out_dir)
@@ -164,13 +236,36 @@ def grow_drafter(out_dir, n_layers: int | None = None, name: str | None = None, 
     settings = {k: v for k, v in recipe.items() if k not in ("name", "layers")}
     work = Path(cache or cache_root()) / "smollm2" / f"grow-{settings_key(**settings, layers=n_layers, seed=seed)}"
     target = AutoModelForCausalLM.from_pretrained(tdir, dtype=torch.float32).eval()
-    model, vocab, summary = grow(target, rows, n_layers, work, recipe, _special_ids(tok), seed, progress, name)
-    _install(work / name, out_dir / name, vocab, len(tok))
-    summary = {**summary, "recipe": settings}
-    (out_dir / name / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    special = {k: v for k, v in _special_ids(tok).items() if v is not None}
+    model, vocab, summary = grow(target, rows, n_layers, work, recipe, special, seed, progress, name)
+    dest = out_dir / name
+    save_grown(dest, model, target, n_layers, vocab, special, recipe.get("lora_rank", 0) or min(
+        target.config.hidden_size, target.config.intermediate_size))
+    shutil.copy2(work / name / "loss_log.jsonl", dest / "loss_log.jsonl")
+    stored = load_grown(dest, name, target)         # what the family loads: its agreement is the one recorded
+    val_rows = held_out(rows, recipe["val_fraction"], seed)[0]
+    summary = {**summary, "recipe": settings,
+               "agreement_val_stored": round(agreement(stored.model, val_rows, local_ids(vocab, len(tok)), vocab), 4)}
+    (dest / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     report = {k: summary[k] for k in ("parameters", "val_loss", "train_time_s", "agreement_val_before",
-                                      "agreement_val", "vocab_coverage_val")}
+                                      "agreement_val", "agreement_val_stored", "vocab_coverage_val")}
     if progress:
         print(f"{name} (target layers 1..{n_layers}): held-out agreement {summary['agreement_val_before']} -> "
-              f"{summary['agreement_val']}", flush=True)
+              f"{summary['agreement_val']} (as stored: {summary['agreement_val_stored']})", flush=True)
     return report
+
+
+def family_rows(name: str, n: int, max_new_tokens: int = 128, top_k: int = 16, data_dir=None,
+                progress: bool = True) -> list[dict]:
+    """What `grow` trains on for an embedded family: its target's float32 greedy answers to GSM8K train
+    questions 0..n-1 (its own prompts: the chat template for smollm2, the seed's template for the others),
+    each with its top-`top_k` log-probabilities; cached outside git like the drafters' answers."""
+    from .answers import SHARD, generate_answers, settings_key
+    from .corpus import _family_target
+    from .datasets import load_gsm8k
+
+    questions = [x["question"] for x in load_gsm8k("train", data_dir)][:n]
+    tok, model, encode, cache = _family_target(name)
+    key = settings_key(family=name, dtype="float32", max_new_tokens=max_new_tokens, top_k=top_k, grow=True)
+    return generate_answers(model, tok, [encode(q) for q in questions], cache / f"grow-answers-{key}",
+                            max_new_tokens=max_new_tokens, batch=SHARD, top_k=top_k, progress=progress)

@@ -38,7 +38,9 @@ class TrainConfig:
     ``save_dtype``: the dtype the weights are saved in (e.g. bf16 for a large target; None: fp32).
     ``checkpoint_every_s``: seconds between checkpoints (None: only at the end of each epoch).
     ``stop_after_steps`` stops (after checkpointing) at that step as if interrupted (tests);
-    ``max_seconds`` stops early without a checkpoint (the throughput micro-benchmark)."""
+    ``max_seconds`` stops early without a checkpoint (the throughput micro-benchmark).
+    ``lora_rank`` > 0: the started model's decoder linear layers stay frozen and learn rank-r adapters, the
+    norms learn in full, the rest is frozen (`csdlib.lora`); the saved model has them merged."""
     epochs: float | None = None
     steps: int | None = None
     lr: float = 1e-3
@@ -55,6 +57,7 @@ class TrainConfig:
     checkpoint_every_s: float | None = 600.0
     stop_after_steps: int | None = None
     max_seconds: float | None = None
+    lora_rank: int = 0
 
     def total_steps(self, n_batches: int) -> int:
         """Optimizer steps of the run, for ``n_batches`` batches per epoch."""
@@ -117,14 +120,17 @@ def _init_model(model_config: dict, c: TrainConfig, init_from):
     if init_from is not None:
         from transformers import LlamaForCausalLM
         model.load_state_dict(LlamaForCausalLM.from_pretrained(init_from, dtype=torch.float32).state_dict())
+    if c.lora_rank:
+        from .lora import add_lora
+        add_lora(model, c.lora_rank)
     hooks = add_dropout(model, c.dropout) if c.dropout > 0 else []
     return model.train(), hooks
 
 
 def _optimizer(model, c: TrainConfig):
     """AdamW, weight decay on matrices only."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and p.requires_grad]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 and p.requires_grad]
     return torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=c.lr, betas=(0.9, 0.95), eps=1e-8)
 
@@ -373,6 +379,9 @@ def train_model(model_config: dict, train_ids, val_ids, config: TrainConfig | No
     train_time = time.perf_counter() - t0     # without the final validation
     for h in hooks:
         h.remove()
+    if c.lora_rank and not stopped_early:
+        from .lora import merge_lora
+        merge_lora(model)
     val_loss = evaluate_loss(model, val_ids, c.batch, c.seq_len, pad_id) if val_ids and not stopped_early else None
     summary = _summary(c, model_config, model, st, st["step"] / n_batches, warmup, train_time, val_loss,
                        init_from, not stopped_early)
@@ -410,5 +419,6 @@ def _summary(c: TrainConfig, model_config, model, st, epochs, warmup, train_time
         "init_from": None if init_from is None else Path(init_from).name,
         "dropout": c.dropout,
         "distill": c.distill,
+        **({"lora_rank": c.lora_rank} if c.lora_rank else {}),
         "complete": complete,
     }

@@ -312,7 +312,7 @@ def _load_fetched(name, path, info, mag_k, dtype, float32_logits, device, target
     tm = load_member(source, "target", dtype=dtype, device=device)
     if float32_logits if float32_logits is not None else default_float32_logits(_torch_dtype(dtype)):
         with_float32_logits(tm.model)
-    drafters = [load_member(path / d, d, dtype=dtype, device=device) for d in info["drafters"]]
+    drafters = [_fetched_member(path / d, d, tm, dtype, device) for d in info["drafters"]]
     default = info.get("defaults", {}).get(str(_torch_dtype(dtype)).removeprefix("torch."), info["default"])
     mag = MaG(BigramTable.load(path / BIGRAM_FILE, vocab_size=tm.vocab_size), k=mag_k or default["mag_k"])
     free = free_drafters(mag, path, default, tok, tm.vocab_size)
@@ -320,6 +320,16 @@ def _load_fetched(name, path, info, mag_k, dtype, float32_logits, device, target
     return Family(name, path, tok, tm, [*drafters, free[bottom]], default["k_matrix"], default["lenience"],
                   path / BIGRAM_FILE, tree_from_json(default.get("tree")), chat=info.get("prompt") == "chat",
                   free=free, bottom=bottom)
+
+
+def _fetched_member(folder: Path, name: str, target, dtype, device):
+    """A drafter of a fetched target's family: grown from the target's layers (``grown.json``: rebuilt on
+    `target`, `csdlib.grow`) or a model of its own."""
+    from .grow import GROWN_FILE, load_grown
+
+    if (folder / GROWN_FILE).is_file():
+        return load_grown(folder, name, target.model, dtype=_torch_dtype(dtype), device=device)
+    return load_member(folder, name, dtype=dtype, device=device)
 
 
 def tree_from_json(value):

@@ -73,3 +73,31 @@ def test_a_grown_drafter_in_a_cascade_equals_generate():
     got = csdlib.generate(csdlib.HFModel(target, name="target"), [big, csdlib.MaG(table, k=2)], prompt,
                           k_matrix=[[3, 2], [0, 2]], max_new_tokens=24)
     assert got.sequences.tolist() == [want]
+
+
+def test_adapters_merge_into_the_weights_and_the_delta_round_trips():
+    from csdlib.lora import add_lora, apply_delta, low_rank_delta, merge_lora
+
+    target = _target()
+    vocab = list(range(0, VOCAB, 3))
+    start = from_target_layers(target, 2, vocab)
+    model = add_lora(from_target_layers(target, 2, vocab), rank=4)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.endswith("norm.weight") for n in trainable)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n or n.endswith("norm.weight"):
+                p.add_(0.05 * torch.randn_like(p))
+    ids = torch.tensor([[vocab.index(t) for t in (0, 3, 9, 30)]])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        merged = merge_lora(model)
+        torch.testing.assert_close(merged(input_ids=ids).logits, want, rtol=0, atol=1e-5)
+        delta = low_rank_delta(merged, start, rank=4)
+        assert not any(k.endswith("embed_tokens.weight") for k in delta)      # frozen: not stored
+        rebuilt = apply_delta(from_target_layers(target, 2, vocab), delta)
+        torch.testing.assert_close(rebuilt(input_ids=ids).logits, want, rtol=0, atol=1e-4)
+    # a rank too small for the difference is not the same model: the round trip is what makes it exact
+    with torch.no_grad():
+        lossy = apply_delta(from_target_layers(target, 2, vocab), low_rank_delta(merged, start, rank=1))
+        assert (lossy(input_ids=ids).logits - want).abs().max() > 1e-3

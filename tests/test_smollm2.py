@@ -336,11 +336,13 @@ def test_a_position_whose_top_k_lie_outside_the_vocabulary_has_no_soft_label():
 
 def test_the_toy_grown_drafter_runs_end_to_end(real_target, tmp_path):
     """`csd train --family smollm2 --budget toy --from-target-layers 1`: the target's float32 answers, a
-    drafter started from its first layer, distilled, installed with its vocabulary; run again, it is reused;
-    in a cascade it gives the target's greedy output."""
+    drafter started from its first layer, its adapters trained, installed as its difference from the target
+    with its vocabulary; run again, it is reused; rebuilt on the target it agrees as trained; in a cascade it
+    gives the target's greedy output."""
     from safetensors.torch import load_file
 
     from csdlib import cli
+    from csdlib.grow import load_grown
 
     out = tmp_path / "fam"
     args = ["train", "--family", "smollm2", "--budget", "toy", "--out", str(out), "--from-target-layers", "1"]
@@ -351,12 +353,15 @@ def test_the_toy_grown_drafter_runs_end_to_end(real_target, tmp_path):
     assert 0 <= summary["agreement_val_before"] <= 1 and 0 <= summary["agreement_val"] <= 1
     vocab = json.loads((out / "big" / "vocab.json").read_text())
     assert vocab["target_vocab_size"] == 49152 and len(vocab["ids"]) == 256 and 2 in vocab["ids"]
-    weights = (out / "big" / "model.safetensors").read_bytes()
+    assert summary["lora_rank"] == 4 and summary["agreement_val_stored"] == summary["agreement_val"]
+    weights = (out / "big" / "delta.safetensors").read_bytes()
     assert cli.main(args) == 0
-    assert (out / "big" / "model.safetensors").read_bytes() == weights       # a finished run is reused
-    assert set(load_file(out / "big" / "model.safetensors")) >= {"model.layers.0.mlp.up_proj.weight", "model.norm.weight"}
+    assert (out / "big" / "delta.safetensors").read_bytes() == weights       # a finished run is reused
+    stored = load_file(out / "big" / "delta.safetensors")
+    assert stored["model.layers.0.mlp.up_proj.lora_A"].shape == (4, 576) and "model.norm.weight" in stored
+    assert not (out / "big" / "model.safetensors").exists()                    # the target's layers are not copied
     fam = zoo.load("smollm2")
-    big = zoo.load_member(out / "big", "big")
+    big = load_grown(out / "big", "big", fam.target.model)
     prompt = fam.prompt_ids("Tom has 3 apples and buys 4 more. How many apples does he have?")
     ref = fam.target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=16)
     got = csdlib.generate(fam.target, [big, *fam.drafters], prompt, k_matrix=[[2, 1, 0, 1], [0, 1, 0, 1],
