@@ -29,10 +29,11 @@ GROW_RECIPE = {
     "questions": 1024, "max_new_tokens": 160, "top_k": 16, "dtype": "float32",
     "vocab": 8192, "seq_len": 384, "batch": 16, "val_fraction": 0.02, "distill": 0.5,
     "layers": 8, "name": "big", "epochs": 2, "lr": 1e-3, "lora_rank": 64,
+    "then": {"epochs": 2, "lr": 1e-3},    # a warm restart: after 2 epochs the loss was still falling
 }
 #: the whole recipe in a minute (tests): 8 questions, 16 new tokens, one layer, a few steps
 TOY_GROW_RECIPE = {**GROW_RECIPE, "questions": 8, "max_new_tokens": 16, "vocab": 256, "val_fraction": 0.25,
-                   "batch": 4, "layers": 1, "epochs": None, "steps": 4, "lora_rank": 4}
+                   "batch": 4, "layers": 1, "epochs": None, "steps": 4, "lora_rank": 4, "then": None}
 GROW_RECIPES = {"full": GROW_RECIPE, "toy": TOY_GROW_RECIPE}
 
 
@@ -155,8 +156,15 @@ def _grow(target, rows, n_layers, work, recipe, special, seed, progress, name):
     before = round(agreement(start, val_rows, table, vocab), 4)
     cfg = replace(_train_config(recipe, {**recipe, "distill": recipe["distill"] if soft else 0.0}, seed),
                   lora_rank=recipe.get("lora_rank", 0))
-    model, summary = _train_or_reuse(work / name, grown_config(target.config, n_layers, vocab, special),
-                                     train_seqs, val_seqs, cfg, teacher, init, progress)
+    config = grown_config(target.config, n_layers, vocab, special)
+    model, summary = _train_or_reuse(work / name, config, train_seqs, val_seqs, cfg, teacher, init, progress)
+    if recipe.get("then"):          # a warm restart: new adapters on the first stage's merged weights
+        stage = {k: summary[k] for k in ("steps", "epochs", "lr", "val_loss", "train_time_s")}
+        stage["agreement_val"] = round(agreement(model, val_rows, table, vocab), 4)
+        model, summary = _train_or_reuse(work / f"{name}.2", config, train_seqs, val_seqs,
+                                         replace(cfg, epochs=recipe["then"]["epochs"], lr=recipe["then"]["lr"]),
+                                         teacher, work / name, progress)
+        summary["stage_1"] = stage
     summary = {**summary, "grown_from": {"target_layers": n_layers, "of": target.config.num_hidden_layers},
                "answers": len(rows), "answer_tokens": sum(len(r["answer"]) for r in rows),
                "vocab_coverage_val": round(coverage(val_rows, vocab), 5),
@@ -234,7 +242,8 @@ def grow_drafter(out_dir, n_layers: int | None = None, name: str | None = None, 
     questions = [x["question"] for x in load_gsm8k("train", data_dir)][:recipe["questions"]]
     tok, rows = answers_for(questions, tdir, recipe, cache, progress)
     settings = {k: v for k, v in recipe.items() if k not in ("name", "layers")}
-    work = Path(cache or cache_root()) / "smollm2" / f"grow-{settings_key(**settings, layers=n_layers, seed=seed)}"
+    first = {k: v for k, v in settings.items() if k != "then"}          # a second stage keeps the first's folder
+    work = Path(cache or cache_root()) / "smollm2" / f"grow-{settings_key(**first, layers=n_layers, seed=seed)}"
     target = AutoModelForCausalLM.from_pretrained(tdir, dtype=torch.float32).eval()
     special = {k: v for k, v in _special_ids(tok).items() if v is not None}
     model, vocab, summary = grow(target, rows, n_layers, work, recipe, special, seed, progress, name)
@@ -242,6 +251,8 @@ def grow_drafter(out_dir, n_layers: int | None = None, name: str | None = None, 
     save_grown(dest, model, target, n_layers, vocab, special, recipe.get("lora_rank", 0) or min(
         target.config.hidden_size, target.config.intermediate_size))
     shutil.copy2(work / name / "loss_log.jsonl", dest / "loss_log.jsonl")
+    if recipe.get("then"):
+        shutil.copy2(work / f"{name}.2" / "loss_log.jsonl", dest / "loss_log.2.jsonl")
     stored = load_grown(dest, name, target)         # what the family loads: its agreement is the one recorded
     val_rows = held_out(rows, recipe["val_fraction"], seed)[0]
     summary = {**summary, "recipe": settings,

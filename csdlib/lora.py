@@ -70,10 +70,12 @@ def low_rank_delta(trained, start, rank: int) -> dict[str, torch.Tensor]:
     """What `trained` (merged) adds to `start` (the same architecture, e.g. the target's copied layers):
     for each decoder linear layer ``<name>.lora_B`` (out x r) and ``<name>.lora_A`` (r x in) with
     ``B A = W_trained - W_start`` (an SVD: exact up to rounding where adapters of rank <= r made the
-    difference), every norm's weight, and in full any other weight that changed (e.g. trained embeddings)."""
+    difference), every norm's weight, and in full any other weight that changed by more than rounding to
+    bf16 (e.g. trained embeddings; frozen ones went through a bf16 checkpoint between two stages)."""
     out, ref = {}, dict(start.named_parameters())
     for name, p in trained.named_parameters():
-        if name.endswith("norm.weight") or (not name.endswith("proj.weight") and not torch.equal(p, ref[name])):
+        changed = not torch.all((p - ref[name]).abs() <= ref[name].abs() * 2 ** -8)
+        if name.endswith("norm.weight") or (not name.endswith("proj.weight") and changed):
             out[name] = p.detach().clone()
         elif ".layers." in name and name.endswith("proj.weight"):
             u, s, vh = torch.linalg.svd((p - ref[name]).double(), full_matrices=False)
