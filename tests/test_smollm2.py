@@ -130,8 +130,8 @@ def test_prompts_go_through_the_chat_template(real_target):
     text = fam.tokenizer.decode(ids)
     assert text.startswith("<|im_start|>system\n") and text.endswith(f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n")
     assert ids == fam.encode(q)
-    assert fam.chat and [d.name for d in fam.drafters] == ["mid", "small", "suffix"]
-    assert all(d.vocab is not None and d.vocab_size == 49152 for d in fam.drafters[:2])
+    assert fam.chat and [d.name for d in fam.drafters] == ["big", "mid", "small", "suffix"]
+    assert all(d.vocab is not None and d.vocab_size == 49152 for d in fam.drafters[:3])
 
 
 def test_a_second_turn_goes_through_the_chat_template(real_target):
@@ -175,7 +175,7 @@ def test_the_general_family_loads_its_own_drafters_and_equals_greedy():
     fam = zoo.load("smollm2-general", dtype="float32")
     base = zoo.load("smollm2", dtype="float32")
     assert [d.name for d in fam.drafters] == ["mid", "small", "mag"] and fam.chat
-    assert not torch.equal(fam.drafters[0].vocab, base.drafters[0].vocab)       # its own vocabulary
+    assert not torch.equal(fam.drafters[0].vocab, base.drafters[1].vocab)       # its own vocabulary (not mid's)
     assert fam.bigram_path.parent.name == "smollm2-general"
     p = fam.prompt_ids("Can you suggest three names for a small bakery, and say why each one works?")
     ref = _greedy(fam, p, 32)
@@ -203,7 +203,8 @@ def test_the_original_target_can_replace_the_fetched_one(real_target, tmp_path):
     other = tmp_path / "target"
     other.symlink_to(real_target, target_is_directory=True)
     fam = zoo.load("smollm2", target=other)
-    assert fam.target.model.config.vocab_size == 49152 and [d.name for d in fam.drafters] == ["mid", "small", "suffix"]
+    assert fam.target.model.config.vocab_size == 49152 and [d.name for d in fam.drafters] == ["big", "mid", "small",
+                                                                                               "suffix"]
     with pytest.raises(CSDValueError, match="^target: family 'gsm8k-tiny' brings its own target"):
         zoo.load("gsm8k-tiny", target=other)
 
