@@ -246,7 +246,8 @@ def save(driver, repo: Path, name: str):
 STDERR = """return [...PANEL.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
                 .map(o => o.innerText.slice(0, 400));"""
 # figures each notebook shows (04's plot lives in the sliders' output widget, checked on its own)
-FIGURES = {"01_build_bigram_table.ipynb": 1, "02_run_experiments.ipynb": 1, "03_acceptance_per_level.ipynb": 6}
+FIGURES = {"01_build_bigram_table.ipynb": 1, "02_run_experiments.ipynb": 1, "03_acceptance_per_level.ipynb": 6,
+           "05_grow_a_ladder.ipynb": 1}
 
 
 def screenshot(driver, folder: Path, stem: str):

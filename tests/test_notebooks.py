@@ -38,7 +38,7 @@ def notebook_problems(nb) -> list[str]:
 
 
 def test_there_are_notebooks():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04"]
+    assert [p.name[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05"]
 
 
 def stored(path: pathlib.Path) -> str:
@@ -124,6 +124,8 @@ def overrides(path: pathlib.Path, tmp: pathlib.Path) -> dict:
         "03_acceptance_per_level": {**common, "RESULTS": str(tmp / "results03.jsonl"), "N_SAMPLES": 3,
                                     "MAX_NEW_TOKENS": 48},
         "04_tune_k_matrix": {"CACHE": str(tmp / "cache.jsonl")},
+        "05_grow_a_ladder": {"WORK": str(tmp / "grow"), "ANSWERS": 64, "STEPS": 30, "LAYERS": [1, 3], "N_PROMPTS": 3,
+                             "MAX_NEW_TOKENS": 48},
     }.get(path.stem, {}) | {"THREADS": 1}      # pytest-xdist runs two notebooks at once on CI's cores
 
 
