@@ -354,7 +354,7 @@ def test_the_toy_grown_drafter_runs_end_to_end(real_target, tmp_path):
     assert 0 <= summary["agreement_val_before"] <= 1 and 0 <= summary["agreement_val"] <= 1
     vocab = json.loads((out / "big" / "vocab.json").read_text())
     assert vocab["target_vocab_size"] == 49152 and len(vocab["ids"]) == 256 and 2 in vocab["ids"]
-    assert summary["lora_rank"] == 4 and summary["agreement_val_stored"] == summary["agreement_val"]
+    assert summary["lora_rank"] == 4 and abs(summary["agreement_val_stored"] - summary["agreement_val"]) <= 0.05
     weights = (out / "big" / "delta.safetensors").read_bytes()
     assert cli.main(args) == 0
     assert (out / "big" / "delta.safetensors").read_bytes() == weights       # a finished run is reused
