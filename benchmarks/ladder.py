@@ -84,7 +84,8 @@ def main() -> int:
     hw = hardware()
     out = ROOT / "data" / "results" / f"ladder-{fam.name}"
     meta = {"family": fam.name, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
-            "dtype": "float32", "cpu": hw.get("cpu"), "cpu_isa": hw.get("cpu_isa"),
+            "dtype": "float32", "cpu": hw.get("cpu"), "cpu_isa": hw.get("cpu_isa"), "torch": torch.__version__,
+            "torch_cpu_capability": hw.get("torch_cpu_capability"),
             "command": "python benchmarks/ladder.py " + " ".join(sys.argv[1:])}
     head = (f"{fam.name}'s ladder: top-1 agreement with the float32 target's greedy answers to {args.prompts} GSM8K "
             f"dev prompts, one-token cost / the target's ({hw.get('cpu')}, {hw.get('cpu_isa')}, {args.threads} threads)")

@@ -264,6 +264,22 @@ def render_drafters(path) -> str:
 CSD_RUN = "csd run --threads 2 --results-dir data/results/csd-run-gsm8k-tiny --figures-dir figures"
 
 
+def render_ladder(path) -> str:
+    """benchmarks/ladder.py: each rung's agreement with the target against its one-token cost, beside the
+    target's untrained early exits; with the grown drafter's training (its training.json)."""
+    d = _json(path)
+    df = pd.DataFrame(d["rows"])
+    df["agreement"] = df["agreement"].map(lambda v: f"{v:.3f}")
+    df["cost"] = df["cost"].map(lambda v: f"{v:.3g}")
+    df["parameters"] = df["parameters"].map(lambda v: f"{int(v):,}" if v == v else "-")
+    df = df[["rung", "kind", "agreement", "cost", "parameters"]].rename(columns={
+        "agreement": "top-1 agreement", "cost": "one-token cost / target's"})
+    text = (f"torch's CPU kernels {d.get('torch_cpu_capability', '?')}, {d['threads']} threads, float32; agreement teacher forced on the target's greedy answers to "
+            f"{d['prompts']} GSM8K dev prompts ({d['max_new_tokens']} new tokens); an early exit is priced as a "
+            "drafter grown from that many layers, untrained.")
+    return _captioned(d, text, df)
+
+
 def render_csd_run(path) -> str:
     """`csd run`'s own table (its .csv), with when and where from its first record."""
     df = pd.read_csv(ROOT / path)
@@ -687,6 +703,8 @@ TABLES = [
     Table("time-split-smollm2", ("docs/forward-cost.md",), "data/results/time-split-smollm2/time_split.json",
           ("python benchmarks/time_split.py --family smollm2 --dtypes float32,bfloat16 --prompts 8 --threads 2 "
            "--out data/results/time-split-smollm2",), render_time_split, 20),
+    Table("ladder-smollm2", ("docs/ladder.md", "data/models/smollm2/README.md"), "data/results/ladder-smollm2/ladder.json",
+          ("python benchmarks/ladder.py --family smollm2 --prompts 50 --threads 2",), render_ladder, 6),
     Table("gpu-cost", ("docs/half-precision.md",), "data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json", (),
           lambda _: render_gpu_cost(["data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json",
                                      "data/results/gpu-h200-2026-11-29/latency-gsm8k-tiny.json"])),
