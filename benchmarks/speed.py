@@ -372,7 +372,7 @@ def build_methods(fam, args, chosen, eos, setting, eager=None, others=None, skip
         methods[f"tree CSD {tree_label(setting['tree'])}"] = ("csdlib CSD", csd(
             drafters, setting["tree_k_matrix"], setting["tree_lenience"], setting["tree"]))
     for d in drafters:
-        if d is mag:
+        if is_free(d):                  # MaG or the suffix drafter at the bottom: no model to assist with
             continue
         methods[f"HF assisted({d.name}) default"] = ("hf peer", assisted(d))
         if args.peers == "all":
