@@ -705,6 +705,11 @@ TABLES = [
            "--out data/results/time-split-smollm2",), render_time_split, 20),
     Table("ladder-smollm2", ("docs/ladder.md", "data/models/smollm2/README.md"), "data/results/ladder-smollm2/ladder.json",
           ("python benchmarks/ladder.py --family smollm2 --prompts 50 --threads 2",), render_ladder, 6),
+    Table("speed-smollm2-ladder", ("docs/ladder.md",), "data/results/speed-smollm2-ladder-float32/speed.json",
+          ("python benchmarks/speed.py --family smollm2 --prompts 10 --max-new-tokens 128 --threads 2 --latency-file "
+           "data/results/ladder-smollm2/latency.json --peers default --tree off --dtypes float32 --arctic off --skip "
+           "'AR,SD(mid),SD(small),SD(MaG),HF assisted(mid),HF assisted(small),CSD (MaG' --max-seconds 900 "
+           "--out data/results/speed-smollm2-ladder-float32",), render_speed, 15),
     Table("gpu-cost", ("docs/half-precision.md",), "data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json", (),
           lambda _: render_gpu_cost(["data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json",
                                      "data/results/gpu-h200-2026-11-29/latency-gsm8k-tiny.json"])),
