@@ -365,7 +365,7 @@ def test_the_toy_grown_drafter_runs_end_to_end(real_target, tmp_path):
     big = load_grown(out / "big", "big", fam.target.model)
     prompt = fam.prompt_ids("Tom has 3 apples and buys 4 more. How many apples does he have?")
     ref = fam.target.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=16)
-    got = csdlib.generate(fam.target, [big, *fam.drafters], prompt, k_matrix=[[2, 1, 0, 1], [0, 1, 0, 1],
+    got = csdlib.generate(fam.target, [big, *fam.drafters[1:]], prompt, k_matrix=[[2, 1, 0, 1], [0, 1, 0, 1],
                                                                               [0, 0, 1, 1], [0, 0, 0, 1]],
                           lenience=2.0, max_new_tokens=16)
     assert got.sequences.tolist() == ref.tolist()
