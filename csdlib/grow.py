@@ -178,8 +178,8 @@ GROWN_FILE, DELTA_FILE = "grown.json", "delta.safetensors"
 
 def save_grown(folder, model, target, n_layers: int, vocab: list[int], special: dict, rank: int) -> None:
     """A grown drafter as its family keeps it: ``grown.json`` (the layers kept, the rank, the special
-    ids), ``delta.safetensors`` (`lora.low_rank_delta` against the target's copied layers, bf16 factors,
-    norms in float32) and ``vocab.json``; the rest comes from the fetched target (`load_grown`)."""
+    ids), ``delta.safetensors`` (`lora.low_rank_delta` against the target's copied layers: rank-`rank`
+    factors and any other changed matrix, e.g. trained embeddings, in bf16; norms in float32) and ``vocab.json``; the rest comes from the fetched target (`load_grown`)."""
     from safetensors.torch import save_file
 
     from .lora import low_rank_delta
@@ -188,7 +188,7 @@ def save_grown(folder, model, target, n_layers: int, vocab: list[int], special: 
     folder.mkdir(parents=True, exist_ok=True)
     start = from_target_layers(target, n_layers, vocab, special)
     delta = low_rank_delta(model, start, rank)
-    save_file({k: (v.to(torch.bfloat16) if k.endswith((".lora_A", ".lora_B")) else v).contiguous() for k, v in delta.items()},
+    save_file({k: (v.to(torch.bfloat16) if v.dim() == 2 else v).contiguous() for k, v in delta.items()},
               folder / DELTA_FILE)
     (folder / GROWN_FILE).write_text(json.dumps({"target_layers": n_layers, "lora_rank": rank, "special": special},
                                                 indent=2) + "\n")
@@ -219,6 +219,13 @@ def load_grown(folder, name: str, target, dtype=None, device=None):
     return HFModel(model, name=name, vocab=vocab["ids"], full_vocab_size=vocab["target_vocab_size"])
 
 
+def stored_rank(recipe: dict, target_config) -> int:
+    """The rank a grown drafter's difference from its target is kept at: ``recipe["delta_rank"]``, else its
+    adapters' rank (exact), else full rank (exact, and larger than the layers themselves)."""
+    return recipe.get("delta_rank") or recipe.get("lora_rank") or min(target_config.hidden_size,
+                                                                        target_config.intermediate_size)
+
+
 def grow_drafter(out_dir, n_layers: int | None = None, name: str | None = None, data_dir=None,
                  recipe: dict = GROW_RECIPE, cache=None, progress: bool = True, seed: int = 0) -> dict:
     """smollm2's drafter grown from the fetched target's first `n_layers` layers (default: the recipe's),
@@ -242,14 +249,13 @@ def grow_drafter(out_dir, n_layers: int | None = None, name: str | None = None, 
     questions = [x["question"] for x in load_gsm8k("train", data_dir)][:recipe["questions"]]
     tok, rows = answers_for(questions, tdir, recipe, cache, progress)
     settings = {k: v for k, v in recipe.items() if k not in ("name", "layers")}
-    first = {k: v for k, v in settings.items() if k != "then"}          # a second stage keeps the first's folder
+    first = {k: v for k, v in settings.items() if k not in ("then", "delta_rank")}   # how it trains, not how it is kept
     work = Path(cache or cache_root()) / "smollm2" / f"grow-{settings_key(**first, layers=n_layers, seed=seed)}"
     target = AutoModelForCausalLM.from_pretrained(tdir, dtype=torch.float32).eval()
     special = {k: v for k, v in _special_ids(tok).items() if v is not None}
     model, vocab, summary = grow(target, rows, n_layers, work, recipe, special, seed, progress, name)
     dest = out_dir / name
-    save_grown(dest, model, target, n_layers, vocab, special, recipe.get("lora_rank", 0) or min(
-        target.config.hidden_size, target.config.intermediate_size))
+    save_grown(dest, model, target, n_layers, vocab, special, stored_rank(recipe, target.config))
     shutil.copy2(work / name / "loss_log.jsonl", dest / "loss_log.jsonl")
     if recipe.get("then"):
         shutil.copy2(work / f"{name}.2" / "loss_log.jsonl", dest / "loss_log.2.jsonl")

@@ -101,3 +101,34 @@ def test_adapters_merge_into_the_weights_and_the_delta_round_trips():
     with torch.no_grad():
         lossy = apply_delta(from_target_layers(target, 2, vocab), low_rank_delta(merged, start, rank=1))
         assert (lossy(input_ids=ids).logits - want).abs().max() > 1e-3
+
+
+def test_a_fully_fine_tuned_drafter_is_kept_as_its_difference(tmp_path):
+    from safetensors.torch import load_file
+
+    from csdlib.grow import DELTA_FILE, load_grown, save_grown, stored_rank
+
+    target = _target()
+    vocab = list(range(0, VOCAB, 3))
+    model = from_target_layers(target, 2, vocab)
+    with torch.no_grad():                              # full fine-tuning: every weight moves, embeddings too
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    full = stored_rank({"lora_rank": 0}, target.config)
+    assert full == min(target.config.hidden_size, target.config.intermediate_size)
+    assert stored_rank({"lora_rank": 0, "delta_rank": 8}, target.config) == 8
+    assert stored_rank({"lora_rank": 4}, target.config) == 4
+    save_grown(tmp_path, model, target, 2, vocab, {}, full)
+    stored = load_file(tmp_path / DELTA_FILE)
+    assert stored["model.embed_tokens.weight"].dtype == torch.bfloat16            # a changed matrix, in bf16
+    assert stored["model.norm.weight"].dtype == torch.float32
+    ids = torch.tensor([[vocab.index(t) for t in (0, 3, 9, 30)]])
+    rebuilt = load_grown(tmp_path, "big", target).model
+    with torch.no_grad():
+        want, got = model(input_ids=ids).logits, rebuilt(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=0.05)                     # bf16 rounding, no more
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    save_grown(tmp_path / "r1", model, target, 2, vocab, {}, 1)                   # a rank too small loses it
+    lossy = load_grown(tmp_path / "r1", "big", target).model
+    with torch.no_grad():
+        assert (lossy(input_ids=ids).logits - want).abs().max() > (got - want).abs().max()
