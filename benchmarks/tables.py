@@ -280,6 +280,22 @@ def render_ladder(path) -> str:
     return _captioned(d, text, df)
 
 
+def render_grow_sweep(path) -> str:
+    """benchmarks/grow_sweep.py: a grown rung's agreement (as stored) against its layers, answers and training."""
+    d = _json(path)
+    df = pd.DataFrame(d["rows"])
+    df["answers"] = df["answers"].map(lambda v: f"{int(v):,}")
+    df["epochs"] = df["epochs"].map(lambda v: f"{v:g}")
+    for c in ("held_out", "dev", "val_loss"):
+        df[c] = df[c].map(lambda v: f"{v:.3f}")
+    df = df[["point", "training", "layers", "answers", "epochs", "train_min", "val_loss", "held_out", "dev"]].rename(
+        columns={"answers": "answers (all, 2 % held out)", "train_min": "training (min)", "val_loss": "val loss",
+                 "held_out": "held-out agreement", "dev": "dev agreement"})
+    text = (f"{d['threads']} threads, float32; agreement as stored, teacher forced on held-out training answers and on "
+            f"the target's greedy answers to {d['prompts']} GSM8K dev prompts ({d['max_new_tokens']} new tokens).")
+    return _captioned(d, text, df)
+
+
 def render_csd_run(path) -> str:
     """`csd run`'s own table (its .csv), with when and where from its first record."""
     df = pd.read_csv(ROOT / path)
@@ -705,6 +721,9 @@ TABLES = [
            "--out data/results/time-split-smollm2",), render_time_split, 20),
     Table("ladder-smollm2", ("docs/ladder.md", "data/models/smollm2/README.md"), "data/results/ladder-smollm2/ladder.json",
           ("python benchmarks/ladder.py --family smollm2 --prompts 50 --threads 2",), render_ladder, 6),
+    Table("grow-sweep-smollm2", ("docs/ladder.md",), "data/results/grow-sweep-smollm2/sweep.json",
+          ("python benchmarks/grow_sweep.py --threads 2 --points 'layers=8;layers=8,questions=512;layers=4'",),
+          render_grow_sweep, 100),
     Table("speed-smollm2-ladder", ("docs/ladder.md",), "data/results/speed-smollm2-ladder-float32/speed.json",
           ("python benchmarks/speed.py --family smollm2 --prompts 10 --max-new-tokens 128 --threads 2 --latency-file "
            "data/results/ladder-smollm2/latency.json --peers default --tree off --dtypes float32 --arctic off --skip "

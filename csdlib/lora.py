@@ -1,7 +1,8 @@
 """Low-rank adapters (LoRA, Hu et al. 2021) for a drafter grown from its target (`csdlib.grow`): the
 target's copied layers stay frozen, each linear layer learns ``W + B A`` (rank r), the norms learn in full.
-What a grown drafter commits is then only its difference from the target (`low_rank_delta`: the factors,
-a few MB), and the rest comes from the fetched target when the family loads (`apply_delta`).
+What a grown drafter commits is only its difference from the target (`low_rank_delta`: the factors, a few
+MB; a drafter whose every weight trained keeps its difference's best rank-r part, an SVD), and the rest comes
+from the fetched target when the family loads (`apply_delta`).
 
 Hand-written where `peft` does the same: 40 lines against a dependency whose releases follow transformers'
 own; a merged model is a plain `LlamaForCausalLM`.

@@ -132,3 +132,20 @@ def test_a_fully_fine_tuned_drafter_is_kept_as_its_difference(tmp_path):
     lossy = load_grown(tmp_path / "r1", "big", target).model
     with torch.no_grad():
         assert (lossy(input_ids=ids).logits - want).abs().max() > (got - want).abs().max()
+
+
+def test_the_sweep_reads_its_points_and_refuses_unknown_settings():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "grow_sweep.py"
+    spec = importlib.util.spec_from_file_location("grow_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    assert sweep.parse_points("layers=8; layers=4,questions=512;lr=1e-3") == [
+        {"layers": 8}, {"layers": 4, "questions": 512}, {"lr": 1e-3}]
+    assert sweep.parse_points("lora_rank=64,name=adapters") == [{"lora_rank": 64, "name": "adapters"}]
+    with pytest.raises(CSDValueError, match="key of GROW_RECIPE"):
+        sweep.parse_points("layer=8")
+    with pytest.raises(CSDValueError, match="key=value"):
+        sweep.parse_points("layers")
