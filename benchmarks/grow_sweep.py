@@ -77,7 +77,8 @@ def main() -> int:
     hw = hardware()
     meta = {"family": "smollm2", "prompts": args.prompts, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
             "dtype": "float32", "cpu": hw.get("cpu"), "cpu_isa": hw.get("cpu_isa"), "torch": torch.__version__,
-            "recipe": GROW_RECIPE, "command": "python benchmarks/grow_sweep.py " + shlex.join(sys.argv[1:])}
+            "recipe": GROW_RECIPE,
+            "command": "python benchmarks/grow_sweep.py " + shlex.join(sys.argv[1:])}
     head = (f"smollm2's grown rung against its size and data: top-1 agreement as stored, held out (2 % of the "
             f"training questions' answers) and on {args.prompts} GSM8K dev answers ({hw.get('cpu')}, "
             f"{hw.get('cpu_isa')}, {args.threads} threads)")

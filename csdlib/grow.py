@@ -173,7 +173,8 @@ GROWN_FILE, DELTA_FILE = "grown.json", "delta.safetensors"
 def save_grown(folder, model, target, n_layers: int, vocab: list[int], special: dict, rank: int) -> None:
     """A grown drafter as its family keeps it: ``grown.json`` (the layers kept, the rank, the special
     ids), ``delta.safetensors`` (`lora.low_rank_delta` against the target's copied layers: rank-`rank`
-    factors and any other changed matrix, e.g. trained embeddings, in bf16; norms in float32) and ``vocab.json``; the rest comes from the fetched target (`load_grown`)."""
+    factors and any other changed matrix, e.g. trained embeddings, in bf16; norms in float32) and
+    ``vocab.json``; the rest comes from the fetched target (`load_grown`)."""
     from safetensors.torch import save_file
 
     from .lora import low_rank_delta
@@ -225,8 +226,8 @@ def grow_drafter(out_dir, n_layers: int | None = None, name: str | None = None, 
     """smollm2's drafter grown from the fetched target's first `n_layers` layers (default: the recipe's),
     distilled on the target's float32 greedy answers to the first ``recipe["questions"]`` GSM8K train
     questions (cached; 2 % held out; every weight trained, or adapters of ``recipe["lora_rank"]``) and
-    installed as `out_dir/<name>` (`save_grown`: its difference from the target at `stored_rank`, ``training.json`` with its held-out agreement, the loss
-    log). Resumable: the training folder in the cache keeps a checkpoint. Returns what it measured."""
+    installed as `out_dir/<name>` (`save_grown`: its difference from the target at `stored_rank`,
+    ``training.json`` with its held-out agreement, the loss log). Resumable: the training folder in the cache keeps a checkpoint. Returns what it measured."""
     import shutil
 
     from transformers import AutoModelForCausalLM
