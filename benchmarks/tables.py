@@ -683,6 +683,12 @@ TABLES = [
     Table("spec-bench-smollm2-general-float32-peers", ("docs/spec-bench.md",),
           "data/results/spec-bench-smollm2-general-float32-peers/speed.json", (SPEC_BENCH_GENERAL_FLOAT32_PEERS,),
           render_spec_bench, 85),
+    Table("spec-bench-smollm2-general-float32-suffix", ("docs/spec-bench.md",),
+          "data/results/spec-bench-smollm2-general-float32-suffix/speed.json",
+          ("python benchmarks/speed.py --family smollm2-general --dataset spec-bench --per-category 20 "
+           "--max-new-tokens 128 --threads 2 --recalibrate --peers default --tree off "
+           "--skip 'AR,SD(mid),SD(small),SD(MaG),HF assisted,SD(SuffixDecoding' --max-seconds 6000 "
+           "--dtypes float32 --out data/results/spec-bench-smollm2-general-float32-suffix",), render_spec_bench, 60),
     Table("long-prompts-smollm2-bfloat16", ("docs/spec-bench.md",),
           "data/results/long-prompts-smollm2-bfloat16/long_prompts.json",
           ("python benchmarks/long_prompts.py --family smollm2 --dtype bfloat16 --lengths 1000,2000,4000 --threads 2 "
@@ -725,10 +731,10 @@ TABLES = [
           ("python benchmarks/grow_sweep.py --threads 2 --points 'layers=8;layers=8,questions=512;layers=4'",),
           render_grow_sweep, 100),
     Table("speed-smollm2-ladder", ("docs/ladder.md",), "data/results/speed-smollm2-ladder-float32/speed.json",
-          ("python benchmarks/speed.py --family smollm2 --prompts 10 --max-new-tokens 128 --threads 2 --latency-file "
-           "data/results/ladder-smollm2/latency.json --peers default --tree off --dtypes float32 --arctic off --skip "
-           "'AR,SD(mid),SD(small),SD(MaG),HF assisted(mid),HF assisted(small),CSD (MaG' --max-seconds 900 "
-           "--out data/results/speed-smollm2-ladder-float32",), render_speed, 15),
+          ("python benchmarks/speed.py --family smollm2 --prompts 50 --max-new-tokens 128 --threads 2 --recalibrate "
+           "--peers default --tree off --dtypes float32 --arctic off --skip "
+           "'AR,SD(mid),SD(small),SD(MaG),HF assisted(mid),HF assisted(small),CSD (MaG' --max-seconds 1560 "
+           "--out data/results/speed-smollm2-ladder-float32",), render_speed, 30),
     Table("gpu-cost", ("docs/half-precision.md",), "data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json", (),
           lambda _: render_gpu_cost(["data/results/gpu-h200-2026-11-29/latency-gsm8k-base.json",
                                      "data/results/gpu-h200-2026-11-29/latency-gsm8k-tiny.json"])),
@@ -742,7 +748,9 @@ FIGURES = [("figures/spec-bench-smollm2.png", "data/results/spec-bench-smollm2-b
            ("figures/spec-bench-smollm2-general-float32.png",
             "data/results/spec-bench-smollm2-general-float32/speed.json", draw_spec_bench),
            ("figures/spec-bench-smollm2-general-float32-peers.png",
-            "data/results/spec-bench-smollm2-general-float32-peers/speed.json", draw_spec_bench)]
+            "data/results/spec-bench-smollm2-general-float32-peers/speed.json", draw_spec_bench),
+           ("figures/spec-bench-smollm2-general-float32-suffix.png",
+            "data/results/spec-bench-smollm2-general-float32-suffix/speed.json", draw_spec_bench)]
 
 
 def marked(name: str) -> re.Pattern:

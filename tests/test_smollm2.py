@@ -170,11 +170,11 @@ def test_real_target_float32_chain_and_tree_equal_greedy(dev_prompts):
 
 def test_the_general_family_loads_its_own_drafters_and_equals_greedy():
     """smollm2-general: the fetched target, its own drafters (a vocabulary of their own) and bigram table;
-    its default (MaG's tokens) and a cascade through both neural drafters equal the target's greedy output
-    on a request that is not GSM8K's."""
+    its default (the suffix drafter's tokens, in float32) and a cascade through both neural drafters equal the
+    target's greedy output on a request that is not GSM8K's."""
     fam = zoo.load("smollm2-general", dtype="float32")
     base = zoo.load("smollm2", dtype="float32")
-    assert [d.name for d in fam.drafters] == ["mid", "small", "mag"] and fam.chat
+    assert [d.name for d in fam.drafters] == ["mid", "small", "suffix"] and fam.chat
     assert not torch.equal(fam.drafters[0].vocab, base.drafters[1].vocab)       # its own vocabulary (not mid's)
     assert fam.bigram_path.parent.name == "smollm2-general"
     p = fam.prompt_ids("Can you suggest three names for a small bakery, and say why each one works?")
