@@ -227,7 +227,8 @@ def grow_drafter(out_dir, n_layers: int | None = None, name: str | None = None, 
     distilled on the target's float32 greedy answers to the first ``recipe["questions"]`` GSM8K train
     questions (cached; 2 % held out; every weight trained, or adapters of ``recipe["lora_rank"]``) and
     installed as `out_dir/<name>` (`save_grown`: its difference from the target at `stored_rank`,
-    ``training.json`` with its held-out agreement, the loss log). Resumable: the training folder in the cache keeps a checkpoint. Returns what it measured."""
+    ``training.json`` with its held-out agreement, the loss log). Resumable: the training folder in the
+    cache keeps a checkpoint. Returns what it measured."""
     import shutil
 
     from transformers import AutoModelForCausalLM
