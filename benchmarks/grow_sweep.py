@@ -5,7 +5,7 @@ the ladder's GSM8K dev answers (the same for every point).
 
     python benchmarks/grow_sweep.py --threads 2 --points "layers=8;layers=8,questions=512;layers=4"
 
-Writes data/results/grow-sweep-smollm2/sweep.{md,json}. Each point costs its answers (35 minutes per 1,024 on
+Writes data/results/grow-sweep-smollm2/sweep.{md,json} (or --out). Each point costs its answers (35 minutes per 1,024 on
 2 AVX2 cores, shared by every point) and its training (about 30 minutes for 8 layers and 1,024 answers).
 """
 
@@ -51,6 +51,7 @@ def main() -> int:
     p = gsm8k_parser(__doc__, "smollm2", 50, 2)
     p.add_argument("--points", default="layers=8;layers=8,questions=512;layers=4",
                    help="';'-separated points, each ','-separated key=value changes to GROW_RECIPE")
+    p.add_argument("--out", default=str(ROOT / "data" / "results" / "grow-sweep-smollm2"), help="results folder")
     args = p.parse_args()
     points = parse_points(args.points)
     torch.set_num_threads(args.threads)
@@ -82,7 +83,7 @@ def main() -> int:
     head = (f"smollm2's grown rung against its size and data: top-1 agreement as stored, held out (2 % of the "
             f"training questions' answers) and on {args.prompts} GSM8K dev answers ({hw.get('cpu')}, "
             f"{hw.get('cpu_isa')}, {args.threads} threads)")
-    print(write_table(ROOT / "data" / "results" / "grow-sweep-smollm2", "sweep", head, rows,
+    print(write_table(Path(args.out), "sweep", head, rows,
                       ["point", "training", "layers", "answers", "epochs", "train_min", "val_loss", "held_out", "dev"],
                       meta, digits=4))
     return 0

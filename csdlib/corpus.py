@@ -81,12 +81,11 @@ def target_answers(name: str, n: int, data_dir=None, progress: bool = True) -> l
     questions = [x["question"] for x in train]
     if n > len(questions):
         raise CSDValueError(f"n: GSM8K's training split has {len(questions)} questions, asked for {n}")
-    if name in CHAT_FAMILIES:               # the answers distillation uses, in its rounds of 2,048 (its cache)
+    if name in CHAT_FAMILIES:               # the answers distillation uses (its cache), in whole shards
         from .smollm2 import target_dir
 
-        tdir, rows, whole = target_dir(progress=progress), [], -(-n // SHARD) * SHARD   # whole shards
-        for lo in range(0, whole, 2048):
-            rows += answers_for(questions[lo:min(lo + 2048, whole)], tdir, RECIPE, progress=progress, first=lo)[1]
+        tdir = target_dir(progress=progress)
+        rows = answers_for(questions[:-(-n // SHARD) * SHARD], tdir, RECIPE, progress=progress)[1]
         return _scrubbed(rows[:n], train, tdir_tokenizer(tdir))
     tok, model, encode, cache = _family_target(name)
     key = settings_key(family=name, dtype="float32", max_new_tokens=RECIPE["max_new_tokens"])

@@ -68,17 +68,26 @@ RECIPES = {"full": RECIPE, "toy": TOY_RECIPE}
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "training.json", "loss_log.jsonl")
 
 
+#: GSM8K's answers are cached in rounds of this many questions (`answers_for`)
+ROUND = 2048
+
+
 def answers_for(questions: list[str], target_dir, recipe: dict = RECIPE, cache=None, progress: bool = True,
                 first: int = 0, origin: str | None = None):
     """(tokenizer, rows): the target's greedy answers to `questions` (chat template), from the cache or
-    generated now (`generate_answers`). `first`: the index of ``questions[0]`` in GSM8K's training split
-    (answers to questions further on are cached in a folder of their own); `origin`: where the questions
-    come from when they are not GSM8K's (e.g. the target's own requests), a folder of its own too)."""
+    generated now (`generate_answers`). `first`: the index of ``questions[0]`` in GSM8K's training split;
+    GSM8K's answers are cached in rounds of `ROUND` questions (0..2047, 2048..4095, ...; a range that
+    starts inside a round has a folder of its own); `origin`: where the questions come from when they are
+    not GSM8K's (e.g. the target's own requests), one folder of its own."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .smollm2 import cache_root
     from .zoo import chat_ids
 
+    cut = (first // ROUND + 1) * ROUND - first           # where the next round starts, in `questions`
+    if origin is None and len(questions) > cut:
+        tok, rows = answers_for(questions[:cut], target_dir, recipe, cache, progress, first)
+        return tok, rows + answers_for(questions[cut:], target_dir, recipe, cache, progress, first + cut)[1]
     tok = AutoTokenizer.from_pretrained(target_dir)
     prompts = [chat_ids(tok, q) for q in questions]
     done_file = Path(target_dir) / "converted.json"      # smollm2.convert's record: the GGUF's checksum
@@ -116,7 +125,7 @@ def _train_config(spec: dict, recipe: dict, seed: int):
 
     return TrainConfig(epochs=spec.get("epochs"), steps=spec.get("steps"), lr=spec["lr"], warmup=100,
                        batch=recipe["batch"], seq_len=recipe["seq_len"], seed=seed, distill=recipe["distill"],
-                       save_dtype=torch.bfloat16)
+                       save_dtype=torch.bfloat16, autocast=recipe.get("autocast"))
 
 
 def _special_ids(tok) -> dict:

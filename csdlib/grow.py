@@ -30,7 +30,7 @@ from .errors import CSDValueError
 GROW_RECIPE = {
     "questions": 1024, "max_new_tokens": 160, "top_k": 16, "dtype": "float32",
     "vocab": 8192, "seq_len": 384, "batch": 16, "val_fraction": 0.02, "distill": 0.5,
-    "layers": 8, "name": "big", "epochs": 3, "lr": 5e-4, "lora_rank": 0, "delta_rank": 128,
+    "layers": 8, "name": "big", "epochs": 3, "lr": 5e-4, "lora_rank": 0, "delta_rank": 128, "autocast": None,
 }
 #: the whole recipe in a minute (tests): 8 questions, 16 new tokens, one layer, a few steps
 TOY_GROW_RECIPE = {**GROW_RECIPE, "questions": 8, "max_new_tokens": 16, "vocab": 256, "val_fraction": 0.25,

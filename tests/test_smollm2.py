@@ -251,6 +251,35 @@ def test_the_toy_distillation_runs_end_to_end(real_target, tmp_path):
 
 # -- the distillation's pieces ----------------------------------------------------------------------
 
+def test_answers_are_cached_in_rounds_and_read_back_without_the_target(real_target, tmp_path, monkeypatch):
+    """distill.answers_for: GSM8K's answers go to one folder per round of ROUND questions (a range starting
+    inside a round has its own), in order; asked again, every round comes from the cache, the target not
+    loaded; a range inside a round reads that round's first shards."""
+    import transformers
+
+    from csdlib import distill
+
+    monkeypatch.setattr(distill, "ROUND", 4)
+    recipe = {**distill.TOY_RECIPE, "max_new_tokens": 4, "dtype": "float32"}
+    questions = [x["question"] for x in load_gsm8k("train")][:10]
+    monkeypatch.setattr(distill, "SHARD", 2)
+    tok, rows = distill.answers_for(questions[2:10], real_target, recipe, cache=tmp_path, progress=False, first=2)
+    folders = sorted(p.name for p in (tmp_path / "smollm2").iterdir())
+    shards = sorted(len(list((tmp_path / "smollm2" / f).glob("shard-*.pt"))) for f in folders)
+    assert shards == [1, 1, 2]                              # questions 2-3, 4-7 and 8-9, two to a shard
+    assert [r["prompt"] for r in rows] == [zoo.chat_ids(tok, q) for q in questions[2:10]]
+    assert all(0 < len(r["answer"]) <= 4 and len(r["top_ids"]) == len(r["answer"]) for r in rows)
+
+    def no_target(*a, **k):
+        raise AssertionError("the target was loaded")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_target)
+    def again(lo, hi):
+        got = distill.answers_for(questions[lo:hi], real_target, recipe, cache=tmp_path, progress=False, first=lo)[1]
+        return [(r["prompt"], r["answer"], r["top_ids"].tolist()) for r in got]
+    assert again(2, 10) == [(r["prompt"], r["answer"], r["top_ids"].tolist()) for r in rows]
+    assert again(4, 6) == again(2, 10)[2:4]
+
+
 def test_decontamination_drops_a_request_sharing_eight_words_with_a_benchmark_question():
     from csdlib.distill import overlapping
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 
 import pytest
@@ -309,6 +310,32 @@ def test_distillation_loss_is_kl_to_the_teacher_and_pulls_toward_it():
         train_model(cfg, seqs, seqs, distill=0.5, **kw)                      # no teacher
     with pytest.raises(CSDValueError, match="distill: a weight in"):
         train_model(cfg, seqs, seqs, teacher=teacher, distill=1.5, **kw)
+
+
+def test_bf16_autocast_trains_like_float32_and_needs_bf16_units(monkeypatch):
+    """TrainConfig(autocast="bfloat16"): the same run in bf16 mixed precision reaches nearly float32's losses
+    (and not exactly them: bf16 was used), keeps float32 weights; a CPU without bf16 units, or another
+    dtype, is refused with what to do."""
+    import csdlib.precision
+    from csdlib.errors import CSDValueError
+    from csdlib.training import train_model
+
+    cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=50,
+               pad_token_id=2)
+    rng = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, 50, (int(n),), generator=rng).tolist() for n in torch.randint(5, 20, (32,), generator=rng)]
+    kw = dict(steps=12, lr=3e-3, batch=8, warmup=1, progress=False, checkpoint_every_s=None)
+    monkeypatch.setattr(csdlib.precision, "cpu_isa", lambda: "AMX-BF16")
+    f32, a = train_model(cfg, seqs, seqs, **kw)
+    bf16, b = train_model(cfg, seqs, seqs, autocast="bfloat16", **kw)
+    assert b["val_loss"] < math.log(47) - 0.05 and a["val_loss"] != b["val_loss"]   # it learns, in bf16
+    assert abs(b["val_loss"] - a["val_loss"]) < 0.02 * a["val_loss"]
+    assert {p.dtype for p in bf16.parameters()} == {torch.float32}
+    with pytest.raises(CSDValueError, match="autocast: expected 'bfloat16'"):
+        train_model(cfg, seqs, seqs, autocast="float16", **kw)
+    monkeypatch.setattr(csdlib.precision, "cpu_isa", lambda: "neither")
+    with pytest.raises(CSDValueError, match="needs a CPU with bf16 units .* train in float32"):
+        train_model(cfg, seqs, seqs, autocast="bfloat16", **kw)
 
 
 def test_train_config_of_a_budget_and_keyword_overrides():
