@@ -291,7 +291,7 @@ def render_grow_sweep(path) -> str:
     df = df[["point", "training", "layers", "answers", "epochs", "train_min", "val_loss", "held_out", "dev"]].rename(
         columns={"answers": "answers (all, 2 % held out)", "train_min": "training (min)", "val_loss": "val loss",
                  "held_out": "held-out agreement", "dev": "dev agreement"})
-    text = (f"{d['threads']} threads, float32; agreement as stored, teacher forced on held-out training answers and on "
+    text = (f"{d['threads']} threads; agreement in float32 as stored, teacher forced on held-out training answers and on "
             f"the target's greedy answers to {d['prompts']} GSM8K dev prompts ({d['max_new_tokens']} new tokens).")
     return _captioned(d, text, df)
 
@@ -730,6 +730,10 @@ TABLES = [
     Table("grow-sweep-smollm2", ("docs/ladder.md",), "data/results/grow-sweep-smollm2/sweep.json",
           ("python benchmarks/grow_sweep.py --threads 2 --points 'layers=8;layers=8,questions=512;layers=4'",),
           render_grow_sweep, 100),
+    Table("grow-sweep-smollm2-6144", ("docs/ladder.md",), "data/results/grow-sweep-smollm2-6144/sweep.json",
+          ("python benchmarks/grow_sweep.py --threads 2 --points "
+           "'questions=6144,dtype=bfloat16,max_new_tokens=256,autocast=bfloat16,epochs=2' "
+           "--out data/results/grow-sweep-smollm2-6144",), render_grow_sweep, 120),
     Table("speed-smollm2-ladder", ("docs/ladder.md",), "data/results/speed-smollm2-ladder-float32/speed.json",
           ("python benchmarks/speed.py --family smollm2 --prompts 50 --max-new-tokens 128 --threads 2 --recalibrate "
            "--peers default --tree off --dtypes float32 --arctic off --skip "
