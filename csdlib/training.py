@@ -42,7 +42,7 @@ class TrainConfig:
     ``lora_rank`` > 0: the started model's decoder linear layers stay frozen and learn rank-r adapters, the
     norms learn in full, the rest is frozen (`csdlib.lora`); the saved model has them merged.
     ``autocast`` "bfloat16": forward and backward in bf16 mixed precision (`torch.autocast`; the weights, the
-    optimizer and the losses stay float32), only on a CPU with bf16 units (about 3x float32's speed on an
+    optimizer and the losses stay float32), only on a CPU with bf16 units (2.4x float32's step on an
     AMX-BF16 Xeon: docs/ladder.md); None: float32."""
     epochs: float | None = None
     steps: int | None = None
@@ -309,12 +309,14 @@ class RunFiles:
 # The loop
 # --------------------------------------------------------------------------------------------------
 
-def _check_teacher(c: TrainConfig, teacher) -> None:
+def _check_config(c: TrainConfig, teacher) -> None:
+    """A distillation weight with a teacher (frozen here), or none without; then the autocast dtype."""
     if not 0.0 <= c.distill <= 1.0 or (c.distill > 0) != (teacher is not None):
         raise CSDValueError(f"distill: a weight in [0, 1] with a teacher model, or 0 without one; got "
                             f"{c.distill} and {'a' if teacher is not None else 'no'} teacher")
     if teacher is not None:
         teacher.eval().requires_grad_(False)
+    _check_autocast(c)
 
 
 def _log_interval(files: RunFiles, bar, st: dict, lr: float) -> None:
@@ -340,8 +342,7 @@ def train_model(model_config: dict, train_ids, val_ids, config: TrainConfig | No
     from tqdm.auto import tqdm
 
     c = replace(config or TrainConfig(), **overrides)
-    _check_teacher(c, teacher)
-    _check_autocast(c)
+    _check_config(c, teacher)
     pad_id = int(model_config.get("pad_token_id", 2))
     rng = random.Random(c.seed)
     train = [s[:c.seq_len] for s in train_ids]
